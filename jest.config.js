@@ -1,0 +1,12 @@
+/** @type {import('jest').Config} */
+module.exports = {
+  testEnvironment: "node",
+  roots: ["<rootDir>/test"],
+  testMatch: ["**/*.test.ts"],
+  transform: {
+    "^.+\\.(t|j)sx?$": ["@swc/jest", { jsc: { target: "es2022" }, module: { type: "commonjs" } }],
+  },
+  // ts-mls and the @hpke / @noble packages it loads are ESM-only.
+  transformIgnorePatterns: ["/node_modules/(?!(ts-mls|@hpke|@noble)/)"],
+  testTimeout: 30000,
+};
