@@ -1,0 +1,118 @@
+import { Level } from "level";
+import { MimiError } from "../errors";
+import type { BatchOp, KvStore } from "./kv";
+
+export interface LevelStoreOptions {
+  /**
+   * `fsync`: each flush is synced to disk before commits resolve (survives
+   * power loss). `os`: written to the OS before resolving (survives a killed
+   * process, not a machine crash).
+   */
+  durability: "fsync" | "os";
+}
+
+interface PendingCommit {
+  ops: BatchOp[];
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+export class StoreError extends MimiError {
+  constructor(message: string) {
+    super("M_UNKNOWN", message);
+  }
+}
+
+/**
+ * LevelDB with group commit: commits that arrive while a write is in flight
+ * are merged into the next single atomic batch, in arrival order. One sync per
+ * flush instead of one per event is what makes durable appends fast.
+ */
+export class LevelStore implements KvStore {
+  private pending: PendingCommit[] = [];
+  private flushing = false;
+  private closed = false;
+  /** Set after a failed write: the store refuses every later commit (fail-stop), so no later event lands after a lost one. */
+  private failure: StoreError | undefined;
+
+  private constructor(
+    private readonly db: Level<string, string>,
+    private readonly options: LevelStoreOptions,
+  ) {}
+
+  static async open(path: string, options: LevelStoreOptions = { durability: "fsync" }): Promise<LevelStore> {
+    const db = new Level<string, string>(path, { keyEncoding: "utf8", valueEncoding: "utf8" });
+    try {
+      await db.open();
+    } catch (err) {
+      const cause = (err as { cause?: Error }).cause;
+      throw new StoreError(
+        `cannot open the database at ${path}: ${cause?.message ?? (err as Error).message}` +
+          " (is another process using it?)",
+      );
+    }
+    return new LevelStore(db, options);
+  }
+
+  async get(key: string): Promise<string | undefined> {
+    const value = await this.db.get(key);
+    return value ?? undefined;
+  }
+
+  async getMany(keys: string[]): Promise<(string | undefined)[]> {
+    if (keys.length === 0) return [];
+    const values = await this.db.getMany(keys);
+    return values.map((v) => v ?? undefined);
+  }
+
+  async *range(options: {
+    gte: string;
+    lt: string;
+    limit?: number;
+    reverse?: boolean;
+  }): AsyncIterable<[string, string]> {
+    for await (const entry of this.db.iterator({
+      gte: options.gte,
+      lt: options.lt,
+      limit: options.limit ?? -1,
+      reverse: options.reverse ?? false,
+    })) {
+      yield entry;
+    }
+  }
+
+  commit(ops: BatchOp[]): Promise<void> {
+    if (this.closed) return Promise.reject(new StoreError("the store is closed"));
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    return new Promise<void>((resolve, reject) => {
+      this.pending.push({ ops, resolve, reject });
+      if (!this.flushing) void this.flush();
+    });
+  }
+
+  private async flush(): Promise<void> {
+    this.flushing = true;
+    while (this.pending.length > 0) {
+      const group = this.pending;
+      this.pending = [];
+      const ops = group.length === 1 ? group[0]!.ops : group.flatMap((c) => c.ops);
+      try {
+        await this.db.batch(ops, { sync: this.options.durability === "fsync" });
+        for (const c of group) c.resolve();
+      } catch (err) {
+        this.failure = new StoreError(
+          `database write failed, the store stopped accepting writes: ${(err as Error).message}`,
+        );
+        for (const c of [...group, ...this.pending]) c.reject(this.failure);
+        this.pending = [];
+      }
+    }
+    this.flushing = false;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    while (this.flushing) await new Promise((r) => setTimeout(r, 1));
+    await this.db.close();
+  }
+}

@@ -1,0 +1,217 @@
+import { decodeBase64, decodeUrlSafeBase64 } from "../../src/events/base64";
+import { parseFullyFormedEvent, parseLimitedEvent } from "../../src/events/envelope";
+import { EventFormatError, SignatureError } from "../../src/events/errors";
+import {
+  computeEventId,
+  computeLpduHash,
+  createLimitedEvent,
+  formEvent,
+  redactEvent,
+  verifyFullyFormedEvent,
+  verifyLimitedEvent,
+} from "../../src/events/pdu";
+import type { FullyFormedEvent, LimitedEvent, LimitedEventTemplate } from "../../src/events/types";
+import { MIMI_V1 } from "../../src/roomVersions";
+import { lookupOf, testKey } from "../support/keys";
+
+const hub = testKey("hub.example");
+const origin = testKey("origin.example");
+const stranger = testKey("stranger.example");
+const keys = lookupOf(hub, origin, stranger);
+
+const template: LimitedEventTemplate = {
+  room_id: "!room:hub.example",
+  type: "m.room.name",
+  state_key: "",
+  sender: "@bob:origin.example",
+  origin_server_ts: 1_700_000_000_000,
+  hub_server: "hub.example",
+  content: { name: "Caf\u00e9 \ud83d\ude00" },
+};
+const PREV = "$" + "A".repeat(43);
+const AUTH = ["$" + "B".repeat(42) + "A", "$" + "C".repeat(42) + "E"];
+
+function clone<T>(value: T): T {
+  return JSON.parse(JSON.stringify(value)) as T;
+}
+
+function fullyFormed(): FullyFormedEvent {
+  return formEvent(createLimitedEvent(template, origin, MIMI_V1), AUTH, [PREV], hub, MIMI_V1).event;
+}
+
+describe("limited events (LM-04 §Linearized PDU)", () => {
+  it("carries the LPDU hash and only the origin's signature", () => {
+    const lpdu = createLimitedEvent(template, origin, MIMI_V1);
+    expect(lpdu.hashes.lpdu.sha256).toBe(computeLpduHash(template));
+    expect(Object.keys(lpdu.signatures)).toEqual(["origin.example"]);
+    expect(parseLimitedEvent(clone(lpdu))).toEqual(lpdu);
+    expect(() => verifyLimitedEvent(lpdu, keys, MIMI_V1)).not.toThrow();
+  });
+
+  it("is unsigned when the origin is the hub (the hub's signature covers it)", () => {
+    const local = createLimitedEvent({ ...template, sender: "@alice:hub.example" }, hub, MIMI_V1);
+    expect(local.signatures).toEqual({});
+    expect(() => verifyLimitedEvent(local, keys, MIMI_V1)).not.toThrow();
+  });
+
+  it.each([
+    ["content", (e: LimitedEvent) => (e.content.name = "evil")],
+    ["origin_server_ts", (e: LimitedEvent) => (e.origin_server_ts += 1)],
+    ["hub_server", (e: LimitedEvent) => (e.hub_server = "other.example")],
+    ["state_key", (e: LimitedEvent) => (e.state_key = "x")],
+  ])("detects a changed %s through the LPDU hash", (_field, tamper) => {
+    const lpdu = clone(createLimitedEvent(template, origin, MIMI_V1));
+    tamper(lpdu);
+    expect(() => verifyLimitedEvent(lpdu, keys, MIMI_V1)).toThrow(/hashes.lpdu.sha256 does not match/);
+  });
+
+  it("refuses a re-hashed LPDU whose origin signature no longer matches", () => {
+    const lpdu = clone(createLimitedEvent(template, origin, MIMI_V1));
+    lpdu.origin_server_ts += 1;
+    lpdu.hashes.lpdu.sha256 = computeLpduHash(lpdu);
+    expect(() => verifyLimitedEvent(lpdu, keys, MIMI_V1)).toThrow(SignatureError);
+  });
+
+  it("refuses an LPDU signed by a server other than the sender's", () => {
+    const forged = createLimitedEvent(template, stranger, MIMI_V1);
+    expect(() => verifyLimitedEvent(forged, keys, MIMI_V1)).toThrow(/not signed by origin.example/);
+  });
+
+  it("refuses an LPDU signed with a key ID we do not know", () => {
+    const lpdu = createLimitedEvent(template, testKey("origin.example", "ed25519:other"), MIMI_V1);
+    expect(() => verifyLimitedEvent(lpdu, keys, MIMI_V1)).toThrow(/none of the key IDs/);
+  });
+});
+
+describe("fully-formed events (LM-04 §Events, §Hashes, §Signing)", () => {
+  it("verifies and yields the same event ID as the hub computed", () => {
+    const lpdu = createLimitedEvent(template, origin, MIMI_V1);
+    const formed = formEvent(lpdu, AUTH, [PREV], hub, MIMI_V1);
+    expect(formed.event.auth_events).toEqual(AUTH);
+    expect(formed.event.prev_events).toEqual([PREV]);
+    expect(Object.keys(formed.event.signatures).sort()).toEqual(["hub.example", "origin.example"]);
+    expect(formed.eventId).toMatch(/^\$[A-Za-z0-9_-]{43}$/);
+    expect(verifyFullyFormedEvent(clone(formed.event), keys, MIMI_V1)).toBe(formed.eventId);
+    expect(computeEventId(formed.event, MIMI_V1)).toBe(formed.eventId);
+    expect(JSON.parse(formed.canonical)).toEqual(formed.event);
+  });
+
+  it("keeps the event ID when content that redaction removes is redacted", () => {
+    const event = fullyFormed();
+    const redacted = redactEvent(event, MIMI_V1);
+    expect(redacted.content).toEqual({});
+    expect(computeEventId(redacted, MIMI_V1)).toBe(computeEventId(event, MIMI_V1));
+  });
+
+  it.each([
+    [
+      "content (hash)",
+      (e: FullyFormedEvent) => (e.content.name = "evil"),
+      /hashes.lpdu.sha256 does not match/,
+    ],
+    [
+      "prev_events (hash)",
+      (e: FullyFormedEvent) => (e.prev_events = ["$" + "Z".repeat(42) + "Q"]),
+      /hashes.sha256/,
+    ],
+    ["auth_events (hash)", (e: FullyFormedEvent) => e.auth_events.pop(), /hashes.sha256 does not match/],
+    [
+      "the hub signature",
+      (e: FullyFormedEvent) => (e.signatures["hub.example"]!["ed25519:1"] = "A".repeat(86)),
+      /signature of hub.example/,
+    ],
+    [
+      "the origin signature",
+      (e: FullyFormedEvent) => delete e.signatures["origin.example"],
+      /not signed by origin.example/,
+    ],
+  ])("detects tampering with %s", (_what, tamper, message) => {
+    const event = clone(fullyFormed());
+    tamper(event);
+    expect(() => verifyFullyFormedEvent(event, keys, MIMI_V1)).toThrow(message);
+  });
+
+  it("detects a hub that re-hashes an altered event but cannot re-sign for the origin", () => {
+    const lpdu = clone(createLimitedEvent(template, origin, MIMI_V1));
+    lpdu.content.name = "rewritten by the hub";
+    lpdu.hashes.lpdu.sha256 = computeLpduHash(lpdu);
+    const event = formEvent(lpdu, AUTH, [PREV], hub, MIMI_V1).event;
+    expect(() => verifyFullyFormedEvent(event, keys, MIMI_V1)).toThrow(/origin signature/);
+  });
+
+  it("refuses an event larger than 65,536 bytes of canonical JSON", () => {
+    const big = createLimitedEvent({ ...template, content: { name: "x".repeat(65_000) } }, origin, MIMI_V1);
+    expect(() => formEvent(big, AUTH, [PREV], hub, MIMI_V1)).toThrow(
+      expect.objectContaining({ errcode: "M_TOO_LARGE" }),
+    );
+  });
+});
+
+describe("envelope shape", () => {
+  const good = () => clone(fullyFormed()) as unknown as Record<string, unknown>;
+  it.each([
+    [
+      "an unknown top-level field",
+      (e: Record<string, unknown>) => (e.depth = 3),
+      /unexpected top-level field "depth"/,
+    ],
+    ["a bad room ID", (e: Record<string, unknown>) => (e.room_id = "room:hub.example"), /room_id/],
+    ["a bad sender", (e: Record<string, unknown>) => (e.sender = "@Bob:origin.example"), /sender/],
+    [
+      "a fractional timestamp",
+      (e: Record<string, unknown>) => (e.origin_server_ts = 1.5),
+      /origin_server_ts/,
+    ],
+    ["two prev_events", (e: Record<string, unknown>) => (e.prev_events = [PREV, PREV]), /prev_events/],
+    ["no prev_events", (e: Record<string, unknown>) => (e.prev_events = []), /exactly one/],
+    [
+      "content that is an array",
+      (e: Record<string, unknown>) => (e.content = []),
+      /content must be an object/,
+    ],
+    [
+      "a short hash",
+      (e: Record<string, unknown>) => (e.hashes = { sha256: "abc", lpdu: { sha256: "abc" } }),
+      /SHA-256/,
+    ],
+    ["duplicate auth events", (e: Record<string, unknown>) => (e.auth_events = [PREV, PREV]), /duplicates/],
+    [
+      "an invalid key ID",
+      (e: Record<string, unknown>) => (e.signatures = { "hub.example": { "rsa:1": "x" } }),
+      /key ID/,
+    ],
+  ])("refuses %s", (_what, mutate, message) => {
+    const event = good();
+    mutate(event);
+    expect(() => parseFullyFormedEvent(event)).toThrow(EventFormatError);
+    expect(() => parseFullyFormedEvent(event)).toThrow(message);
+  });
+
+  it("refuses a limited event that carries ordering fields", () => {
+    const lpdu = { ...clone(createLimitedEvent(template, origin, MIMI_V1)), prev_events: [PREV] };
+    expect(() => parseLimitedEvent(lpdu)).toThrow(/unexpected top-level field "prev_events"/);
+  });
+
+  it("refuses a limited event with a top-level hash", () => {
+    const lpdu = clone(createLimitedEvent(template, origin, MIMI_V1)) as unknown as { hashes: object };
+    lpdu.hashes = { ...lpdu.hashes, sha256: "A".repeat(43) };
+    expect(() => parseLimitedEvent(lpdu)).toThrow(/no top-level hash/);
+  });
+});
+
+describe("unpadded base64", () => {
+  it.each([
+    ["aGk", "hi"],
+    ["aGk=", "hi"],
+    ["", ""],
+  ])("decodes %j", (text, expected) => {
+    expect(decodeBase64(text)?.toString()).toBe(expected);
+  });
+  it.each(["a", "a*b=", "aGk==="])("refuses %j", (text) => {
+    expect(decodeBase64(text)).toBeUndefined();
+  });
+  it("keeps the URL-safe alphabet apart", () => {
+    expect(decodeUrlSafeBase64("-_8")).toBeDefined();
+    expect(decodeBase64("-_8")).toBeUndefined();
+  });
+});
