@@ -304,7 +304,7 @@ export class RoomService {
    * Follower: apply one fully-formed event from the hub. Duplicates are
    * no-ops; an event whose parent we lack throws a GapError naming it.
    */
-  applyEvent(input: unknown): Promise<ApplyResult> {
+  async applyEvent(input: unknown): Promise<ApplyResult> {
     const event = parseFullyFormedEvent(input);
     const loaded = this.requireRoom(event.room_id);
     if (loaded.record.role !== "follower") {
