@@ -1,6 +1,5 @@
 import { formEvent, verifyFullyFormedEvent, verifyLimitedEvent, type FormedEvent } from "../events/pdu";
 import { serverNameOf } from "../identifiers";
-import { canonicalJson } from "../events/canonicalJson";
 import { MAX_EVENT_BYTES } from "../events/envelope";
 import { EventFormatError } from "../events/errors";
 import type { VerifyKeyLookup } from "../events/signatures";
@@ -16,7 +15,7 @@ export interface SequencedEvent {
   seq: number;
   eventId: string;
   event: FullyFormedEvent;
-  canonical: string;
+  json: string;
   stateEntry: StateEntry | undefined;
   lpduHash: string;
 }
@@ -84,7 +83,7 @@ export class HubRoom {
       seq: this.state.eventCount,
       eventId: formed.eventId,
       event: formed.event,
-      canonical: formed.canonical,
+      json: formed.json,
       stateEntry,
       lpduHash: lpdu.hashes.lpdu.sha256,
     };
@@ -141,8 +140,8 @@ export class FollowerRoom {
       );
     }
     authorizeOrThrow(this.version, this.state, auth);
-    const canonical = canonicalJson(event);
-    if (Buffer.byteLength(canonical, "utf8") > MAX_EVENT_BYTES) {
+    const json = JSON.stringify(event);
+    if (Buffer.byteLength(json, "utf8") > MAX_EVENT_BYTES) {
       throw new EventFormatError(
         `event is larger than ${MAX_EVENT_BYTES} bytes of canonical JSON`,
         "M_TOO_LARGE",
@@ -154,7 +153,7 @@ export class FollowerRoom {
       seq: this.state.eventCount,
       eventId,
       event,
-      canonical,
+      json,
       stateEntry,
       lpduHash: event.hashes.lpdu.sha256,
     };

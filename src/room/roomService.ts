@@ -20,7 +20,7 @@ export interface RoomEventNotice {
   seq: number;
   eventId: string;
   event: FullyFormedEvent;
-  canonical: string;
+  json: string;
   role: "hub" | "follower";
 }
 
@@ -223,13 +223,17 @@ export class RoomService {
       );
     }
     const recentKey = `${lpdu.room_id}\u0000${lpdu.hashes.lpdu.sha256}`;
-    const known =
-      this.recentLpdus.get(recentKey) ??
-      (await this.options.store.findByLpduHash(lpdu.room_id, lpdu.hashes.lpdu.sha256));
+    let known = this.recentLpdus.get(recentKey);
+    if (known === undefined) {
+      const stored = this.options.store.findByLpduHashSync(lpdu.room_id, lpdu.hashes.lpdu.sha256);
+      known =
+        stored === "unavailable"
+          ? await this.options.store.findByLpduHash(lpdu.room_id, lpdu.hashes.lpdu.sha256)
+          : stored;
+      // After an await an identical event may have been sequenced meanwhile.
+      known ??= this.recentLpdus.get(recentKey);
+    }
     if (known !== undefined) return this.duplicateOf(known);
-    // Checked again after the await: an identical event may have been sequenced meanwhile.
-    const raced = this.recentLpdus.get(recentKey);
-    if (raced !== undefined) return this.duplicateOf(raced);
     const sequenced = (loaded.core as HubRoom).sequence(lpdu, origin, this.options.keys);
     this.rememberLpdu(recentKey, sequenced.eventId);
     await this.persist(loaded, sequenced);
@@ -351,7 +355,7 @@ export class RoomService {
       roomId: sequenced.roomId,
       seq: sequenced.seq,
       eventId: sequenced.eventId,
-      canonical: sequenced.canonical,
+      json: sequenced.json,
       stateEntry: sequenced.stateEntry,
       lpduHash: record.role === "hub" ? sequenced.lpduHash : undefined,
     });
@@ -366,7 +370,7 @@ export class RoomService {
       seq: sequenced.seq,
       eventId: sequenced.eventId,
       event: sequenced.event,
-      canonical: sequenced.canonical,
+      json: sequenced.json,
       role: record.role,
     };
     for (const listener of this.listeners) listener(notice);

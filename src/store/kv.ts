@@ -8,6 +8,8 @@ export type BatchOp = { type: "put"; key: string; value: string } | { type: "del
 export interface KvStore {
   get(key: string): Promise<string | undefined>;
   getMany(keys: string[]): Promise<(string | undefined)[]>;
+  /** A synchronous read, where the backend has one (an embedded database); callers fall back to `get`. */
+  getSync?(key: string): string | undefined;
   /** Entries with `gte <= key < lt`, in key order. */
   range(options: {
     gte: string;

@@ -59,6 +59,10 @@ export class LevelStore implements KvStore {
     return value ?? undefined;
   }
 
+  getSync(key: string): string | undefined {
+    return this.db.getSync(key) ?? undefined;
+  }
+
   async getMany(keys: string[]): Promise<(string | undefined)[]> {
     if (keys.length === 0) return [];
     const values = await this.db.getMany(keys);
@@ -95,7 +99,7 @@ export class LevelStore implements KvStore {
     while (this.pending.length > 0) {
       const group = this.pending;
       this.pending = [];
-      const ops = group.length === 1 ? group[0]!.ops : group.flatMap((c) => c.ops);
+      const ops = group.length === 1 ? group[0]!.ops : lastWriteWins(group.flatMap((c) => c.ops));
       try {
         await this.db.batch(ops, { sync: this.options.durability === "fsync" });
         for (const c of group) c.resolve();
@@ -115,4 +119,15 @@ export class LevelStore implements KvStore {
     while (this.flushing) await new Promise((r) => setTimeout(r, 1));
     await this.db.close();
   }
+}
+
+/**
+ * Within one batch only the last operation on a key matters (e.g. a room's
+ * head record rewritten by every event of the group): drop the earlier ones.
+ */
+function lastWriteWins(ops: BatchOp[]): BatchOp[] {
+  const last = new Map<string, number>();
+  for (let i = 0; i < ops.length; i++) last.set(ops[i]!.key, i);
+  if (last.size === ops.length) return ops;
+  return ops.filter((op, i) => last.get(op.key) === i);
 }

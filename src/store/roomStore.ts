@@ -19,7 +19,7 @@ export interface StoredEvent {
   seq: number;
   eventId: string;
   /** Canonical JSON of the fully-formed event. */
-  canonical: string;
+  json: string;
 }
 
 export interface AppendedEvent extends StoredEvent {
@@ -47,7 +47,7 @@ export class RoomStore {
       {
         type: "put",
         key: eventKey(appended.roomId, appended.seq),
-        value: `${appended.eventId}\n${appended.canonical}`,
+        value: `${appended.eventId}\n${appended.json}`,
       },
       { type: "put", key: eventIdKey(appended.eventId), value: `${appended.roomId}${SEP}${appended.seq}` },
       { type: "put", key: roomKey(record.roomId), value: JSON.stringify(record) },
@@ -129,9 +129,15 @@ export class RoomStore {
   async findByLpduHash(roomId: string, lpduHash: string): Promise<string | undefined> {
     return this.kv.get(lpduKey(roomId, lpduHash));
   }
+
+  /** The synchronous form, or `unavailable` when the backend only reads asynchronously. */
+  findByLpduHashSync(roomId: string, lpduHash: string): string | undefined | "unavailable" {
+    if (this.kv.getSync === undefined) return "unavailable";
+    return this.kv.getSync(lpduKey(roomId, lpduHash));
+  }
 }
 
 function parseStoredEvent(roomId: string, seq: number, value: string): StoredEvent {
   const newline = value.indexOf("\n");
-  return { roomId, seq, eventId: value.slice(0, newline), canonical: value.slice(newline + 1) };
+  return { roomId, seq, eventId: value.slice(0, newline), json: value.slice(newline + 1) };
 }

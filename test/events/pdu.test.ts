@@ -93,7 +93,7 @@ describe("fully-formed events (LM-04 §Events, §Hashes, §Signing)", () => {
     expect(formed.eventId).toMatch(/^\$[A-Za-z0-9_-]{43}$/);
     expect(verifyFullyFormedEvent(clone(formed.event), keys, MIMI_V1)).toBe(formed.eventId);
     expect(computeEventId(formed.event, MIMI_V1)).toBe(formed.eventId);
-    expect(JSON.parse(formed.canonical)).toEqual(formed.event);
+    expect(JSON.parse(formed.json)).toEqual(formed.event);
   });
 
   it("keeps the event ID when content that redaction removes is redacted", () => {

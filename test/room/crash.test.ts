@@ -65,7 +65,7 @@ async function checkConsistent(dir: string, acked: Map<number, string>): Promise
     const replay = new RoomState();
     let previous: string | undefined;
     for (const stored of events) {
-      const event = parseFullyFormedEvent(JSON.parse(stored.canonical));
+      const event = parseFullyFormedEvent(JSON.parse(stored.json));
       expect(verifyFullyFormedEvent(event, keys, MIMI_V1)).toBe(stored.eventId);
       expect(event.prev_events).toEqual(previous === undefined ? [] : [previous]);
       expect(await rooms.locateEvent(stored.eventId)).toEqual({ roomId: record!.roomId, seq: stored.seq });

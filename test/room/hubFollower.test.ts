@@ -25,7 +25,7 @@ interface Pair {
 /** Applies at the follower every hub event it has not been given yet. */
 async function sync(pair: Pair): Promise<void> {
   while (pair.forwarded < pair.hubEvents.length) {
-    await pair.follower.service.applyEvent(JSON.parse(pair.hubEvents[pair.forwarded]!.canonical));
+    await pair.follower.service.applyEvent(JSON.parse(pair.hubEvents[pair.forwarded]!.json));
     pair.forwarded++;
   }
 }
@@ -46,7 +46,7 @@ async function setUp(): Promise<Pair> {
   hub.service.subscribe((notice) => hubEvents.push(notice));
   const roomId = await hub.service.createRoom(ALICE);
   await hub.service.sendAsHub(roomId, ALICE, "m.room.user", { participation: "invite" }, BOB);
-  await follower.service.followRoom(JSON.parse(hubEvents[0]!.canonical));
+  await follower.service.followRoom(JSON.parse(hubEvents[0]!.json));
   const pair = { hub, follower, roomId, hubEvents, forwarded: 1 };
   await sync(pair);
   return pair;
@@ -83,7 +83,7 @@ describe("hub and follower cores on LevelDB", () => {
     const hubHistory = await history(hub, roomId);
     expect(hubHistory).toHaveLength(6);
     expect(await history(follower, roomId)).toEqual(hubHistory);
-    const events = (await hub.service.getEvents(roomId, 1, 100)).map((e) => JSON.parse(e.canonical));
+    const events = (await hub.service.getEvents(roomId, 1, 100)).map((e) => JSON.parse(e.json));
     events
       .slice(1)
       .forEach((event: FullyFormedEvent, i) => expect(event.prev_events).toEqual([hubHistory[i]]));
@@ -199,7 +199,7 @@ describe("hub and follower cores on LevelDB", () => {
         await pair.hub.service.sendAsHub(pair.roomId, ALICE, "m.room.topic", { topic: `t${i}` }, "");
       }
       pair.forwarded = pair.hubEvents.length;
-      return pair.hubEvents.slice(before).map((n) => JSON.parse(n.canonical) as FullyFormedEvent);
+      return pair.hubEvents.slice(before).map((n) => JSON.parse(n.json) as FullyFormedEvent);
     }
 
     it("treats a duplicate as a no-op", async () => {
@@ -344,7 +344,7 @@ describe("hub and follower cores on LevelDB", () => {
       pair.follower.service.buildLimitedEvent(roomId, BOB, "org.example.note", { n: 2 }),
     );
     expect(
-      parseFullyFormedEvent(JSON.parse((await pair.hub.service.getEvent(next))!.canonical)).prev_events,
+      parseFullyFormedEvent(JSON.parse((await pair.hub.service.getEvent(next))!.json)).prev_events,
     ).toEqual([hubBefore.head]);
     expect(await history(pair.follower, roomId)).toEqual(await history(pair.hub, roomId));
   });
