@@ -5,7 +5,8 @@ import type { ServerSigningKey } from "../events/signingKey";
 import type { FullyFormedEvent, JsonObject, LimitedEvent } from "../events/types";
 import { makeRoomId, parseUserId, randomRoomLocalpart, serverNameOf } from "../identifiers";
 import { getRoomVersion, DEFAULT_ROOM_VERSION } from "../roomVersions";
-import type { RoomVersion } from "../roomVersions/types";
+import type { AuthDecision, RoomStateView, RoomVersion } from "../roomVersions/types";
+import type { BatchOp } from "../store/kv";
 import type { RoomRecord, RoomStore, StoredEvent } from "../store/roomStore";
 import { RoomError } from "./errors";
 import { FollowerRoom, HubRoom, type SequencedEvent } from "./roomCore";
@@ -23,6 +24,9 @@ export interface RoomEventNotice {
   json: string;
   role: "hub" | "follower";
 }
+
+/** Operations to add to an event's append batch; sees the room state after the event. */
+export type AppendHook = (notice: RoomEventNotice, state: RoomStateView) => BatchOp[];
 
 export interface SubmitResult {
   eventId: string;
@@ -62,6 +66,7 @@ export class RoomService {
   private readonly rooms = new Map<string, LoadedRoom>();
   private readonly recentLpdus = new Map<string, string>();
   private readonly listeners = new Set<(notice: RoomEventNotice) => void>();
+  private appendHooks: AppendHook[] = [];
   private readonly now: () => number;
 
   private constructor(private readonly options: RoomServiceOptions) {
@@ -92,6 +97,14 @@ export class RoomService {
         ? new HubRoom(record.roomId, version, state, this.options.signingKey)
         : new FollowerRoom(record.roomId, version, state, record.hubServer);
     return { record, core, queue: Promise.resolve(), stopped: undefined };
+  }
+
+  /**
+   * Registers a hook whose operations join the batch that appends each event
+   * (e.g. queueing it for other servers), so both land or neither does.
+   */
+  addAppendHook(hook: AppendHook): void {
+    this.appendHooks.push(hook);
   }
 
   subscribe(listener: (notice: RoomEventNotice) => void): () => void {
@@ -359,12 +372,6 @@ export class RoomService {
       stateEntry: sequenced.stateEntry,
       lpduHash: record.role === "hub" ? sequenced.lpduHash : undefined,
     });
-    try {
-      await this.options.store.kv.commit(ops);
-    } catch (err) {
-      loaded.stopped = err as Error;
-      throw err;
-    }
     const notice: RoomEventNotice = {
       roomId: sequenced.roomId,
       seq: sequenced.seq,
@@ -373,7 +380,47 @@ export class RoomService {
       json: sequenced.json,
       role: record.role,
     };
+    for (const hook of this.appendHooks) ops.push(...hook(notice, loaded.core.state));
+    try {
+      await this.options.store.kv.commit(ops);
+    } catch (err) {
+      loaded.stopped = err as Error;
+      throw err;
+    }
     for (const listener of this.listeners) listener(notice);
+  }
+
+  /** Would the room accept this event from this sender now? (For make_* and invite pre-checks.) */
+  checkAllowed(
+    roomId: string,
+    sender: string,
+    type: string,
+    content: JsonObject,
+    stateKey?: string,
+  ): AuthDecision {
+    const loaded = this.requireRoom(roomId);
+    const event = { type, sender, content, roomId, ...(stateKey === undefined ? {} : { stateKey }) };
+    return loaded.core.version.authorize(loaded.core.state, event);
+  }
+
+  /** The state before `eventId` (LM-04 §State Events), rebuilt by replaying the history up to it. */
+  async stateBefore(roomId: string, eventId: string): Promise<{ state: RoomState; seq: number } | undefined> {
+    this.requireRoom(roomId);
+    const where = await this.options.store.locateEvent(eventId);
+    if (where === undefined || where.roomId !== roomId) return undefined;
+    const state = new RoomState();
+    const BATCH = 1000;
+    for (let from = 1; from < where.seq; from += BATCH) {
+      const events = await this.options.store.getEvents(roomId, from, Math.min(BATCH, where.seq - from));
+      for (const stored of events) state.append(stored.eventId, JSON.parse(stored.json) as FullyFormedEvent);
+    }
+    return { state, seq: where.seq };
+  }
+
+  /** Events up to and including `seq`, newest first. */
+  getEventsBackwards(roomId: string, toSeq: number, limit: number): Promise<StoredEvent[]> {
+    this.requireRoom(roomId);
+    return this.options.store.getEventsBackwards(roomId, toSeq, limit);
   }
 
   getEvents(roomId: string, fromSeq: number, limit: number): Promise<StoredEvent[]> {

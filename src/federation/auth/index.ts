@@ -1,0 +1,9 @@
+export { formatAuthorizationHeader, parseAuthorizationHeader, type XMatrixAuth } from "./authorizationHeader";
+export {
+  signRequest,
+  verifyRequest,
+  type RequestKeySource,
+  type RequestToSign,
+  type RequestToVerify,
+} from "./requestAuth";
+export { requireFederationAuth } from "./middleware";

@@ -1,0 +1,117 @@
+import { canonicalJson } from "../../events/canonicalJson";
+import type { ServerSigningKey } from "../../events/signingKey";
+import { parseServerName } from "../../identifiers";
+import { signRequest } from "../auth/requestAuth";
+import type { Resolver } from "../discovery/serverResolver";
+import { RemoteError } from "../errors";
+import { parseJsonBytes, sendHttp, type FetchFn } from "./http";
+
+export const DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+
+export interface FederationClientOptions {
+  /** Signs every request; its server name is our origin. */
+  signingKey: ServerSigningKey;
+  resolver: Resolver;
+  fetch?: FetchFn;
+  timeoutMs?: number;
+  maxResponseBytes?: number;
+}
+
+export interface RequestOptions {
+  timeoutMs?: number;
+}
+
+/** LM-04 §Requests and Responses: POST and PUT always carry a JSON object. */
+const BODY_METHODS = new Set(["POST", "PUT"]);
+const METHOD = /^[A-Z]+$/;
+
+/**
+ * Signed requests to other servers. Errors: RemoteError for an answer that is
+ * not 2xx JSON (with the peer's status and errcode), FederationNetworkError
+ * (retryable) when the peer cannot be reached or times out,
+ * ResponseTooLargeError for an oversized answer.
+ */
+export class FederationClient {
+  readonly serverName: string;
+  private readonly fetchFn: FetchFn;
+  private readonly timeoutMs: number;
+  private readonly maxResponseBytes: number;
+
+  constructor(private readonly options: FederationClientOptions) {
+    this.serverName = options.signingKey.serverName;
+    this.fetchFn = options.fetch ?? fetch;
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    this.maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+  }
+
+  /**
+   * `path` is the path and query exactly as it goes on the wire: callers
+   * encode each path segment and query value with encodeURIComponent. A path
+   * that URL parsing would rewrite (dot segments, unencoded characters) is
+   * refused, since the signature covers it byte for byte.
+   */
+  async request<T>(
+    destination: string,
+    method: string,
+    path: string,
+    body?: unknown,
+    options: RequestOptions = {},
+  ): Promise<T> {
+    parseServerName(destination);
+    if (!METHOD.test(method)) throw new Error(`method ${JSON.stringify(method)} must be upper case`);
+    const base = await this.options.resolver.resolve(destination);
+    const url = new URL(path, base);
+    if (!path.startsWith("/") || path.startsWith("//") || url.pathname + url.search !== path) {
+      throw new Error(
+        `path ${JSON.stringify(path)} is not in the form sent on the wire ` +
+          `(would be sent as ${JSON.stringify(url.pathname + url.search)}); encode segments with encodeURIComponent`,
+      );
+    }
+    const content = body === undefined && BODY_METHODS.has(method) ? {} : body;
+    const headers: Record<string, string> = {
+      Accept: "application/json",
+      Authorization: signRequest(
+        { method, uri: path, origin: this.serverName, destination, content },
+        this.options.signingKey,
+      ),
+    };
+    let payload: string | undefined;
+    if (content !== undefined) {
+      // Canonical JSON on the wire: the receiver's parse-and-canonicalise gives back exactly the signed bytes.
+      payload = canonicalJson(content);
+      headers["Content-Type"] = "application/json";
+    }
+
+    const result = await sendHttp(
+      this.fetchFn,
+      url,
+      { method, headers, body: payload, redirect: "manual" },
+      { destination, timeoutMs: options.timeoutMs ?? this.timeoutMs, maxBytes: this.maxResponseBytes },
+    );
+    const json = parseJsonBytes(result.bytes);
+    if (result.status >= 200 && result.status < 300) {
+      if (json === undefined) {
+        throw new RemoteError(result.status, "M_NOT_JSON", "the response is not JSON", destination);
+      }
+      return json.value as T;
+    }
+    const error = json?.value as { errcode?: unknown; error?: unknown } | undefined;
+    if (typeof error === "object" && error !== null && typeof error.errcode === "string") {
+      throw new RemoteError(
+        result.status,
+        error.errcode,
+        typeof error.error === "string" ? error.error : "",
+        destination,
+        error,
+      );
+    }
+    const snippet = result.bytes.subarray(0, 200).toString("utf8");
+    throw new RemoteError(
+      result.status,
+      "M_UNKNOWN",
+      `answer without a JSON error${snippet === "" ? "" : `: ${JSON.stringify(snippet)}`}`,
+      destination,
+    );
+  }
+}

@@ -1,0 +1,8 @@
+export {
+  FederationClient,
+  DEFAULT_MAX_RESPONSE_BYTES,
+  DEFAULT_REQUEST_TIMEOUT_MS,
+  type FederationClientOptions,
+  type RequestOptions,
+} from "./federationClient";
+export { ResponseTooLargeError, readLimitedBody, sendHttp, parseJsonBytes, type FetchFn } from "./http";

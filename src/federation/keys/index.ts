@@ -1,0 +1,14 @@
+export {
+  buildServerKeysResponse,
+  parseServerKeysResponse,
+  ServerKeysError,
+  ServerKeysPublisher,
+  MAX_KEY_VALIDITY_MS,
+  MAX_KEYS_PER_RESPONSE,
+  DEFAULT_PUBLISHED_VALIDITY_MS,
+  type OldVerifyKey,
+  type ParsedServerKeys,
+  type ServerKey,
+  type ServerKeysBody,
+} from "./serverKeys";
+export { KeyRing, SERVER_KEYS_PATH, type KeyRingOptions } from "./keyRing";

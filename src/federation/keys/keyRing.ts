@@ -1,0 +1,228 @@
+import type { VerifyKeyLookup } from "../../events/signatures";
+import { VerifyKey, type ServerSigningKey } from "../../events/signingKey";
+import { parseKeyId, parseServerName } from "../../identifiers";
+import { prefixEnd, type BatchOp, type KvStore } from "../../store/kv";
+import { parseJsonBytes, sendHttp, type FetchFn } from "../client/http";
+import type { Resolver } from "../discovery/serverResolver";
+import { parseServerKeysResponse, type OldVerifyKey, type ServerKey } from "./serverKeys";
+
+const SEP = "\u0000";
+const KEY_PREFIX = `k${SEP}`;
+export const SERVER_KEYS_PATH = "/_matrix/key/v2/server";
+
+export interface KeyRingOptions {
+  ourKey: ServerSigningKey;
+  ourOldKeys?: readonly OldVerifyKey[];
+  store: KvStore;
+  resolver: Resolver;
+  fetch?: FetchFn;
+  now?: () => number;
+  /** At most one key fetch per server in this interval, so forged key IDs cannot make us hammer a server. */
+  minRefetchIntervalMs?: number;
+  fetchTimeoutMs?: number;
+  maxResponseBytes?: number;
+}
+
+interface StoredKey {
+  key: string;
+  validUntil: number;
+  old: boolean;
+}
+
+/**
+ * The verify keys of every server we talk to (LM-04 §Retrieving Server Keys):
+ * fetched from `/_matrix/key/v2/server`, cached in memory and in the store.
+ * Keys a server stops publishing are kept as old keys so signatures made with
+ * them still verify after the server rotates.
+ */
+export class KeyRing implements VerifyKeyLookup {
+  readonly serverName: string;
+  private readonly servers = new Map<string, Map<string, ServerKey>>();
+  private readonly inflight = new Map<string, Promise<void>>();
+  private readonly lastAttempt = new Map<string, number>();
+  private readonly fetchErrors = new Map<string, string>();
+  private readonly fetchFn: FetchFn;
+  private readonly now: () => number;
+  private readonly minRefetchIntervalMs: number;
+  private readonly fetchTimeoutMs: number;
+  private readonly maxResponseBytes: number;
+
+  private constructor(private readonly options: KeyRingOptions) {
+    this.serverName = options.ourKey.serverName;
+    this.fetchFn = options.fetch ?? fetch;
+    this.now = options.now ?? Date.now;
+    this.minRefetchIntervalMs = options.minRefetchIntervalMs ?? 30_000;
+    this.fetchTimeoutMs = options.fetchTimeoutMs ?? 10_000;
+    this.maxResponseBytes = options.maxResponseBytes ?? 256 * 1024;
+
+    const ours = new Map<string, ServerKey>();
+    for (const old of options.ourOldKeys ?? []) {
+      const key = VerifyKey.fromBase64(old.publicKeyBase64);
+      if (key === undefined) throw new Error(`our old key ${old.keyId} is not a base64 ed25519 public key`);
+      parseKeyId(old.keyId);
+      ours.set(old.keyId, { keyId: old.keyId, key, validUntil: old.expiredTs, old: true });
+    }
+    const current = options.ourKey;
+    ours.set(current.keyId, {
+      keyId: current.keyId,
+      key: current.verifyKey(),
+      validUntil: Number.POSITIVE_INFINITY,
+      old: false,
+    });
+    this.servers.set(this.serverName, ours);
+  }
+
+  /** Opens the ring with every key the store remembers, so a restart does not refetch. */
+  static async open(options: KeyRingOptions): Promise<KeyRing> {
+    const ring = new KeyRing(options);
+    for await (const [storeKey, value] of options.store.range({
+      gte: KEY_PREFIX,
+      lt: prefixEnd(KEY_PREFIX),
+    })) {
+      ring.loadStored(storeKey, value);
+    }
+    return ring;
+  }
+
+  /**
+   * Current keys valid now, and old keys (accepted whatever their
+   * `expired_ts`; callers wanting that check use keyInfo).
+   */
+  keysOf(serverName: string): ReadonlyMap<string, VerifyKey> | undefined {
+    const known = this.servers.get(serverName);
+    if (known === undefined) return undefined;
+    const now = this.now();
+    const usable = new Map<string, VerifyKey>();
+    for (const [keyId, entry] of known) {
+      if (entry.old || entry.validUntil > now) usable.set(keyId, entry.key);
+    }
+    return usable;
+  }
+
+  keyInfo(serverName: string, keyId: string): ServerKey | undefined {
+    return this.servers.get(serverName)?.get(keyId);
+  }
+
+  /**
+   * A key that may authenticate a request now: LM-04 §GET /_matrix/key/v2/server
+   * honours only `verify_keys` for requests, and §Request Authentication needs
+   * it unexpired.
+   */
+  requestKey(serverName: string, keyId: string): VerifyKey | undefined {
+    const entry = this.keyInfo(serverName, keyId);
+    if (entry === undefined || entry.old || entry.validUntil <= this.now()) return undefined;
+    return entry.key;
+  }
+
+  /** Why the last key fetch from this server failed, if it did. */
+  lastFetchError(serverName: string): string | undefined {
+    return this.fetchErrors.get(serverName);
+  }
+
+  /**
+   * Fetches the server's keys when one of `keyIds` is unknown or expired (or,
+   * with no key IDs, when no current key is valid). Concurrent calls share one
+   * fetch; a server is fetched at most once per `minRefetchIntervalMs`. A
+   * failed fetch does not reject: the keys simply stay unknown and
+   * lastFetchError says why. Rejects only for invalid arguments or a store failure.
+   */
+  async ensureKeys(serverName: string, keyIds: readonly string[]): Promise<void> {
+    parseServerName(serverName);
+    for (const keyId of keyIds) parseKeyId(keyId);
+    if (serverName === this.serverName || !this.needsFetch(serverName, keyIds)) return;
+    const pending = this.inflight.get(serverName);
+    if (pending !== undefined) return pending;
+    const last = this.lastAttempt.get(serverName);
+    if (last !== undefined && this.now() - last < this.minRefetchIntervalMs) return;
+    const fetching = this.fetchAndStore(serverName).finally(() => this.inflight.delete(serverName));
+    this.inflight.set(serverName, fetching);
+    return fetching;
+  }
+
+  private needsFetch(serverName: string, keyIds: readonly string[]): boolean {
+    const known = this.servers.get(serverName);
+    const now = this.now();
+    if (keyIds.length === 0) {
+      return ![...(known?.values() ?? [])].some((entry) => !entry.old && entry.validUntil > now);
+    }
+    return keyIds.some((keyId) => {
+      const entry = known?.get(keyId);
+      return entry === undefined || (!entry.old && entry.validUntil <= now);
+    });
+  }
+
+  private async fetchAndStore(serverName: string): Promise<void> {
+    this.lastAttempt.set(serverName, this.now());
+    let fetched: ServerKey[];
+    try {
+      fetched = await this.fetchKeys(serverName);
+    } catch (err) {
+      this.fetchErrors.set(serverName, (err as Error).message);
+      return;
+    }
+    this.fetchErrors.delete(serverName);
+
+    const now = this.now();
+    const merged = new Map<string, ServerKey>();
+    for (const key of fetched) merged.set(key.keyId, key);
+    for (const [keyId, previous] of this.servers.get(serverName) ?? []) {
+      if (merged.has(keyId)) continue;
+      // LM-04 §GET /_matrix/key/v2/server: keys a server stopped publishing stay usable for old signatures.
+      merged.set(keyId, {
+        ...previous,
+        old: true,
+        validUntil: previous.old ? previous.validUntil : Math.min(previous.validUntil, now),
+      });
+    }
+    const ops: BatchOp[] = [...merged.values()].map((entry) => ({
+      type: "put",
+      key: storeKeyOf(serverName, entry.keyId),
+      value: JSON.stringify({
+        key: entry.key.base64,
+        validUntil: entry.validUntil,
+        old: entry.old,
+      } satisfies StoredKey),
+    }));
+    await this.options.store.commit(ops);
+    this.servers.set(serverName, merged);
+  }
+
+  private async fetchKeys(serverName: string): Promise<ServerKey[]> {
+    const base = await this.options.resolver.resolve(serverName);
+    const url = new URL(SERVER_KEYS_PATH, base);
+    const result = await sendHttp(
+      this.fetchFn,
+      url,
+      { method: "GET", headers: { Accept: "application/json" }, redirect: "manual" },
+      { destination: serverName, timeoutMs: this.fetchTimeoutMs, maxBytes: this.maxResponseBytes },
+    );
+    if (result.status !== 200) throw new Error(`${url.href} answered HTTP ${result.status}`);
+    const json = parseJsonBytes(result.bytes);
+    if (json === undefined) throw new Error(`${url.href} did not answer JSON`);
+    return parseServerKeysResponse(json.value, serverName, this.now()).keys;
+  }
+
+  private loadStored(storeKey: string, value: string): void {
+    // An entry we cannot read is skipped: the key is then refetched when needed.
+    const [, serverName, keyId] = storeKey.split(SEP);
+    if (serverName === undefined || keyId === undefined || serverName === this.serverName) return;
+    let stored: Partial<StoredKey>;
+    try {
+      stored = JSON.parse(value) as Partial<StoredKey>;
+    } catch {
+      return;
+    }
+    const key = typeof stored.key === "string" ? VerifyKey.fromBase64(stored.key) : undefined;
+    if (key === undefined || typeof stored.validUntil !== "number" || typeof stored.old !== "boolean") return;
+    let byId = this.servers.get(serverName);
+    if (byId === undefined) {
+      byId = new Map();
+      this.servers.set(serverName, byId);
+    }
+    byId.set(keyId, { keyId, key, validUntil: stored.validUntil, old: stored.old });
+  }
+}
+
+function storeKeyOf(serverName: string, keyId: string): string {
+  return `${KEY_PREFIX}${serverName}${SEP}${keyId}`;
+}

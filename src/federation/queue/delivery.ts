@@ -1,0 +1,353 @@
+import { DEFAULT_BACKOFF, backoffDelay, systemTimer, type BackoffPolicy, type Timer } from "./backoff";
+import {
+  MAX_EDUS_PER_TXN,
+  MAX_PDUS_PER_TXN,
+  QueueError,
+  type OutboundQueue,
+  type OutboundTransaction,
+  type TransactionLimits,
+} from "./outboundQueue";
+
+/** The receiver's verdict on one PDU; an empty object means accepted. */
+export interface PduResult {
+  error?: string;
+  errcode?: string;
+}
+
+export interface SendBody {
+  pdus: unknown[];
+  edus: unknown[];
+}
+
+/**
+ * A 2xx answer to `PUT /send/:txnId`. LM-04 names the map `failed_pdus` and
+ * lists only refused events; Matrix names it `pdus` and lists every event.
+ * Either or both are accepted.
+ */
+export interface SendResponse {
+  pdus?: Record<string, PduResult>;
+  failed_pdus?: Record<string, PduResult>;
+}
+
+/**
+ * Sends one transaction. Throws on a transport failure or a non-2xx answer;
+ * a thrown error may carry `status`, `retryable` and `retryAfterMs` (as the
+ * federation client's errors do). `signal` aborts when the worker stops.
+ */
+export type SendFn = (
+  destination: string,
+  txnId: string,
+  body: SendBody,
+  signal: AbortSignal,
+) => Promise<SendResponse>;
+
+export interface DeliveryFailureInfo {
+  txnId: string | undefined;
+  /** Consecutive failures for this destination, including this one; 0 when the `onResults` hook threw. */
+  attempt: number;
+  /** The peer refused the request itself (e.g. 400 M_BAD_JSON, 401): retrying alone will not help. */
+  permanent: boolean;
+  retryInMs: number;
+}
+
+export interface OutboundDeliveryOptions {
+  send: SendFn;
+  /**
+   * The receiver's per-PDU results, called once it answered 2xx and before the
+   * items are deleted (so a crash in between calls it again). `pduIds` are the
+   * IDs sent; those missing from `results` were accepted or dropped.
+   */
+  onResults?: (
+    destination: string,
+    txnId: string,
+    results: Record<string, PduResult>,
+    pduIds: string[],
+  ) => void | Promise<void>;
+  /** Every failed attempt, so the operator sees destinations that are down or refuse us. */
+  onError?: (destination: string, error: Error, info: DeliveryFailureInfo) => void;
+  backoff?: Partial<BackoffPolicy>;
+  limits?: Partial<TransactionLimits>;
+  /** Values in `[0, 1)`, for jitter. */
+  random?: () => number;
+  timer?: Timer;
+  /** Milliseconds since the epoch, for `nextRetryAt`. */
+  now?: () => number;
+}
+
+export interface InFlightInfo {
+  txnId: string;
+  pdus: number;
+  edus: number;
+  /** A request is outstanding right now (rather than waiting to be retried). */
+  sending: boolean;
+}
+
+interface DestinationWorker {
+  loop: Promise<void> | undefined;
+  /** Woken while the loop ran: look for new items before going idle. */
+  dirty: boolean;
+  txn: OutboundTransaction | undefined;
+  sending: boolean;
+  failures: number;
+  lastError: Error | undefined;
+  retryAt: number | undefined;
+  cancelWait: (() => void) | undefined;
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+function isPermanent(err: unknown): boolean {
+  const { retryable, status } = err as { retryable?: unknown; status?: unknown };
+  if (typeof retryable === "boolean") return !retryable;
+  return typeof status === "number" && status >= 400 && status < 500 && status !== 408 && status !== 429;
+}
+
+function retryAfter(err: unknown): number {
+  const ms = (err as { retryAfterMs?: unknown }).retryAfterMs;
+  return typeof ms === "number" && Number.isFinite(ms) && ms > 0 ? ms : 0;
+}
+
+/**
+ * Drains an OutboundQueue: one logical worker per destination with at most one
+ * transaction in flight (LM-04 §`PUT /send/:txnId`: the sender waits for 200
+ * before using another txnId), retried with the same ID until acknowledged.
+ * Use one OutboundDelivery per queue.
+ */
+export class OutboundDelivery {
+  private readonly workers = new Map<string, DestinationWorker>();
+  private readonly policy: BackoffPolicy;
+  private readonly limits: TransactionLimits;
+  private readonly random: () => number;
+  private readonly timer: Timer;
+  private readonly now: () => number;
+  private running = false;
+  private abort = new AbortController();
+
+  constructor(
+    readonly queue: OutboundQueue,
+    private readonly options: OutboundDeliveryOptions,
+  ) {
+    this.policy = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this.limits = {
+      maxPdus: options.limits?.maxPdus ?? MAX_PDUS_PER_TXN,
+      maxEdus: options.limits?.maxEdus ?? MAX_EDUS_PER_TXN,
+    };
+    const { maxPdus, maxEdus } = this.limits;
+    if (!(maxPdus >= 1 && maxPdus <= MAX_PDUS_PER_TXN && maxEdus >= 1 && maxEdus <= MAX_EDUS_PER_TXN)) {
+      throw new QueueError(
+        `transaction limits must be 1..${MAX_PDUS_PER_TXN} PDUs and 1..${MAX_EDUS_PER_TXN} EDUs`,
+      );
+    }
+    this.random = options.random ?? Math.random;
+    this.timer = options.timer ?? systemTimer;
+    this.now = options.now ?? Date.now;
+  }
+
+  /** Starts delivering, resuming every destination with a backlog or a persisted transaction. */
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.abort = new AbortController();
+    for (const destination of this.queue.destinations()) {
+      if (this.queue.depth(destination) > 0 || this.queue.inFlightTxnId(destination) !== undefined) {
+        this.wake(destination);
+      }
+    }
+  }
+
+  /** Call after items for `destination` were committed. A destination waiting to retry keeps waiting. */
+  wake(destination: string): void {
+    if (!this.running) return;
+    const worker = this.worker(destination);
+    if (worker.loop !== undefined) {
+      worker.dirty = true;
+      return;
+    }
+    worker.loop = this.run(destination, worker).finally(() => {
+      worker.loop = undefined;
+      if (worker.dirty) this.wake(destination);
+    });
+  }
+
+  /** Ends a destination's backoff wait now, e.g. when the peer is known to be back. */
+  retryNow(destination: string): void {
+    this.workers.get(destination)?.cancelWait?.();
+  }
+
+  /**
+   * Stops every worker: aborts in-flight sends and backoff waits and resolves
+   * once they settled. A send that still succeeds is acknowledged first; any
+   * other in-flight transaction stays persisted and is resent by the next start.
+   */
+  async stop(): Promise<void> {
+    this.running = false;
+    this.abort.abort();
+    const loops: Promise<void>[] = [];
+    for (const worker of this.workers.values()) {
+      worker.cancelWait?.();
+      if (worker.loop !== undefined) loops.push(worker.loop);
+    }
+    await Promise.all(loops);
+  }
+
+  destinations(): string[] {
+    return this.queue.destinations();
+  }
+
+  depth(destination: string): number {
+    return this.queue.depth(destination);
+  }
+
+  inFlight(destination: string): InFlightInfo | undefined {
+    const worker = this.workers.get(destination);
+    const txn = worker?.txn;
+    if (txn === undefined) return undefined;
+    return { txnId: txn.txnId, pdus: txn.pdus.length, edus: txn.edus.length, sending: worker!.sending };
+  }
+
+  /** The error of the latest attempt; cleared by a success. */
+  lastError(destination: string): Error | undefined {
+    return this.workers.get(destination)?.lastError;
+  }
+
+  /** When a destination that is down will be tried again. */
+  nextRetryAt(destination: string): number | undefined {
+    return this.workers.get(destination)?.retryAt;
+  }
+
+  private async run(destination: string, worker: DestinationWorker): Promise<void> {
+    while (this.running) {
+      worker.dirty = false;
+      let txn: OutboundTransaction | undefined;
+      try {
+        txn = await this.queue.nextTransaction(destination, this.limits);
+      } catch (err) {
+        await this.failed(destination, worker, err, undefined);
+        continue;
+      }
+      if (txn === undefined) return;
+      worker.txn = txn;
+      if (!(await this.deliver(destination, worker, txn))) return;
+      worker.txn = undefined;
+    }
+  }
+
+  /** Sends `txn` until it is acknowledged (true) or the worker stops (false). */
+  private async deliver(
+    destination: string,
+    worker: DestinationWorker,
+    txn: OutboundTransaction,
+  ): Promise<boolean> {
+    const body: SendBody = { pdus: txn.pdus.map((i) => i.body), edus: txn.edus.map((i) => i.body) };
+    while (this.running) {
+      let response: SendResponse;
+      worker.sending = true;
+      try {
+        response = await this.options.send(destination, txn.txnId, body, this.abort.signal);
+        worker.sending = false;
+      } catch (err) {
+        worker.sending = false;
+        if (!this.running) return false;
+        await this.failed(destination, worker, err, txn.txnId);
+        continue;
+      }
+      await this.report(destination, txn, response);
+      try {
+        await this.queue.complete(txn);
+      } catch (err) {
+        if (!this.running) return false;
+        await this.failed(destination, worker, err, txn.txnId);
+        continue;
+      }
+      worker.failures = 0;
+      worker.lastError = undefined;
+      worker.retryAt = undefined;
+      return true;
+    }
+    return false;
+  }
+
+  private async report(destination: string, txn: OutboundTransaction, response: SendResponse): Promise<void> {
+    if (this.options.onResults === undefined) return;
+    const results: Record<string, PduResult> = {};
+    for (const map of [response?.pdus, response?.failed_pdus]) {
+      if (typeof map === "object" && map !== null) Object.assign(results, map);
+    }
+    try {
+      await this.options.onResults(
+        destination,
+        txn.txnId,
+        results,
+        txn.pdus.map((i) => i.id),
+      );
+    } catch (err) {
+      this.notify(destination, asError(err), {
+        txnId: txn.txnId,
+        attempt: 0,
+        permanent: false,
+        retryInMs: 0,
+      });
+    }
+  }
+
+  private async failed(
+    destination: string,
+    worker: DestinationWorker,
+    err: unknown,
+    txnId: string | undefined,
+  ): Promise<void> {
+    worker.failures++;
+    worker.lastError = asError(err);
+    const delay = Math.min(
+      this.policy.capMs,
+      Math.max(backoffDelay(worker.failures, this.policy, this.random), retryAfter(err)),
+    );
+    worker.retryAt = this.now() + delay;
+    this.notify(destination, worker.lastError, {
+      txnId,
+      attempt: worker.failures,
+      permanent: isPermanent(err),
+      retryInMs: delay,
+    });
+    if (!this.running) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        worker.cancelWait = undefined;
+        resolve();
+      };
+      const handle = this.timer.setTimeout(done, delay);
+      worker.cancelWait = () => {
+        this.timer.clearTimeout(handle);
+        done();
+      };
+    });
+  }
+
+  private notify(destination: string, error: Error, info: DeliveryFailureInfo): void {
+    try {
+      this.options.onError?.(destination, error, info);
+    } catch {
+      // A failing hook must not stop delivery.
+    }
+  }
+
+  private worker(destination: string): DestinationWorker {
+    let worker = this.workers.get(destination);
+    if (worker === undefined) {
+      worker = {
+        loop: undefined,
+        dirty: false,
+        txn: undefined,
+        sending: false,
+        failures: 0,
+        lastError: undefined,
+        retryAt: undefined,
+        cancelWait: undefined,
+      };
+      this.workers.set(destination, worker);
+    }
+    return worker;
+  }
+}

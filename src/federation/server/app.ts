@@ -1,0 +1,229 @@
+import express, { type NextFunction, type Request, type Response } from "express";
+import { isValidEventId, isValidRoomId, isValidUserId } from "../../identifiers";
+import { createLogger } from "../../logging";
+import { requireFederationAuth } from "../auth";
+import { errorResponse, FederationError } from "../errors";
+import { ServerKeysPublisher } from "../keys";
+import type { Membership, MimiProvider } from "../provider";
+
+/** Largest request body we read: 50 PDUs of at most 64 KiB each, plus room for the envelope. */
+export const MAX_REQUEST_BYTES = 4 * 1024 * 1024;
+const log = createLogger("federation.http");
+
+type Handler = (req: Request, res: Response) => Promise<unknown> | unknown;
+
+/** Runs a handler and answers its value as JSON, or its error as `{errcode, error}` with the right status. */
+function route(handler: Handler) {
+  return async (req: Request, res: Response) => {
+    try {
+      const answer = await handler(req, res);
+      res.status(200).json(answer ?? {});
+    } catch (err) {
+      const { status, body } = errorResponse(err);
+      if (status >= 500) log.error("request failed", { method: req.method, path: req.path, error: err });
+      res.status(status).json(body);
+    }
+  };
+}
+
+function param(req: Request, name: string, check: (v: string) => boolean, what: string): string {
+  const value = req.params[name];
+  if (typeof value !== "string" || !check(value)) {
+    throw new FederationError(
+      400,
+      "M_INVALID_PARAM",
+      `${name} is not a valid ${what}: ${JSON.stringify(value)}`,
+    );
+  }
+  return value;
+}
+
+function txnId(req: Request): string {
+  return param(req, "txnId", (v) => v.length > 0 && v.length <= 255, "transaction ID");
+}
+
+function queryString(req: Request, name: string): string {
+  const value = req.query[name];
+  if (typeof value !== "string" || value === "") {
+    throw new FederationError(400, "M_MISSING_PARAM", `query parameter ${name} is required`);
+  }
+  return value;
+}
+
+/**
+ * The federation listener (LM-04 §Transport), on its own port: request
+ * bodies are read raw, checked for type and size, parsed strictly, and
+ * authenticated before any handler runs.
+ */
+export function createFederationApp(provider: MimiProvider): express.Express {
+  const app = express();
+  app.disable("x-powered-by");
+  app.set("strict routing", true);
+  app.set("case sensitive routing", true);
+  const auth = requireFederationAuth(provider.keyRing, provider.serverName);
+  const publisher = new ServerKeysPublisher(provider.signingKey);
+
+  app.use((_req, res, next) => {
+    res.setHeader("Content-Type", "application/json");
+    next();
+  });
+
+  // LM-04 §Requests and Responses: POST and PUT carry a JSON object.
+  app.use((req: Request, _res: Response, next: NextFunction) => {
+    if (req.method !== "POST" && req.method !== "PUT") return next();
+    const type = req.headers["content-type"] ?? "";
+    if (!/^application\/json\s*(;|$)/i.test(type)) {
+      return next(new FederationError(400, "M_NOT_JSON", "Content-Type must be application/json"));
+    }
+    next();
+  });
+  app.use(express.raw({ type: () => true, limit: MAX_REQUEST_BYTES }));
+  app.use((req: Request, _res: Response, next: NextFunction) => {
+    if (!Buffer.isBuffer(req.body)) {
+      req.body = undefined;
+      return next();
+    }
+    if (req.body.length === 0) {
+      req.body = req.method === "POST" || req.method === "PUT" ? Symbol.for("empty") : undefined;
+      if (req.body !== undefined)
+        return next(new FederationError(400, "M_NOT_JSON", "the request body is empty"));
+      return next();
+    }
+    try {
+      req.body = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(req.body));
+    } catch {
+      return next(new FederationError(400, "M_NOT_JSON", "the request body is not UTF-8 JSON"));
+    }
+    next();
+  });
+
+  app.get("/_matrix/key/v2/server", publisher.handler());
+
+  const v = "/_matrix/federation";
+  app.put(
+    `${v}/v2/send/:txnId`,
+    auth,
+    route((req, res) => provider.onSendTransaction(res.locals.origin as string, txnId(req), req.body)),
+  );
+  app.post(
+    `${v}/v3/invite/:txnId`,
+    auth,
+    route((req, res) => provider.onInvite(res.locals.origin as string, txnId(req), req.body)),
+  );
+  for (const change of ["join", "leave", "knock"] as Membership[]) {
+    app.get(
+      `${v}/v1/make_${change}/:roomId/:userId`,
+      auth,
+      route((req, res) => {
+        const raw = req.query.ver;
+        const versions = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]).map(String);
+        return provider.onMakeMembership(
+          res.locals.origin as string,
+          change,
+          param(req, "roomId", isValidRoomId, "room ID"),
+          param(req, "userId", isValidUserId, "user ID"),
+          versions,
+        );
+      }),
+    );
+    app.post(
+      `${v}/v3/send_${change}/:txnId`,
+      auth,
+      route((req, res) =>
+        provider.onSendMembership(res.locals.origin as string, change, txnId(req), req.body),
+      ),
+    );
+  }
+  app.get(
+    `${v}/v2/event/:eventId`,
+    auth,
+    route((req, res) =>
+      provider.onGetEvent(res.locals.origin as string, param(req, "eventId", isValidEventId, "event ID")),
+    ),
+  );
+  for (const [path, idsOnly] of [
+    ["state", false],
+    ["state_ids", true],
+  ] as const) {
+    app.get(
+      `${v}/v1/${path}/:roomId`,
+      auth,
+      route((req, res) => {
+        const eventId = queryString(req, "event_id");
+        if (!isValidEventId(eventId))
+          throw new FederationError(400, "M_INVALID_PARAM", "event_id is not a valid event ID");
+        return provider.onGetState(
+          res.locals.origin as string,
+          param(req, "roomId", isValidRoomId, "room ID"),
+          eventId,
+          idsOnly,
+        );
+      }),
+    );
+  }
+  app.get(
+    `${v}/v2/backfill/:roomId`,
+    auth,
+    route((req, res) => {
+      const from = queryString(req, "v");
+      if (!isValidEventId(from))
+        throw new FederationError(400, "M_INVALID_PARAM", "v is not a valid event ID");
+      const limit = Number(queryString(req, "limit"));
+      if (!Number.isSafeInteger(limit) || limit < 1) {
+        throw new FederationError(400, "M_INVALID_PARAM", "limit must be a positive integer");
+      }
+      return provider.onBackfill(
+        res.locals.origin as string,
+        param(req, "roomId", isValidRoomId, "room ID"),
+        from,
+        limit,
+      );
+    }),
+  );
+
+  // LM-04 §Unsupported Endpoints: 404 for unknown paths, 405 for a known path with the wrong method.
+  const knownPaths = [
+    "/_matrix/key/v2/server",
+    `${v}/v2/send/:x`,
+    `${v}/v3/invite/:x`,
+    `${v}/v1/make_(join|leave|knock)/:x/:x`,
+    `${v}/v3/send_(join|leave|knock)/:x`,
+    `${v}/v2/event/:x`,
+    `${v}/v1/state/:x`,
+    `${v}/v1/state_ids/:x`,
+    `${v}/v2/backfill/:x`,
+  ].map((template) => new RegExp("^" + template.replace(/:x/g, "[^/]+") + "$"));
+  app.use((req: Request, res: Response) => {
+    if (knownPaths.some((pattern) => pattern.test(req.path))) {
+      res
+        .status(405)
+        .json({ errcode: "M_UNRECOGNIZED", error: `method ${req.method} is not allowed on ${req.path}` });
+    } else {
+      res
+        .status(404)
+        .json({ errcode: "M_UNRECOGNIZED", error: `unknown endpoint ${req.method} ${req.path}` });
+    }
+  });
+
+  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    let failure = err;
+    const type = (err as { type?: string }).type;
+    if (type === "entity.too.large") {
+      failure = new FederationError(
+        413,
+        "M_TOO_LARGE",
+        `the request body is larger than ${MAX_REQUEST_BYTES} bytes`,
+      );
+    } else if (type !== undefined && type.startsWith("entity.")) {
+      failure = new FederationError(
+        400,
+        "M_NOT_JSON",
+        `the request body could not be read: ${(err as Error).message}`,
+      );
+    }
+    const { status, body } = errorResponse(failure);
+    if (status >= 500) log.error("request failed", { method: req.method, path: req.path, error: err });
+    res.status(status).json(body);
+  });
+  return app;
+}

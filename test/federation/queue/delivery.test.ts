@@ -1,0 +1,495 @@
+import {
+  OutboundDelivery,
+  OutboundQueue,
+  backoffDelay,
+  type DeliveryFailureInfo,
+  type OutboundDeliveryOptions,
+  type PduResult,
+  type QueueItem,
+} from "../../../src/federation/queue";
+import { seededRandom } from "../../support/random";
+import {
+  HoldingStore,
+  ManualTimer,
+  RecordingSender,
+  TempStore,
+  edu,
+  eventually,
+  httpError,
+  numbers,
+  pdu,
+} from "./helpers";
+
+const DEST = "b.example";
+const SEP = "\u0000";
+
+const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+interface Harness {
+  queue: OutboundQueue;
+  delivery: OutboundDelivery;
+  sender: RecordingSender;
+  timer: ManualTimer;
+  errors: { destination: string; error: Error; info: DeliveryFailureInfo }[];
+  results: { destination: string; txnId: string; results: Record<string, PduResult>; pduIds: string[] }[];
+}
+
+let temp: TempStore;
+let running: OutboundDelivery[];
+
+beforeEach(async () => {
+  temp = await TempStore.create();
+  running = [];
+});
+
+afterEach(async () => {
+  await Promise.all(running.map((d) => d.stop()));
+  await temp.dispose();
+});
+
+async function harness(
+  options: Partial<OutboundDeliveryOptions> = {},
+  queue?: OutboundQueue,
+): Promise<Harness> {
+  const q = queue ?? (await OutboundQueue.open(temp.store));
+  const sender = new RecordingSender();
+  const timer = new ManualTimer();
+  const errors: Harness["errors"] = [];
+  const results: Harness["results"] = [];
+  const delivery = new OutboundDelivery(q, {
+    send: sender.send,
+    timer,
+    random: () => 0.5,
+    onError: (destination, error, info) => errors.push({ destination, error, info }),
+    onResults: (destination, txnId, pduResults, pduIds) => {
+      results.push({ destination, txnId, results: pduResults, pduIds });
+    },
+    ...options,
+  });
+  running.push(delivery);
+  return { queue: q, delivery, sender, timer, errors, results };
+}
+
+const idle =
+  (h: Harness, destination = DEST) =>
+  () =>
+    h.delivery.depth(destination) === 0 && h.delivery.inFlight(destination) === undefined;
+
+/** Item numbers of every call, in call order. */
+const delivered = (calls: { pdus: unknown[]; edus: unknown[] }[]) =>
+  calls.map((c) => [...numbers(c.pdus), ...numbers(c.edus)].sort((a, b) => a - b));
+
+describe("OutboundDelivery", () => {
+  it("delivers 1,000 items in order, at most 50 PDUs per transaction and one transaction in flight", async () => {
+    const h = await harness();
+    const item = (n: number): QueueItem => (n % 5 === 0 ? edu(n) : pdu(n));
+    await h.queue.enqueue(DEST, range(1, 500).map(item));
+    h.delivery.start();
+    for (let from = 501; from <= 1000; from += 10) {
+      await h.queue.enqueue(DEST, range(from, from + 9).map(item));
+      h.delivery.wake(DEST);
+    }
+    await eventually(idle(h));
+
+    const calls = h.sender.callsTo(DEST);
+    expect(h.sender.maxConcurrent.get(DEST)).toBe(1);
+    expect(calls.length).toBeGreaterThanOrEqual(800 / 50);
+    expect(calls.some((c) => c.pdus.length === 50)).toBe(true);
+    for (const call of calls) {
+      expect(call.pdus.length).toBeLessThanOrEqual(50);
+      expect(call.edus.length).toBeLessThanOrEqual(100);
+    }
+    // Each transaction is the next contiguous run of the queue.
+    expect(delivered(calls).flat()).toEqual(range(1, 1000));
+    expect(new Set(calls.map((c) => c.txnId)).size).toBe(calls.length);
+    expect(await temp.keys(`q${SEP}`)).toEqual([]);
+    expect(await temp.keys(`qt${SEP}`)).toEqual([]);
+    expect(h.errors).toEqual([]);
+  });
+
+  it("lets every destination progress on its own: a failing one keeps its backlog and blocks no other", async () => {
+    const h = await harness();
+    h.sender.behaviour = (call) => {
+      if (call.destination === "down.example") throw httpError(503, "M_UNKNOWN");
+      return { pdus: {} };
+    };
+    await h.queue.enqueue("down.example", range(1, 120).map(pdu));
+    await h.queue.enqueue("up.example", range(1, 120).map(pdu));
+    h.delivery.start();
+
+    await eventually(idle(h, "up.example"));
+    await h.timer.requested(1);
+    expect(delivered(h.sender.callsTo("up.example")).flat()).toEqual(range(1, 120));
+    expect(h.delivery.depth("down.example")).toBe(120);
+    expect(h.delivery.lastError("down.example")?.message).toMatch(/503/);
+    expect(h.delivery.lastError("up.example")).toBeUndefined();
+    expect(h.errors.map((e) => e.destination)).toEqual(["down.example"]);
+    expect(h.delivery.destinations().sort()).toEqual(["down.example", "up.example"]);
+
+    // More items for the healthy destination still flow while the other waits to retry.
+    await h.queue.enqueue("up.example", [pdu(121)]);
+    h.delivery.wake("up.example");
+    h.delivery.wake("down.example");
+    await eventually(idle(h, "up.example"));
+    expect(h.sender.callsTo("down.example")).toHaveLength(1);
+    expect(h.delivery.inFlight("down.example")).toMatchObject({ pdus: 50, edus: 0, sending: false });
+  });
+
+  it("retries a failed transaction with the same txn ID and items, then moves on to a new one", async () => {
+    const h = await harness();
+    let failures = 2;
+    h.sender.behaviour = () => {
+      if (failures-- > 0) throw new Error("connection reset");
+      return { pdus: {} };
+    };
+    await h.queue.enqueue(DEST, range(1, 60).map(pdu));
+    h.delivery.start();
+
+    await h.timer.requested(1);
+    const pending = h.delivery.inFlight(DEST);
+    expect(pending?.txnId).toBe(h.sender.calls[0]!.txnId);
+    expect(h.delivery.lastError(DEST)?.message).toBe("connection reset");
+    h.timer.fireAll();
+    await h.timer.requested(2);
+    h.timer.fireAll();
+    await eventually(idle(h));
+
+    const [first, second, third, fourth] = h.sender.calls;
+    expect(second!.txnId).toBe(first!.txnId);
+    expect(third!.txnId).toBe(first!.txnId);
+    expect(second!.pdus).toEqual(first!.pdus);
+    expect(third!.pdus).toEqual(first!.pdus);
+    expect(numbers(first!.pdus)).toEqual(range(1, 50));
+    expect(fourth!.txnId).not.toBe(first!.txnId);
+    expect(numbers(fourth!.pdus)).toEqual(range(51, 60));
+    expect(h.sender.calls).toHaveLength(4);
+    expect(h.errors.map((e) => e.info)).toEqual([
+      { txnId: first!.txnId, attempt: 1, permanent: false, retryInMs: 125 },
+      { txnId: first!.txnId, attempt: 2, permanent: false, retryInMs: 250 },
+    ]);
+    expect(h.delivery.lastError(DEST)).toBeUndefined();
+    expect(h.delivery.nextRetryAt(DEST)).toBeUndefined();
+  });
+
+  it("reports permanent refusals through onError and still retries them", async () => {
+    const h = await harness();
+    const answers = [
+      httpError(400, "M_BAD_JSON"),
+      httpError(401, "M_UNAUTHORIZED"),
+      Object.assign(new Error("refused"), { status: 502, retryable: false }),
+      httpError(429, "M_LIMIT_EXCEEDED"),
+      httpError(500, "M_UNKNOWN"),
+    ];
+    h.sender.behaviour = () => {
+      const next = answers.shift();
+      if (next !== undefined) throw next;
+      return { pdus: {} };
+    };
+    await h.queue.enqueue(DEST, [pdu(1)]);
+    h.delivery.start();
+    for (let i = 1; i <= 5; i++) {
+      await h.timer.requested(i);
+      h.timer.fireAll();
+    }
+    await eventually(idle(h));
+
+    expect(h.errors.map((e) => e.info.permanent)).toEqual([true, true, true, false, false]);
+    expect(h.errors.map((e) => (e.error as Error & { errcode?: string }).errcode)).toEqual([
+      "M_BAD_JSON",
+      "M_UNAUTHORIZED",
+      undefined,
+      "M_LIMIT_EXCEEDED",
+      "M_UNKNOWN",
+    ]);
+    expect(new Set(h.sender.calls.map((c) => c.txnId)).size).toBe(1);
+    expect(h.sender.calls).toHaveLength(6);
+  });
+
+  it("hands per-PDU results to onResults and never resends a refused PDU", async () => {
+    const h = await harness({ limits: { maxPdus: 3 } });
+    let call = 0;
+    h.sender.behaviour = () => {
+      call++;
+      if (call === 1)
+        return { pdus: { $e1: {}, $e2: { errcode: "M_FORBIDDEN", error: "not allowed" }, $e3: {} } };
+      return { failed_pdus: { $e5: { error: "Invalid event format" } } };
+    };
+    await h.queue.enqueue(DEST, range(1, 6).map(pdu));
+    h.delivery.start();
+    await eventually(idle(h));
+
+    expect(h.results).toEqual([
+      {
+        destination: DEST,
+        txnId: h.sender.calls[0]!.txnId,
+        results: { $e1: {}, $e2: { errcode: "M_FORBIDDEN", error: "not allowed" }, $e3: {} },
+        pduIds: ["$e1", "$e2", "$e3"],
+      },
+      {
+        destination: DEST,
+        txnId: h.sender.calls[1]!.txnId,
+        results: { $e5: { error: "Invalid event format" } },
+        pduIds: ["$e4", "$e5", "$e6"],
+      },
+    ]);
+    expect(delivered(h.sender.calls)).toEqual([
+      [1, 2, 3],
+      [4, 5, 6],
+    ]);
+    expect(h.errors).toEqual([]);
+    expect(await temp.keys(`q${SEP}`)).toEqual([]);
+  });
+
+  it("picks up items woken for while it was finding the queue empty", async () => {
+    const store = new HoldingStore(temp.store);
+    const h = await harness({}, await OutboundQueue.open(store));
+    let hold: ReturnType<HoldingStore["holdNextRange"]> | undefined;
+    h.sender.behaviour = () => {
+      // Hold the read after this transaction, which finds the queue empty.
+      hold ??= store.holdNextRange();
+      return { pdus: {} };
+    };
+    await h.queue.enqueue(DEST, [pdu(1)]);
+    h.delivery.start();
+    await eventually(() => hold !== undefined);
+    await hold!.reached;
+    await h.queue.enqueue(DEST, [pdu(2)]);
+    h.delivery.wake(DEST);
+    hold!.release();
+    await eventually(idle(h));
+    expect(h.sender.calls.map((c) => numbers(c.pdus))).toEqual([[1], [2]]);
+  });
+
+  it("keeps delivering when onResults throws, and reports it", async () => {
+    const h = await harness({
+      onResults: () => {
+        throw new Error("results hook broke");
+      },
+    });
+    await h.queue.enqueue(DEST, [pdu(1)]);
+    h.delivery.start();
+    await eventually(idle(h));
+    expect(h.errors.map((e) => e.error.message)).toEqual(["results hook broke"]);
+    expect(h.sender.calls).toHaveLength(1);
+  });
+});
+
+describe("OutboundDelivery backoff", () => {
+  const policy = { baseMs: 250, capMs: 5000 };
+
+  it("computes full-jitter delays below min(cap, base * 2^(attempt-1))", () => {
+    const ceilings = [250, 500, 1000, 2000, 4000, 5000, 5000];
+    ceilings.forEach((ceiling, i) => {
+      expect(backoffDelay(i + 1, policy, () => 0)).toBe(0);
+      expect(backoffDelay(i + 1, policy, () => 0.5)).toBe(ceiling / 2);
+      expect(backoffDelay(i + 1, policy, () => 1 - 2 ** -40)).toBe(ceiling - 1);
+    });
+    expect(backoffDelay(5000, policy, () => 0.5)).toBe(2500);
+    const random = seededRandom(7);
+    const samples = range(1, 200).map((i) => backoffDelay(((i - 1) % 8) + 1, policy, random));
+    samples.forEach((delay, i) => {
+      expect(delay).toBeGreaterThanOrEqual(0);
+      expect(delay).toBeLessThan(Math.min(5000, 250 * 2 ** (i % 8)));
+    });
+    expect(new Set(samples).size).toBeGreaterThan(100);
+  });
+
+  it("waits growing, jittered delays between attempts, resets after a success and honours retry_after_ms", async () => {
+    const randoms = [0.5, 0.25, 0.9, 0.999, 0.1, 0.7, 0.6, 0.3];
+    const now = 1_700_000_000_000;
+    const h = await harness({
+      backoff: { baseMs: 100, capMs: 1000 },
+      random: () => randoms.shift()!,
+      now: () => now,
+    });
+    // The first transaction fails five times; the second hits a rate limit, then a timeout.
+    const script = ["timeout", "timeout", "timeout", "timeout", "timeout", "ok", "429", "timeout", "ok"];
+    h.sender.behaviour = () => {
+      const outcome = script.shift();
+      if (outcome === "timeout") throw new Error("timeout");
+      if (outcome === "429") throw httpError(429, "M_LIMIT_EXCEEDED", { retryAfterMs: 700 });
+      return { pdus: {} };
+    };
+    await h.queue.enqueue(DEST, range(1, 51).map(pdu));
+    h.delivery.start();
+    for (let i = 1; i <= 5; i++) {
+      await h.timer.requested(i);
+      expect(h.delivery.nextRetryAt(DEST)).toBe(now + h.timer.delays[i - 1]!);
+      h.timer.fireAll();
+    }
+    await h.timer.requested(6);
+    h.timer.fireAll();
+    await h.timer.requested(7);
+    h.timer.fireAll();
+    await eventually(idle(h));
+
+    expect(h.timer.delays).toEqual([
+      Math.floor(0.5 * 100),
+      Math.floor(0.25 * 200),
+      Math.floor(0.9 * 400),
+      Math.floor(0.999 * 800),
+      Math.floor(0.1 * 1000),
+      700, // max(0.7 * 100, retry_after_ms)
+      Math.floor(0.6 * 200),
+    ]);
+    expect(h.sender.calls).toHaveLength(9);
+    expect(script).toEqual([]);
+  });
+});
+
+describe("OutboundDelivery restart and crashes", () => {
+  it("resumes the backlog after a restart, reusing the persisted txn ID", async () => {
+    const before = await harness();
+    before.sender.behaviour = () => {
+      throw new Error("unreachable");
+    };
+    await before.queue.enqueue(DEST, range(1, 120).map(pdu));
+    await before.queue.enqueue("other.example", [edu(1)]);
+    before.delivery.start();
+    await before.timer.requested(1);
+    await eventually(() => before.errors.length === 2);
+    const first = before.sender.callsTo(DEST)[0]!;
+    await before.delivery.stop();
+    expect(before.timer.pendingCount).toBe(0);
+
+    const store = await temp.reopen();
+    const after = await harness({}, await OutboundQueue.open(store));
+    expect(after.delivery.depth(DEST)).toBe(120);
+    after.delivery.start();
+    await eventually(() => idle(after)() && idle(after, "other.example")());
+
+    const calls = after.sender.callsTo(DEST);
+    expect(calls[0]!.txnId).toBe(first.txnId);
+    expect(calls[0]!.pdus).toEqual(first.pdus);
+    expect(delivered(calls).flat()).toEqual(range(1, 120));
+    expect(after.sender.callsTo("other.example")).toHaveLength(1);
+  });
+
+  it("redelivers with the same txn ID after a crash between the send and the acknowledgement", async () => {
+    const before = await harness();
+    const processed: string[] = [];
+    before.sender.behaviour = (call) => {
+      processed.push(...call.pdus.map((p) => (p as { event_id: string }).event_id));
+      return { pdus: {} };
+    };
+    // The receiver processes the transaction, but the answer never reaches the crashed sender.
+    const crashing = new OutboundDelivery(before.queue, {
+      send: async (...args) => {
+        await before.sender.send(...args);
+        return new Promise(() => {});
+      },
+    });
+    await before.queue.enqueue(DEST, range(1, 70).map(pdu));
+    crashing.start();
+    await eventually(() => processed.length === 50);
+    const lost = before.sender.calls[0]!;
+    expect(await temp.store.get(`qt${SEP}${DEST}`)).toContain(lost.txnId);
+
+    const store = await temp.reopen();
+    const after = await harness({ send: before.sender.send }, await OutboundQueue.open(store));
+    after.delivery.start();
+    await eventually(idle(after));
+
+    const [, resent, next] = before.sender.calls;
+    expect(resent!.txnId).toBe(lost.txnId);
+    expect(resent!.pdus).toEqual(lost.pdus);
+    expect(numbers(next!.pdus)).toEqual(range(51, 70));
+    // At least once on the wire, once at the receiver.
+    expect(processed).toEqual(range(1, 70).map((n) => `$e${n}`));
+  });
+
+  it("resends a transaction found persisted in the store, before anything newer", async () => {
+    const key = (seq: number) => `q${SEP}${DEST}${SEP}${seq.toString(16).padStart(16, "0")}`;
+    await temp.store.commit([
+      ...[4, 5, 6].map((n) => ({ type: "put" as const, key: key(n), value: JSON.stringify(pdu(n)) })),
+      { type: "put", key: `qn${SEP}${DEST}`, value: "7" },
+      { type: "put", key: `qt${SEP}${DEST}`, value: JSON.stringify({ txnId: "crashed-txn", seqs: [4, 5] }) },
+    ]);
+    const h = await harness();
+    h.delivery.start();
+    await eventually(idle(h));
+    expect(h.sender.calls.map((c) => [c.txnId, numbers(c.pdus)])).toEqual([
+      ["crashed-txn", [4, 5]],
+      [expect.any(String), [6]],
+    ]);
+    expect(h.sender.calls[1]!.txnId).not.toBe("crashed-txn");
+  });
+
+  it("stop() aborts an in-flight send and keeps its transaction for the next start", async () => {
+    const h = await harness();
+    let aborted = false;
+    h.sender.behaviour = (_call, signal) =>
+      new Promise((_resolve, reject) => {
+        signal.addEventListener("abort", () => {
+          aborted = true;
+          reject(new Error("aborted"));
+        });
+      });
+    await h.queue.enqueue(DEST, [pdu(1), pdu(2)]);
+    h.delivery.start();
+    await eventually(() => h.delivery.inFlight(DEST)?.sending === true);
+    const txnId = h.delivery.inFlight(DEST)!.txnId;
+
+    await h.delivery.stop();
+    expect(aborted).toBe(true);
+    expect(h.errors).toEqual([]);
+    expect(h.delivery.depth(DEST)).toBe(2);
+    expect(h.queue.inFlightTxnId(DEST)).toBe(txnId);
+
+    const again = await harness({}, h.queue);
+    again.delivery.start();
+    await eventually(idle(again));
+    expect(again.sender.calls.map((c) => c.txnId)).toEqual([txnId]);
+  });
+
+  it("retryNow() ends a backoff wait and tries the same transaction again", async () => {
+    const h = await harness();
+    let down = true;
+    h.sender.behaviour = () => {
+      if (down) throw new Error("down");
+      return { pdus: {} };
+    };
+    await h.queue.enqueue(DEST, [pdu(1)]);
+    h.delivery.start();
+    await h.timer.requested(1);
+    down = false;
+    h.delivery.retryNow(DEST);
+    await eventually(idle(h));
+    expect(h.timer.pendingCount).toBe(0);
+    expect(h.sender.calls.map((c) => c.txnId)).toEqual([h.sender.calls[0]!.txnId, h.sender.calls[0]!.txnId]);
+  });
+
+  it("stop() ends a backoff wait at once", async () => {
+    const h = await harness();
+    h.sender.behaviour = () => {
+      throw new Error("down");
+    };
+    await h.queue.enqueue(DEST, [pdu(1)]);
+    h.delivery.start();
+    await h.timer.requested(1);
+    expect(h.timer.pendingCount).toBe(1);
+    await h.delivery.stop();
+    expect(h.timer.pendingCount).toBe(0);
+    expect(h.sender.calls).toHaveLength(1);
+    expect(h.delivery.depth(DEST)).toBe(1);
+  });
+
+  it("stop() waits for a send that still succeeds and acknowledges it", async () => {
+    const h = await harness();
+    let release: () => void = () => {};
+    h.sender.behaviour = () => new Promise((resolve) => (release = () => resolve({ pdus: {} })));
+    await h.queue.enqueue(DEST, [pdu(1)]);
+    h.delivery.start();
+    await eventually(() => h.delivery.inFlight(DEST)?.sending === true);
+
+    let stopped = false;
+    const stopping = h.delivery.stop().then(() => (stopped = true));
+    await new Promise((r) => setTimeout(r, 10));
+    expect(stopped).toBe(false);
+    release();
+    await stopping;
+    expect(h.delivery.depth(DEST)).toBe(0);
+    expect(h.queue.inFlightTxnId(DEST)).toBeUndefined();
+    expect(await temp.keys(`q${SEP}`)).toEqual([]);
+  });
+});
