@@ -14,6 +14,9 @@ export interface ProviderConfig {
     /** Server name -> base URL, used before `.well-known` (loopback set-ups need it). */
     staticRoutes: Record<string, string>;
     wellKnown: boolean;
+    /** Delivery retries: exponential backoff with full jitter from `retryBaseMs` up to `retryMaxMs`. */
+    retryBaseMs: number;
+    retryMaxMs: number;
   };
   database: { path: string; durability: "fsync" | "os" };
   signingKeyPath: string;
@@ -35,6 +38,8 @@ interface RawConfig {
     port: number;
     static_routes?: Record<string, string>;
     well_known?: boolean;
+    retry_base_ms?: number;
+    retry_max_ms?: number;
   };
   database?: { path?: string; durability?: "fsync" | "os" };
   signing_key_path?: string;
@@ -92,6 +97,8 @@ export function parseConfig(text: string, baseDir: string): ProviderConfig {
       port: raw.federation.port,
       staticRoutes: raw.federation.static_routes ?? {},
       wellKnown: raw.federation.well_known ?? true,
+      retryBaseMs: raw.federation.retry_base_ms ?? 250,
+      retryMaxMs: raw.federation.retry_max_ms ?? 300_000,
     },
     database: {
       path: resolve(baseDir, raw.database?.path ?? "data/db"),

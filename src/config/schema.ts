@@ -14,6 +14,8 @@ export const CONFIG_SCHEMA = {
         port: { type: "integer", minimum: 0, maximum: 65535 },
         static_routes: { type: "object", additionalProperties: { type: "string" } },
         well_known: { type: "boolean" },
+        retry_base_ms: { type: "integer", minimum: 10, maximum: 600000 },
+        retry_max_ms: { type: "integer", minimum: 100, maximum: 86400000 },
       },
     },
     database: {

@@ -18,7 +18,7 @@ import { LevelStore } from "../store/levelStore";
 import { RoomStore } from "../store/roomStore";
 import { FederationClient, type FetchFn } from "./client";
 import { ServerResolver } from "./discovery";
-import { FederationError, RemoteError } from "./errors";
+import { FederationError, httpStatusFor, isErrorCode, RemoteError } from "./errors";
 import { KeyRing } from "./keys";
 import { PendingInvites, type PendingInvite } from "./pendingInvites";
 import { OutboundDelivery, OutboundQueue, type PduResult, type SendBody, type SendResponse } from "./queue";
@@ -130,7 +130,11 @@ export class MimiProvider {
           attempt: info.attempt,
           retryInMs: info.retryInMs,
         }),
-      ...(options.backoff ? { backoff: options.backoff } : {}),
+      backoff: {
+        baseMs: config.federation.retryBaseMs,
+        capMs: config.federation.retryMaxMs,
+        ...options.backoff,
+      },
     });
     rooms.addAppendHook((notice, state) => provider.fanOutOps(notice, state));
     rooms.subscribe((notice) => provider.afterAppend(notice));
@@ -242,7 +246,9 @@ export class MimiProvider {
           errcode: result.errcode,
           error: result.error,
         });
-        pending?.reject(new RemoteError(400, result.errcode ?? "M_UNKNOWN", result.error ?? "", destination));
+        const errcode = result.errcode ?? "M_UNKNOWN";
+        const status = isErrorCode(errcode) ? httpStatusFor(errcode) : 400;
+        pending?.reject(new RemoteError(status, errcode, result.error ?? "", destination));
       } else {
         pending?.resolve(result?.event_id ?? id);
       }

@@ -104,15 +104,28 @@ export class ProviderProcess {
 }
 
 /** Starts `names.length` providers on 127.0.0.1 that know each other through static routes. */
-export async function startProviders(names: string[]): Promise<ProviderProcess[]> {
+export async function startProviders(
+  names: string[],
+  extraRoutes: Record<string, string> = {},
+): Promise<ProviderProcess[]> {
   const ports = await Promise.all(names.map(async () => [await freePort(), await freePort()] as const));
-  const routes = Object.fromEntries(names.map((name, i) => [name, `http://127.0.0.1:${ports[i]![0]}`]));
+  const routes = {
+    ...extraRoutes,
+    ...Object.fromEntries(names.map((name, i) => [name, `http://127.0.0.1:${ports[i]![0]}`])),
+  };
   const providers = names.map((name, i) => {
     const dir = tempDir(name.replace(/\W/g, "-"));
     mkdirSync(join(dir, "data"), { recursive: true });
     const config = {
       server_name: name,
-      federation: { bind_address: "127.0.0.1", port: ports[i]![0], static_routes: routes, well_known: false },
+      federation: {
+        bind_address: "127.0.0.1",
+        port: ports[i]![0],
+        static_routes: routes,
+        well_known: false,
+        retry_base_ms: 50,
+        retry_max_ms: 500,
+      },
       database: { path: "data/db", durability: "os" },
       signing_key_path: "data/signing.key",
       admin_api: { bind_address: "127.0.0.1", port: ports[i]![1], token: TOKEN },
