@@ -65,6 +65,8 @@ export class MimiProvider {
     { running: Promise<void>; again: string | undefined; hubServer: string }
   >();
   private readonly fanOutTargets = new Map<string, string[]>();
+  /** Rooms whose send_join is under way, by hub: events the hub sends meanwhile start the catch-up. */
+  private readonly joining = new Map<string, string>();
   private httpServer: Server | undefined;
   private delivery!: OutboundDelivery;
   readonly log: Logger;
@@ -434,12 +436,18 @@ export class MimiProvider {
       version,
     );
     const path = `/_matrix/federation/v3/send_${change}/${encodeURIComponent(lpduTxnId(lpdu))}`;
-    const answer = await this.client.request<{ event?: JsonObject; event_id?: string }>(
-      hubServer,
-      "POST",
-      path,
-      lpdu,
-    );
+    if (change === "join") this.joining.set(roomId, hubServer);
+    let answer: { event?: JsonObject; event_id?: string };
+    try {
+      answer = await this.client.request<{ event?: JsonObject; event_id?: string }>(
+        hubServer,
+        "POST",
+        path,
+        lpdu,
+      );
+    } finally {
+      if (change === "join") this.joining.delete(roomId);
+    }
     if (change !== "knock") await this.invites.remove(roomId, userId);
     if (change === "join") {
       const joinEvent = parseFullyFormedEvent(answer.event);
@@ -569,8 +577,8 @@ export class MimiProvider {
     const room = this.rooms.room(roomId);
     if (room === undefined) {
       // Events fanned out while we are still pulling the history of a room we just joined.
-      const joining = this.catchUps.get(roomId);
-      if (joining === undefined || joining.hubServer !== origin) {
+      const joining = this.catchUps.get(roomId)?.hubServer ?? this.joining.get(roomId);
+      if (joining !== origin) {
         throw new RoomError("M_NOT_FOUND", `${this.serverName} is not in room ${roomId}`);
       }
       const event = parseFullyFormedEvent(raw);
