@@ -38,7 +38,7 @@ export async function rawRequest(options: {
   destination: string;
   method: string;
   path: string;
-  body?: string;
+  body?: string | Buffer;
   contentType?: string;
   signAs?: { origin: string; key: ServerSigningKey };
   signedContent?: unknown;
@@ -47,7 +47,7 @@ export async function rawRequest(options: {
   if (options.contentType !== undefined) headers["Content-Type"] = options.contentType;
   if (options.signAs !== undefined) {
     let content = options.signedContent;
-    if (content === undefined && options.body !== undefined) {
+    if (content === undefined && typeof options.body === "string") {
       try {
         content = JSON.parse(options.body);
       } catch {
