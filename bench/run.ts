@@ -2,6 +2,7 @@
  * `npm run bench`: throughput and latency figures. Pass section names to run
  * only some (e.g. `npm run bench -- room`).
  */
+import { federationSection } from "./federation";
 import { cryptoFloor, hubThroughput } from "./roomCore";
 import { fmt } from "./util";
 
@@ -24,7 +25,7 @@ async function roomSection(): Promise<void> {
   }
 }
 
-const SECTIONS: Record<string, () => Promise<void>> = { room: roomSection };
+const SECTIONS: Record<string, () => Promise<void>> = { room: roomSection, federation: federationSection };
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2);

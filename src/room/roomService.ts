@@ -1,5 +1,6 @@
 import { parseFullyFormedEvent, parseLimitedEvent } from "../events/envelope";
-import { createLimitedEvent, computeEventId } from "../events/pdu";
+import { createLimitedEvent, computeEventId, computeLpduHash } from "../events/pdu";
+import { EventFormatError } from "../events/errors";
 import type { VerifyKeyLookup } from "../events/signatures";
 import type { ServerSigningKey } from "../events/signingKey";
 import type { FullyFormedEvent, JsonObject, LimitedEvent } from "../events/types";
@@ -234,6 +235,13 @@ export class RoomService {
         "M_WRONG_HUB",
         `${this.serverName} is not the hub of ${lpdu.room_id}; send limited events to ${loaded.record.hubServer}`,
       );
+    }
+    // The retry lookup below trusts the LPDU hash, so it is checked first, and so is the origin.
+    if (computeLpduHash(lpdu) !== lpdu.hashes.lpdu.sha256) {
+      throw new EventFormatError("limited event: hashes.lpdu.sha256 does not match the event's content");
+    }
+    if (serverNameOf(lpdu.sender) !== origin) {
+      throw new RoomError("M_FORBIDDEN", `server ${origin} cannot send events for ${lpdu.sender}`);
     }
     const recentKey = `${lpdu.room_id}\u0000${lpdu.hashes.lpdu.sha256}`;
     let known = this.recentLpdus.get(recentKey);

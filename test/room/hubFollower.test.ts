@@ -157,6 +157,25 @@ describe("hub and follower cores on LevelDB", () => {
     expect(await history(hub, roomId)).toHaveLength(4);
   });
 
+  it("does not let a forged copy of an accepted limited event pass as its retry", async () => {
+    const { hub, follower, roomId } = pair;
+    const lpdu = follower.service.buildLimitedEvent(
+      roomId,
+      BOB,
+      "m.room.user",
+      { participation: "join" },
+      BOB,
+    );
+    await hub.service.submitLimitedEvent(clone(lpdu), "follower.example");
+    const forged = { ...clone(lpdu), content: { participation: "ban" } };
+    await expect(hub.service.submitLimitedEvent(forged, "follower.example")).rejects.toThrow(
+      /hashes.lpdu.sha256/,
+    );
+    await expect(hub.service.submitLimitedEvent(clone(lpdu), "stranger.example")).rejects.toMatchObject({
+      errcode: "M_FORBIDDEN",
+    });
+  });
+
   it("refuses a limited event meant for another hub, and limited events at a follower", async () => {
     const { hub, follower, roomId } = pair;
     const lpdu = follower.service.buildLimitedEvent(
