@@ -2,7 +2,8 @@ import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import Ajv, { type ErrorObject } from "ajv";
 import yaml from "js-yaml";
-import { isValidServerName } from "../identifiers";
+import { VerifyKey } from "../events/signingKey";
+import { isValidKeyId, isValidServerName } from "../identifiers";
 import { CONFIG_SCHEMA } from "./schema";
 
 export interface ProviderConfig {
@@ -20,6 +21,8 @@ export interface ProviderConfig {
   };
   database: { path: string; durability: "fsync" | "os" };
   signingKeyPath: string;
+  /** Keys we signed with before a rotation: still published, so what they signed still verifies. */
+  oldVerifyKeys: { keyId: string; publicKeyBase64: string; expiredTs: number }[];
   admin: { bindAddress: string; port: number; token: string } | undefined;
   logging: { level: "debug" | "info" | "warn" | "error" };
 }
@@ -43,6 +46,7 @@ interface RawConfig {
   };
   database?: { path?: string; durability?: "fsync" | "os" };
   signing_key_path?: string;
+  old_verify_keys?: Record<string, { key: string; expired_ts: number }>;
   admin_api?: { bind_address?: string; port: number; token: string };
   logging?: { level?: "debug" | "info" | "warn" | "error" };
 }
@@ -105,6 +109,14 @@ export function parseConfig(text: string, baseDir: string): ProviderConfig {
       durability: raw.database?.durability ?? "fsync",
     },
     signingKeyPath: resolve(baseDir, raw.signing_key_path ?? "data/signing.key"),
+    oldVerifyKeys: Object.entries(raw.old_verify_keys ?? {}).map(([keyId, old]) => {
+      if (!isValidKeyId(keyId))
+        throw new ConfigError(`old_verify_keys: ${JSON.stringify(keyId)} is not a key ID like ed25519:abc`);
+      if (VerifyKey.fromBase64(old.key) === undefined) {
+        throw new ConfigError(`old_verify_keys.${keyId}.key: not an unpadded base64 ed25519 public key`);
+      }
+      return { keyId, publicKeyBase64: old.key, expiredTs: old.expired_ts };
+    }),
     admin:
       raw.admin_api === undefined
         ? undefined

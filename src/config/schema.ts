@@ -27,6 +27,18 @@ export const CONFIG_SCHEMA = {
       },
     },
     signing_key_path: { type: "string", minLength: 1 },
+    old_verify_keys: {
+      type: "object",
+      additionalProperties: {
+        type: "object",
+        additionalProperties: false,
+        required: ["key", "expired_ts"],
+        properties: {
+          key: { type: "string", minLength: 43 },
+          expired_ts: { type: "integer", minimum: 0 },
+        },
+      },
+    },
     admin_api: {
       type: "object",
       additionalProperties: false,

@@ -17,7 +17,7 @@ import type { BatchOp } from "../store/kv";
 import { LevelStore } from "../store/levelStore";
 import { RoomStore } from "../store/roomStore";
 import { FederationClient, type FetchFn } from "./client";
-import { ServerResolver } from "./discovery";
+import { ServerResolver, type Resolver } from "./discovery";
 import { FederationError, httpStatusFor, isErrorCode, RemoteError } from "./errors";
 import { KeyRing } from "./keys";
 import { PendingInvites, type PendingInvite } from "./pendingInvites";
@@ -93,12 +93,16 @@ export class MimiProvider {
     setLogLevel(config.logging.level);
     const signingKey = await loadOrCreateSigningKey(config.signingKeyPath, config.serverName);
     const kv = await LevelStore.open(config.database.path, { durability: config.database.durability });
-    const resolver = new ServerResolver({
+    const discovery = new ServerResolver({
       staticMap: config.federation.staticRoutes,
       ...(options.fetch ? { fetch: options.fetch } : {}),
     });
+    const resolver: Resolver = config.federation.wellKnown
+      ? discovery
+      : { resolve: (name) => staticRouteOnly(config.federation.staticRoutes, name, discovery) };
     const keyRing = await KeyRing.open({
       ourKey: signingKey,
+      ourOldKeys: config.oldVerifyKeys,
       store: kv,
       resolver,
       ...(options.fetch ? { fetch: options.fetch } : {}),
@@ -870,6 +874,24 @@ function requireVersionOf(event: { room_id?: unknown }): ReturnType<typeof getRo
   // Every room version we speak shares the envelope; redaction is per version but IDs of
   // events whose version we do not know are only used as correlation keys.
   return getRoomVersion(supportedRoomVersions()[0]!)!;
+}
+
+/** With `.well-known` discovery turned off, only servers in the static routes are reachable. */
+function staticRouteOnly(
+  routes: Record<string, string>,
+  serverName: string,
+  resolver: Resolver,
+): Promise<URL> {
+  if (routes[serverName] === undefined) {
+    return Promise.reject(
+      new FederationError(
+        404,
+        "M_NOT_FOUND",
+        `no route to ${serverName}: it is not in federation.static_routes and well_known is off`,
+      ),
+    );
+  }
+  return resolver.resolve(serverName);
 }
 
 /** A transaction ID for requests that carry one LPDU: its hash, so a retry reuses it. */

@@ -61,7 +61,7 @@ export function createFederationApp(provider: MimiProvider): express.Express {
   app.set("strict routing", true);
   app.set("case sensitive routing", true);
   const auth = requireFederationAuth(provider.keyRing, provider.serverName);
-  const publisher = new ServerKeysPublisher(provider.signingKey);
+  const publisher = new ServerKeysPublisher(provider.signingKey, provider.config.oldVerifyKeys);
 
   app.use((_req, res, next) => {
     res.setHeader("Content-Type", "application/json");
