@@ -14,7 +14,10 @@ describe("shipped examples", () => {
 
   it("enabling the sample's admin_api without changing its token is refused", () => {
     const sample = readFileSync(join(ROOT, "config.sample.yaml"), "utf8");
-    const block = sample.slice(sample.indexOf("# admin_api:"), sample.indexOf("\n\n", sample.indexOf("# admin_api:")));
+    const block = sample.slice(
+      sample.indexOf("# admin_api:"),
+      sample.indexOf("\n\n", sample.indexOf("# admin_api:")),
+    );
     const text = sample.replace(block, block.replace(/^# ?/gm, ""));
     expect(text).toContain("\nadmin_api:\n  bind_address: 127.0.0.1\n");
     expect(() => parseConfig(text, "/srv/mimi")).toThrow(ConfigError);
