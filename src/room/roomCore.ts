@@ -57,7 +57,12 @@ export class HubRoom {
    * @param origin the server the limited event came from (authenticated by
    *   the transport), or our own name for our users' events.
    */
-  sequence(lpdu: LimitedEvent, origin: string, lookup: VerifyKeyLookup): SequencedEvent {
+  sequence(
+    lpdu: LimitedEvent,
+    origin: string,
+    lookup: VerifyKeyLookup,
+    lpduHashChecked = false,
+  ): SequencedEvent {
     if (lpdu.room_id !== this.roomId) {
       throw new RoomError("M_INVALID_PARAM", `limited event is for room ${lpdu.room_id}, not ${this.roomId}`);
     }
@@ -71,7 +76,7 @@ export class HubRoom {
     if (senderServer !== origin) {
       throw new RoomError("M_FORBIDDEN", `server ${origin} cannot send events for ${lpdu.sender}`);
     }
-    verifyLimitedEvent(lpdu, lookup, this.version);
+    verifyLimitedEvent(lpdu, lookup, this.version, { lpduHashChecked });
     const auth = forAuth(lpdu);
     authorizeOrThrow(this.version, this.state, auth);
     const authEvents = lpdu.type === "m.room.create" ? [] : this.version.selectAuthEvents(this.state, auth);

@@ -255,7 +255,7 @@ export class RoomService {
       known ??= this.recentLpdus.get(recentKey);
     }
     if (known !== undefined) return this.duplicateOf(known);
-    const sequenced = (loaded.core as HubRoom).sequence(lpdu, origin, this.options.keys);
+    const sequenced = (loaded.core as HubRoom).sequence(lpdu, origin, this.options.keys, true);
     this.rememberLpdu(recentKey, sequenced.eventId);
     await this.persist(loaded, sequenced);
     return { eventId: sequenced.eventId, seq: sequenced.seq, duplicate: false };
