@@ -1,5 +1,4 @@
 import type { Server } from "node:http";
-import { createServer } from "node:net";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import express from "express";
@@ -10,16 +9,7 @@ import { ServerKeysPublisher } from "../src/federation/keys";
 import { MimiProvider } from "../src/federation/provider";
 import { MIMI_V1 } from "../src/roomVersions";
 import { fmt, percentile, removeDir, tempDir } from "./util";
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === "object" && address ? address.port : 0));
-    });
-  });
-}
+import { freePort } from "../src/util/freePort";
 
 async function startProvider(name: string, port: number, routes: Record<string, string>, dir: string) {
   mkdirSync(join(dir, name), { recursive: true });

@@ -4,27 +4,17 @@
  * history as every provider sees it.
  */
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseConfig } from "../src/config/config";
 import type { FullyFormedEvent } from "../src/events/types";
 import { MimiProvider } from "../src/federation/provider";
+import { freePort } from "../src/util/freePort";
 
 const NAMES = ["a.example", "b.example", "c.example"] as const;
 const ALICE = "@alice:a.example";
 const BOB = "@bob:b.example";
 const CAROL = "@carol:c.example";
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === "object" && address ? address.port : 0));
-    });
-  });
-}
 
 function summary(event: FullyFormedEvent): string {
   const c = event.content as Record<string, unknown>;

@@ -42,7 +42,7 @@ export function redactEvent<T extends { type: string; content: JsonObject }>(eve
 }
 
 /** The LPDU fields of a limited or fully-formed event, without hashes and signatures. */
-function lpduBody(event: LimitedEventTemplate): LimitedEventTemplate {
+export function lpduBody(event: LimitedEventTemplate): LimitedEventTemplate {
   const body: LimitedEventTemplate = {
     room_id: event.room_id,
     type: event.type,

@@ -6,7 +6,7 @@ import { MIMI_V1 } from "../roomVersions";
 import { DEFAULT_ENCRYPTION_ALGORITHM, ROOM_VERSION_ID } from "../roomVersions/mimi1";
 import { encodeUnpaddedBase64, encodeUrlSafeBase64 } from "./base64";
 import { canonicalJson } from "./canonicalJson";
-import { createLimitedEvent, redactEvent } from "./pdu";
+import { createLimitedEvent, redactEvent, lpduBody } from "./pdu";
 import { StaticKeyLookup } from "./signatures";
 import { ServerSigningKey } from "./signingKey";
 import type { FullyFormedEvent, JsonObject, LimitedEvent, LimitedEventTemplate } from "./types";
@@ -242,19 +242,6 @@ function check(condition: boolean, what: string): void {
   if (!condition) throw new Error(`test vector self-check failed: ${what}`);
 }
 
-function lpduFields(event: LimitedEventTemplate): LimitedEventTemplate {
-  const body: LimitedEventTemplate = {
-    room_id: event.room_id,
-    type: event.type,
-    sender: event.sender,
-    origin_server_ts: event.origin_server_ts,
-    hub_server: event.hub_server,
-    content: event.content,
-  };
-  if (event.state_key !== undefined) body.state_key = event.state_key;
-  return body;
-}
-
 function withoutSignatures<T extends { signatures?: unknown }>(value: T): Omit<T, "signatures"> {
   const { signatures: _signatures, ...rest } = value;
   return rest;
@@ -306,7 +293,7 @@ export function buildTestVectors(): TestVectorFile {
 
     const lpduHash = event.hashes.lpdu.sha256;
     const contentHash = event.hashes.sha256;
-    const canonicalLpdu = canonicalJson(lpduFields(event));
+    const canonicalLpdu = canonicalJson(lpduBody(event));
     check(encodeUnpaddedBase64(sha256(canonicalLpdu)) === lpduHash, `${step.name}: lpdu hash`);
     const canonicalContent = canonicalJson({
       ...withoutSignatures(event),
@@ -331,7 +318,7 @@ export function buildTestVectors(): TestVectorFile {
     if (origin !== HUB_SERVER) {
       signingKeys[origin] = keyEntry(originKey);
       canonicalOriginSigned = canonicalJson(
-        redactEvent({ ...lpduFields(event), hashes: { lpdu: event.hashes.lpdu } }, MIMI_V1),
+        redactEvent({ ...lpduBody(event), hashes: { lpdu: event.hashes.lpdu } }, MIMI_V1),
       );
       const originSignature = event.signatures[origin]?.[originKey.keyId];
       check(

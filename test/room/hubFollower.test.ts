@@ -212,6 +212,23 @@ describe("hub and follower cores on LevelDB", () => {
   });
 
   describe("follower checks", () => {
+    /** A limited event formed by the hub itself (topic events are state events with an empty key). */
+    function hubLpdu(type: string, content: Record<string, string>, sender: string) {
+      return createLimitedEvent(
+        {
+          room_id: pair.roomId,
+          type,
+          ...(type === "m.room.topic" ? { state_key: "" } : {}),
+          sender,
+          origin_server_ts: 9,
+          hub_server: "hub.example",
+          content,
+        },
+        hubKey,
+        MIMI_V1,
+      );
+    }
+
     async function nextHubEvents(count: number): Promise<FullyFormedEvent[]> {
       const before = pair.hubEvents.length;
       for (let i = 0; i < count; i++) {
@@ -244,38 +261,14 @@ describe("hub and follower cores on LevelDB", () => {
     it("refuses a fork: a second child of an event it already has", async () => {
       const [event] = await nextHubEvents(1);
       await pair.follower.service.applyEvent(clone(event));
-      const lpdu = createLimitedEvent(
-        {
-          room_id: pair.roomId,
-          type: "m.room.topic",
-          state_key: "",
-          sender: ALICE,
-          origin_server_ts: 9,
-          hub_server: "hub.example",
-          content: { topic: "fork" },
-        },
-        hubKey,
-        MIMI_V1,
-      );
+      const lpdu = hubLpdu("m.room.topic", { topic: "fork" }, ALICE);
       const fork = formEvent(lpdu, event!.auth_events, event!.prev_events, hubKey, MIMI_V1).event;
       await expect(pair.follower.service.applyEvent(fork)).rejects.toMatchObject({ errcode: "M_NOT_LINEAR" });
     });
 
     it("refuses an event whose auth_events are not the selection for its state", async () => {
       const [event] = await nextHubEvents(1);
-      const lpdu = createLimitedEvent(
-        {
-          room_id: pair.roomId,
-          type: "m.room.topic",
-          state_key: "",
-          sender: ALICE,
-          origin_server_ts: 9,
-          hub_server: "hub.example",
-          content: { topic: "x" },
-        },
-        hubKey,
-        MIMI_V1,
-      );
+      const lpdu = hubLpdu("m.room.topic", { topic: "x" }, ALICE);
       const wrong = formEvent(
         lpdu,
         event!.auth_events.slice(0, 1),
@@ -290,18 +283,7 @@ describe("hub and follower cores on LevelDB", () => {
 
     it("refuses an event the hub accepted against policy", async () => {
       const [event] = await nextHubEvents(1);
-      const lpdu = createLimitedEvent(
-        {
-          room_id: pair.roomId,
-          type: "org.example.note",
-          sender: "@mallory:hub.example",
-          origin_server_ts: 9,
-          hub_server: "hub.example",
-          content: { text: "not a member" },
-        },
-        hubKey,
-        MIMI_V1,
-      );
+      const lpdu = hubLpdu("org.example.note", { text: "not a member" }, "@mallory:hub.example");
       const illegal = formEvent(
         lpdu,
         event!.auth_events.slice(0, 2),

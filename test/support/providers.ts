@@ -1,24 +1,12 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import yaml from "js-yaml";
 import { removeDir, tempDir } from "./services";
+import { freePort } from "../../src/util/freePort";
 
 const ROOT = join(__dirname, "..", "..");
 const TOKEN = "test-admin-token-0123456789";
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      const port = typeof address === "object" && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-    server.on("error", reject);
-  });
-}
 
 /** One provider running as its own process with its own on-disk LevelDB. */
 export class ProviderProcess {
@@ -159,3 +147,5 @@ export async function eventually<T>(
     }
   }
 }
+
+export { freePort };
