@@ -31,6 +31,7 @@ const MAX_EDUS = 100;
 const BACKFILL_PAGE = 200;
 const MAX_BACKFILL_LIMIT = 1000;
 const SEND_TIMEOUT_MS = 60_000;
+const CATCH_UP_RETRY_MAX_MS = 60_000;
 
 export type Membership = "join" | "leave" | "knock";
 
@@ -68,6 +69,7 @@ export class MimiProvider {
   /** Rooms whose send_join is under way, by hub: events the hub sends meanwhile start the catch-up. */
   private readonly joining = new Map<string, string>();
   private httpServer: Server | undefined;
+  private stopped = false;
   private delivery!: OutboundDelivery;
   readonly log: Logger;
 
@@ -171,6 +173,7 @@ export class MimiProvider {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     await new Promise<void>((resolve) => {
       if (this.httpServer === undefined) return resolve();
       this.httpServer.close(() => resolve());
@@ -492,6 +495,21 @@ export class MimiProvider {
     return entry.running;
   }
 
+  /**
+   * A catch-up nobody awaits: the event was acknowledged to the hub, so a
+   * failure is retried with backoff until it succeeds or the provider stops.
+   */
+  private catchUpInBackground(roomId: string, hubServer: string, eventId: string, attempt = 0): void {
+    this.catchUp(roomId, hubServer, eventId).catch((error: unknown) => {
+      if (this.stopped) return;
+      const delay = Math.min(CATCH_UP_RETRY_MAX_MS, 500 * 2 ** attempt) * (0.5 + Math.random() / 2);
+      this.log.warn("catch-up failed; retrying", { roomId, hubServer, error, retryInMs: Math.round(delay) });
+      setTimeout(() => {
+        if (!this.stopped) this.catchUpInBackground(roomId, hubServer, eventId, attempt + 1);
+      }, delay).unref();
+    });
+  }
+
   private async catchUpOnce(roomId: string, hubServer: string, eventId: string): Promise<void> {
     const room = this.rooms.room(roomId);
     const head = room?.state.headEventId;
@@ -555,11 +573,11 @@ export class MimiProvider {
 
   /** `PUT /send/:txnId`: each PDU in order, each with its own result (LM-04 §Sending Events). */
   onSendTransaction(origin: string, txnId: string, body: unknown): Promise<SendTransactionAnswer> {
-    const { pdus } = checkTransactionBody(body);
     return this.transactions.once(origin, "send", txnId, async () => {
+      const { pdus } = checkTransactionBody(body);
       const answer: SendTransactionAnswer = { pdus: {}, failed_pdus: {} };
-      for (const raw of pdus) {
-        const id = safeEventId(raw);
+      for (const [index, raw] of pdus.entries()) {
+        const id = safeEventId(raw, index);
         try {
           answer.pdus[id] = await this.receivePdu(origin, raw);
         } catch (err) {
@@ -587,7 +605,7 @@ export class MimiProvider {
       }
       const event = parseFullyFormedEvent(raw);
       const eventId = computeEventId(event, requireVersionOf(event));
-      void this.catchUp(roomId, origin, eventId);
+      this.catchUpInBackground(roomId, origin, eventId);
       return { event_id: eventId };
     }
     if (room.record.role === "hub") {
@@ -612,9 +630,7 @@ export class MimiProvider {
       if (!(err instanceof GapError)) throw err;
       // The event and everything before it are pulled from the hub.
       const eventId = computeEventId(event, room.version);
-      this.catchUp(roomId, origin, eventId).catch((error: unknown) =>
-        this.log.warn("catch-up failed", { roomId, error }),
-      );
+      this.catchUpInBackground(roomId, origin, eventId);
       return { event_id: eventId };
     }
   }
@@ -916,12 +932,18 @@ function checkTransactionBody(body: unknown): { pdus: unknown[]; edus: unknown[]
 }
 
 /** LM-04 §Sending Events: results are keyed by the ID of the object as received. */
-function safeEventId(raw: unknown): string {
+function safeEventId(raw: unknown, index: number): string {
+  let event: LimitedEvent | FullyFormedEvent;
   try {
-    return computeEventId(raw as FullyFormedEvent, requireVersionOf(raw as { room_id?: unknown }));
+    event =
+      (raw as { prev_events?: unknown }).prev_events === undefined
+        ? parseLimitedEvent(raw)
+        : parseFullyFormedEvent(raw);
   } catch {
-    return "$invalid";
+    // Malformed objects have no meaningful reference hash; they are keyed by position.
+    return `invalid:${index}`;
   }
+  return computeEventId(event as FullyFormedEvent, requireVersionOf(event));
 }
 
 function failureOf(err: unknown): { errcode: string; error: string } {

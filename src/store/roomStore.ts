@@ -18,7 +18,7 @@ export interface StoredEvent {
   roomId: string;
   seq: number;
   eventId: string;
-  /** Canonical JSON of the fully-formed event. */
+  /** JSON of the fully-formed event (receivers canonicalise what they hash). */
   json: string;
 }
 

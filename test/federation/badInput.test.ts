@@ -207,6 +207,27 @@ describe("bad input never changes state and always gets a precise JSON error", (
     expect(answer.body).toMatchObject({ errcode: "M_UNRECOGNIZED" });
   });
 
+  it("answers 404 for a POST to an unknown path, whatever its body", async () => {
+    const answer = await rawRequest({
+      baseUrl: base,
+      destination: "a.example",
+      method: "POST",
+      path: "/_matrix/federation/v9/nothing",
+      body: "not json",
+      contentType: "text/plain",
+    });
+    expect(answer.status).toBe(404);
+    expect(answer.body).toMatchObject({ errcode: "M_UNRECOGNIZED" });
+  });
+
+  it("keys the results of malformed PDUs by position, so none hides another", async () => {
+    const answer = await send(
+      "t-malformed",
+      JSON.stringify({ pdus: [{ room_id: roomId }, { room_id: roomId }] }),
+    );
+    expect(Object.keys(answer.body.failed_pdus as object).sort()).toEqual(["invalid:0", "invalid:1"]);
+  });
+
   it("refuses a request addressed to another server", async () => {
     const answer = await rawRequest({
       baseUrl: base,
@@ -248,6 +269,8 @@ describe("bad input never changes state and always gets a precise JSON error", (
     // Even a different body under the same transaction ID is not processed (LM-04 §Transaction Identifiers).
     const different = await send("t-replay", JSON.stringify({ pdus: [message("other")] }));
     expect(different).toEqual(first);
+    const malformed = await send("t-replay", JSON.stringify({ pdus: "not an array" }));
+    expect(malformed).toEqual(first);
     expect(headSeq()).toBe(seqAfterFirst);
   });
 

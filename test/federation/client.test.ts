@@ -263,7 +263,7 @@ describe("federation errors (LM-04 §Errors)", () => {
     ["M_MISSING_EVENT", 400],
     ["M_UNAUTHORIZED", 401],
     ["M_FORBIDDEN", 403],
-    ["M_WRONG_HUB", 403],
+    ["M_WRONG_HUB", 400],
     ["M_WRONG_ROOM_KEYS_VERSION", 403],
     ["M_NOT_FOUND", 404],
     ["M_UNKNOWN_ROOM", 404],

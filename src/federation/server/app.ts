@@ -68,9 +68,22 @@ export function createFederationApp(provider: MimiProvider): express.Express {
     next();
   });
 
-  // LM-04 §Requests and Responses: POST and PUT carry a JSON object.
+  const knownPaths = [
+    "/_matrix/key/v2/server",
+    `/_matrix/federation/v2/send/:x`,
+    `/_matrix/federation/v3/invite/:x`,
+    `/_matrix/federation/v1/make_(join|leave|knock)/:x/:x`,
+    `/_matrix/federation/v3/send_(join|leave|knock)/:x`,
+    `/_matrix/federation/v2/event/:x`,
+    `/_matrix/federation/v1/state/:x`,
+    `/_matrix/federation/v1/state_ids/:x`,
+    `/_matrix/federation/v2/backfill/:x`,
+  ].map((template) => new RegExp("^" + template.replace(/:x/g, "[^/]+") + "$"));
+  const isKnownPath = (path: string) => knownPaths.some((pattern) => pattern.test(path));
+
+  // LM-04 §Requests and Responses: POST and PUT carry a JSON object (unknown paths get 404 below).
   app.use((req: Request, _res: Response, next: NextFunction) => {
-    if (req.method !== "POST" && req.method !== "PUT") return next();
+    if ((req.method !== "POST" && req.method !== "PUT") || !isKnownPath(req.path)) return next();
     const type = req.headers["content-type"] ?? "";
     if (!/^application\/json\s*(;|$)/i.test(type)) {
       return next(new FederationError(400, "M_NOT_JSON", "Content-Type must be application/json"));
@@ -79,7 +92,7 @@ export function createFederationApp(provider: MimiProvider): express.Express {
   });
   app.use(express.raw({ type: () => true, limit: MAX_REQUEST_BYTES }));
   app.use((req: Request, _res: Response, next: NextFunction) => {
-    if (!Buffer.isBuffer(req.body)) {
+    if (!Buffer.isBuffer(req.body) || !isKnownPath(req.path)) {
       req.body = undefined;
       return next();
     }
@@ -182,19 +195,8 @@ export function createFederationApp(provider: MimiProvider): express.Express {
   );
 
   // LM-04 §Unsupported Endpoints: 404 for unknown paths, 405 for a known path with the wrong method.
-  const knownPaths = [
-    "/_matrix/key/v2/server",
-    `${v}/v2/send/:x`,
-    `${v}/v3/invite/:x`,
-    `${v}/v1/make_(join|leave|knock)/:x/:x`,
-    `${v}/v3/send_(join|leave|knock)/:x`,
-    `${v}/v2/event/:x`,
-    `${v}/v1/state/:x`,
-    `${v}/v1/state_ids/:x`,
-    `${v}/v2/backfill/:x`,
-  ].map((template) => new RegExp("^" + template.replace(/:x/g, "[^/]+") + "$"));
   app.use((req: Request, res: Response) => {
-    if (knownPaths.some((pattern) => pattern.test(req.path))) {
+    if (isKnownPath(req.path)) {
       res
         .status(405)
         .json({ errcode: "M_UNRECOGNIZED", error: `method ${req.method} is not allowed on ${req.path}` });
