@@ -15,6 +15,7 @@ import { getRoomVersion, supportedRoomVersions } from "../roomVersions";
 import type { RoomStateView } from "../roomVersions/types";
 import type { BatchOp } from "../store/kv";
 import { LevelStore } from "../store/levelStore";
+import { ensureSchema } from "../store/schema";
 import { RoomStore } from "../store/roomStore";
 import { FederationClient, type FetchFn } from "./client";
 import { ServerResolver, type Resolver } from "./discovery";
@@ -95,6 +96,7 @@ export class MimiProvider {
     setLogLevel(config.logging.level);
     const signingKey = await loadOrCreateSigningKey(config.signingKeyPath, config.serverName);
     const kv = await LevelStore.open(config.database.path, { durability: config.database.durability });
+    await ensureSchema(kv);
     const discovery = new ServerResolver({
       staticMap: config.federation.staticRoutes,
       ...(options.fetch ? { fetch: options.fetch } : {}),
