@@ -92,6 +92,13 @@ interface Step {
   content: JsonObject;
 }
 
+/** The admin role of the vectors' room, the same in both roles events. */
+const ADMIN_ROLE = {
+  order: 100,
+  permissions: { add: true, kick: true, ban: true, redact: true, roles: ["admin", "moderator", "member"] },
+  assignees: [ALICE],
+};
+
 const STEPS: readonly Step[] = [
   {
     name: "create",
@@ -138,17 +145,7 @@ const STEPS: readonly Step[] = [
     stateKey: "",
     content: {
       roles: {
-        admin: {
-          order: 100,
-          permissions: {
-            add: true,
-            kick: true,
-            ban: true,
-            redact: true,
-            roles: ["admin", "moderator", "member"],
-          },
-          assignees: [ALICE],
-        },
+        admin: ADMIN_ROLE,
         member: { order: 1, permissions: { sendMessages: true }, assignees: [BOB] },
       },
     },
@@ -195,17 +192,7 @@ const STEPS: readonly Step[] = [
     stateKey: "",
     content: {
       roles: {
-        admin: {
-          order: 100,
-          permissions: {
-            add: true,
-            kick: true,
-            ban: true,
-            redact: true,
-            roles: ["admin", "moderator", "member"],
-          },
-          assignees: [ALICE],
-        },
+        admin: ADMIN_ROLE,
         moderator: { order: 50, permissions: { kick: true }, assignees: [BOB] },
         member: { order: 1, permissions: { sendMessages: true }, assignees: [BOB] },
       },

@@ -1,5 +1,4 @@
 import type { Server } from "node:http";
-import { join } from "node:path";
 import type { ProviderConfig } from "../config/config";
 import { parseFullyFormedEvent, parseLimitedEvent } from "../events/envelope";
 import { computeEventId, createLimitedEvent, verifyLimitedEvent } from "../events/pdu";
@@ -11,8 +10,8 @@ import { createLogger, setLogLevel, type Logger } from "../logging";
 import { GapError, RoomError } from "../room/errors";
 import type { RoomEventNotice, RoomService } from "../room/roomService";
 import { RoomService as RoomServiceImpl } from "../room/roomService";
-import { getRoomVersion, supportedRoomVersions } from "../roomVersions";
-import type { RoomStateView } from "../roomVersions/types";
+import { DEFAULT_ROOM_VERSION, getRoomVersion, supportedRoomVersions } from "../roomVersions";
+import type { RoomStateView, RoomVersion } from "../roomVersions/types";
 import type { BatchOp } from "../store/kv";
 import { LevelStore } from "../store/levelStore";
 import { ensureSchema } from "../store/schema";
@@ -304,7 +303,7 @@ export class MimiProvider {
   }
 
   private async sendToHub(hub: string, lpdu: LimitedEvent): Promise<string> {
-    const id = computeEventId(lpdu as unknown as FullyFormedEvent, requireVersionOf(lpdu));
+    const id = computeEventId(lpdu as unknown as FullyFormedEvent, versionFor(this.rooms, lpdu.room_id));
     const accepted = new Promise<string>((resolve, reject) => {
       this.pendingSends.set(id, { resolve, reject });
     });
@@ -381,8 +380,8 @@ export class MimiProvider {
         },
       );
     }
-    await this.ensureEventKeys(lpdu, origin);
-    return (await this.rooms.submitLimitedEvent(lpdu, origin)).eventId;
+    await this.ensureEventKeys(lpdu);
+    return (await this.rooms.submitParsedLimitedEvent(lpdu, origin)).eventId;
   }
 
   /** LM-04 §Stripped State: create, name, avatar, topic and join rules, for context only. */
@@ -515,7 +514,7 @@ export class MimiProvider {
   private async catchUpOnce(roomId: string, hubServer: string, eventId: string): Promise<void> {
     const room = this.rooms.room(roomId);
     const head = room?.state.headEventId;
-    const missing: unknown[] = [];
+    const missing: FullyFormedEvent[] = [];
     let from = eventId;
     for (;;) {
       const page = await this.client.request<{ pdus: unknown[] }>(
@@ -530,7 +529,7 @@ export class MimiProvider {
       let reached = false;
       for (let i = events.length - 1; i >= 0; i--) {
         const event = events[i]!;
-        if (head !== undefined && computeEventId(event, requireVersionOf(event)) === head) {
+        if (head !== undefined && computeEventId(event, versionFor(this.rooms, event.room_id)) === head) {
           reached = true;
           break;
         }
@@ -545,11 +544,10 @@ export class MimiProvider {
       if (room !== undefined && (await this.rooms.getEvent(from)) !== undefined) break;
     }
     missing.reverse();
-    for (const raw of missing) {
-      const event = parseFullyFormedEvent(raw);
-      await this.ensureEventKeys(event, hubServer);
-      if (this.rooms.room(roomId) === undefined) await this.rooms.followRoom(event);
-      else await this.rooms.applyEvent(event);
+    for (const event of missing) {
+      await this.ensureEventKeys(event);
+      if (this.rooms.room(roomId) === undefined) await this.rooms.followParsedRoom(event);
+      else await this.rooms.applyParsedEvent(event);
     }
     this.log.debug("caught up", { roomId, applied: missing.length });
   }
@@ -557,10 +555,11 @@ export class MimiProvider {
   // ---------------------------------------------------------------- keys
 
   /** Fetches the keys needed to check an event's signatures: the hub's and the origin's. */
-  async ensureEventKeys(
-    event: { sender: string; hub_server?: string; signatures: LimitedEvent["signatures"] },
-    _origin: string,
-  ) {
+  async ensureEventKeys(event: {
+    sender: string;
+    hub_server?: string;
+    signatures: LimitedEvent["signatures"];
+  }) {
     const servers = new Set([serverNameOf(event.sender)]);
     if (event.hub_server !== undefined) servers.add(event.hub_server);
     await Promise.all(
@@ -579,7 +578,7 @@ export class MimiProvider {
       const { pdus } = checkTransactionBody(body);
       const answer: SendTransactionAnswer = { pdus: {}, failed_pdus: {} };
       for (const [index, raw] of pdus.entries()) {
-        const id = safeEventId(raw, index);
+        const id = safeEventId(this.rooms, raw, index);
         try {
           answer.pdus[id] = await this.receivePdu(origin, raw);
         } catch (err) {
@@ -606,14 +605,14 @@ export class MimiProvider {
         throw new RoomError("M_NOT_FOUND", `${this.serverName} is not in room ${roomId}`);
       }
       const event = parseFullyFormedEvent(raw);
-      const eventId = computeEventId(event, requireVersionOf(event));
+      const eventId = computeEventId(event, versionFor(this.rooms, event.room_id));
       this.catchUpInBackground(roomId, origin, eventId);
       return { event_id: eventId };
     }
     if (room.record.role === "hub") {
       const lpdu = parseLimitedEvent(raw);
-      await this.ensureEventKeys(lpdu, origin);
-      const result = await this.rooms.submitLimitedEvent(lpdu, origin);
+      await this.ensureEventKeys(lpdu);
+      const result = await this.rooms.submitParsedLimitedEvent(lpdu, origin);
       return { event_id: result.eventId };
     }
     if (origin !== room.record.hubServer) {
@@ -624,9 +623,9 @@ export class MimiProvider {
       );
     }
     const event = parseFullyFormedEvent(raw);
-    await this.ensureEventKeys(event, origin);
+    await this.ensureEventKeys(event);
     try {
-      const result = await this.rooms.applyEvent(event);
+      const result = await this.rooms.applyParsedEvent(event);
       return { event_id: result.eventId };
     } catch (err) {
       if (!(err instanceof GapError)) throw err;
@@ -666,7 +665,7 @@ export class MimiProvider {
         );
       }
       if (serverNameOf(lpdu.state_key) === this.serverName) {
-        await this.ensureEventKeys(lpdu, origin);
+        await this.ensureEventKeys(lpdu);
         verifyLimitedEvent(lpdu, this.keyRing, getRoomVersion(roomVersion)!);
         const invite: PendingInvite = {
           roomId: lpdu.room_id,
@@ -756,8 +755,8 @@ export class MimiProvider {
         throw new FederationError(400, "M_BAD_JSON", `event must be the sender's own m.room.user ${change}`);
       }
       this.requireHubRoom(lpdu.room_id);
-      await this.ensureEventKeys(lpdu, origin);
-      const result = await this.rooms.submitLimitedEvent(lpdu, origin);
+      await this.ensureEventKeys(lpdu);
+      const result = await this.rooms.submitParsedLimitedEvent(lpdu, origin);
       if (change === "knock") return { stripped_state: this.strippedState(lpdu.room_id) };
       if (change === "leave") return { event_id: result.eventId };
       const stored = await this.rooms.getEvent(result.eventId);
@@ -845,7 +844,7 @@ export class MimiProvider {
       return {
         pdu_ids: stateIds,
         auth_chain_ids: chain.map((e) =>
-          computeEventId(e as unknown as FullyFormedEvent, requireVersionOf(e)),
+          computeEventId(e as unknown as FullyFormedEvent, versionFor(this.rooms, e.room_id)),
         ),
       };
     }
@@ -881,17 +880,15 @@ export class MimiProvider {
     for (const destination of this.queue.destinations()) queues[destination] = this.queue.depth(destination);
     return { rooms: this.rooms.roomIds().length, queues };
   }
-
-  dataDir(): string {
-    return join(this.config.database.path, "..");
-  }
 }
 
-function requireVersionOf(event: { room_id?: unknown }): ReturnType<typeof getRoomVersion> & object {
-  void event;
-  // Every room version we speak shares the envelope; redaction is per version but IDs of
-  // events whose version we do not know are only used as correlation keys.
-  return getRoomVersion(supportedRoomVersions()[0]!)!;
+/**
+ * The room version used to compute an event ID: the room's own when we are in
+ * it, else our default (for correlating events of rooms we are still joining).
+ */
+function versionFor(rooms: RoomService, roomId: unknown): RoomVersion {
+  const room = typeof roomId === "string" ? rooms.room(roomId) : undefined;
+  return room?.version ?? getRoomVersion(DEFAULT_ROOM_VERSION)!;
 }
 
 /** With `.well-known` discovery turned off, only servers in the static routes are reachable. */
@@ -934,7 +931,7 @@ function checkTransactionBody(body: unknown): { pdus: unknown[]; edus: unknown[]
 }
 
 /** LM-04 §Sending Events: results are keyed by the ID of the object as received. */
-function safeEventId(raw: unknown, index: number): string {
+function safeEventId(rooms: RoomService, raw: unknown, index: number): string {
   let event: LimitedEvent | FullyFormedEvent;
   try {
     event =
@@ -945,7 +942,7 @@ function safeEventId(raw: unknown, index: number): string {
     // Malformed objects have no meaningful reference hash; they are keyed by position.
     return `invalid:${index}`;
   }
-  return computeEventId(event as FullyFormedEvent, requireVersionOf(event));
+  return computeEventId(event as FullyFormedEvent, versionFor(rooms, event.room_id));
 }
 
 function failureOf(err: unknown): { errcode: string; error: string } {

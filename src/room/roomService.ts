@@ -227,8 +227,12 @@ export class RoomService {
    * (`origin`, authenticated by the transport), sequence it and store it.
    * A limited event already sequenced is not appended again: its event ID is returned.
    */
-  async submitLimitedEvent(input: unknown, origin: string): Promise<SubmitResult> {
-    const lpdu = parseLimitedEvent(input);
+  submitLimitedEvent(input: unknown, origin: string): Promise<SubmitResult> {
+    return this.submitParsedLimitedEvent(parseLimitedEvent(input), origin);
+  }
+
+  /** `submitLimitedEvent` for a caller that has already checked the shape with `parseLimitedEvent`. */
+  async submitParsedLimitedEvent(lpdu: LimitedEvent, origin: string): Promise<SubmitResult> {
     const loaded = this.requireRoom(lpdu.room_id);
     if (loaded.record.role !== "hub") {
       throw new RoomError(
@@ -283,15 +287,19 @@ export class RoomService {
     stateKey?: string,
   ): Promise<SubmitResult> {
     const lpdu = this.buildLimitedEvent(roomId, sender, type, content, stateKey);
-    return this.submitLimitedEvent(lpdu, this.serverName);
+    return this.submitParsedLimitedEvent(lpdu, this.serverName);
   }
 
   /**
    * Follower: start following a room from its create event, hub being the
    * create event's sender's server (LM-04 §Hub Selection).
    */
-  async followRoom(createEventInput: unknown): Promise<ApplyResult> {
-    const event = parseFullyFormedEvent(createEventInput);
+  followRoom(createEventInput: unknown): Promise<ApplyResult> {
+    return this.followParsedRoom(parseFullyFormedEvent(createEventInput));
+  }
+
+  /** `followRoom` for a caller that has already checked the shape with `parseFullyFormedEvent`. */
+  async followParsedRoom(event: FullyFormedEvent): Promise<ApplyResult> {
     if (event.type !== "m.room.create") {
       throw new RoomError(
         "M_INVALID_PARAM",
@@ -299,7 +307,7 @@ export class RoomService {
       );
     }
     const existing = this.rooms.get(event.room_id);
-    if (existing !== undefined) return this.applyEvent(event);
+    if (existing !== undefined) return this.applyParsedEvent(event);
     const policyId = event.content.policy_id;
     const version = typeof policyId === "string" ? getRoomVersion(policyId) : undefined;
     if (version === undefined) {
@@ -329,8 +337,12 @@ export class RoomService {
    * Follower: apply one fully-formed event from the hub. Duplicates are
    * no-ops; an event whose parent we lack throws a GapError naming it.
    */
-  async applyEvent(input: unknown): Promise<ApplyResult> {
-    const event = parseFullyFormedEvent(input);
+  applyEvent(input: unknown): Promise<ApplyResult> {
+    return this.applyParsedEvent(parseFullyFormedEvent(input));
+  }
+
+  /** `applyEvent` for a caller that has already checked the shape with `parseFullyFormedEvent`. */
+  async applyParsedEvent(event: FullyFormedEvent): Promise<ApplyResult> {
     const loaded = this.requireRoom(event.room_id);
     if (loaded.record.role !== "follower") {
       throw new RoomError(

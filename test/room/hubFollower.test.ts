@@ -52,6 +52,17 @@ async function setUp(): Promise<Pair> {
   return pair;
 }
 
+/** Bob's join, built and signed at the follower. */
+function bobJoin(pair: Pair): LimitedEvent {
+  return pair.follower.service.buildLimitedEvent(
+    pair.roomId,
+    BOB,
+    "m.room.user",
+    { participation: "join" },
+    BOB,
+  );
+}
+
 /** Follower-originated: build the LPDU at the follower, sequence it at the hub, apply the result at the follower. */
 async function viaHub(pair: Pair, lpdu: LimitedEvent): Promise<string> {
   await sync(pair);
@@ -74,10 +85,7 @@ describe("hub and follower cores on LevelDB", () => {
 
   it("sequences local and follower-originated events into identical linear histories", async () => {
     const { hub, follower, roomId } = pair;
-    await viaHub(
-      pair,
-      follower.service.buildLimitedEvent(roomId, BOB, "m.room.user", { participation: "join" }, BOB),
-    );
+    await viaHub(pair, bobJoin(pair));
     await hub.service.sendAsHub(roomId, ALICE, "m.room.name", { name: "Planning" }, "");
     await viaHub(pair, follower.service.buildLimitedEvent(roomId, BOB, "org.example.note", { text: "hi" }));
     const hubHistory = await history(hub, roomId);
@@ -120,13 +128,7 @@ describe("hub and follower cores on LevelDB", () => {
   });
 
   it("refuses events a server sends for another server's users", async () => {
-    const lpdu = pair.follower.service.buildLimitedEvent(
-      pair.roomId,
-      BOB,
-      "m.room.user",
-      { participation: "join" },
-      BOB,
-    );
+    const lpdu = bobJoin(pair);
     await expect(pair.hub.service.submitLimitedEvent(lpdu, "stranger.example")).rejects.toThrow(
       /stranger.example cannot send events for @bob:follower.example/,
     );
@@ -143,14 +145,8 @@ describe("hub and follower cores on LevelDB", () => {
   });
 
   it("sequences a retried limited event only once", async () => {
-    const { hub, follower, roomId } = pair;
-    const lpdu = follower.service.buildLimitedEvent(
-      roomId,
-      BOB,
-      "m.room.user",
-      { participation: "join" },
-      BOB,
-    );
+    const { hub, roomId } = pair;
+    const lpdu = bobJoin(pair);
     const first = await hub.service.submitLimitedEvent(clone(lpdu), "follower.example");
     const again = await hub.service.submitLimitedEvent(clone(lpdu), "follower.example");
     expect(again).toEqual({ eventId: first.eventId, seq: first.seq, duplicate: true });
@@ -158,14 +154,8 @@ describe("hub and follower cores on LevelDB", () => {
   });
 
   it("does not let a forged copy of an accepted limited event pass as its retry", async () => {
-    const { hub, follower, roomId } = pair;
-    const lpdu = follower.service.buildLimitedEvent(
-      roomId,
-      BOB,
-      "m.room.user",
-      { participation: "join" },
-      BOB,
-    );
+    const { hub } = pair;
+    const lpdu = bobJoin(pair);
     await hub.service.submitLimitedEvent(clone(lpdu), "follower.example");
     const forged = { ...clone(lpdu), content: { participation: "ban" } };
     await expect(hub.service.submitLimitedEvent(forged, "follower.example")).rejects.toThrow(
@@ -177,14 +167,8 @@ describe("hub and follower cores on LevelDB", () => {
   });
 
   it("refuses a limited event meant for another hub, and limited events at a follower", async () => {
-    const { hub, follower, roomId } = pair;
-    const lpdu = follower.service.buildLimitedEvent(
-      roomId,
-      BOB,
-      "m.room.user",
-      { participation: "join" },
-      BOB,
-    );
+    const { hub, follower } = pair;
+    const lpdu = bobJoin(pair);
     await expect(follower.service.submitLimitedEvent(lpdu, "follower.example")).rejects.toMatchObject({
       errcode: "M_WRONG_HUB",
     });
@@ -199,13 +183,7 @@ describe("hub and follower cores on LevelDB", () => {
   });
 
   it("answers M_NOT_FOUND for an unknown room", async () => {
-    const lpdu = pair.follower.service.buildLimitedEvent(
-      pair.roomId,
-      BOB,
-      "m.room.user",
-      { participation: "join" },
-      BOB,
-    );
+    const lpdu = bobJoin(pair);
     await expect(
       pair.hub.service.submitLimitedEvent({ ...lpdu, room_id: "!nowhere:hub.example" }, "follower.example"),
     ).rejects.toMatchObject({ errcode: "M_NOT_FOUND" });
@@ -314,10 +292,7 @@ describe("hub and follower cores on LevelDB", () => {
 
   it("after a restart every room is exactly as before: state, head and history", async () => {
     const { hub, follower, roomId } = pair;
-    await viaHub(
-      pair,
-      follower.service.buildLimitedEvent(roomId, BOB, "m.room.user", { participation: "join" }, BOB),
-    );
+    await viaHub(pair, bobJoin(pair));
     await hub.service.sendAsHub(roomId, ALICE, "m.room.topic", { topic: "before restart" }, "");
     await viaHub(pair, follower.service.buildLimitedEvent(roomId, BOB, "org.example.note", { n: 1 }));
     const snapshot = async (side: OpenedService) => {
