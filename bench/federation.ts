@@ -5,11 +5,19 @@ import express from "express";
 import { parseConfig } from "../src/config/config";
 import { createLimitedEvent } from "../src/events/pdu";
 import { ServerSigningKey } from "../src/events/signingKey";
+import type { JsonObject } from "../src/events/types";
+import { FederationClient } from "../src/federation/client/federationClient";
+import { ServerResolver } from "../src/federation/discovery/serverResolver";
 import { ServerKeysPublisher } from "../src/federation/keys";
-import { MimiProvider } from "../src/federation/provider";
+import { MimiProvider } from "../src/provider/provider";
 import { MIMI_V1 } from "../src/roomVersions";
+import { ROOT } from "./baseline";
+import { raisedLimits } from "./providerProcess";
 import { fmt, percentile, removeDir, tempDir } from "./util";
 import { freePort } from "../src/util/freePort";
+
+/** No single wait in this section lasts longer. */
+const DEADLINE_MS = 120_000;
 
 async function startProvider(name: string, port: number, routes: Record<string, string>, dir: string) {
   mkdirSync(join(dir, name), { recursive: true });
@@ -26,6 +34,8 @@ async function startProvider(name: string, port: number, routes: Record<string, 
     "database: { durability: fsync }",
     "logging: { level: error }",
   ];
+  const limits = raisedLimits(ROOT);
+  if (limits !== undefined) lines.push("limits:", ...Object.entries(limits).map(([k, v]) => `  ${k}: ${v}`));
   return MimiProvider.start(parseConfig(lines.join("\n"), join(dir, name)));
 }
 
@@ -36,50 +46,129 @@ export interface EndToEndResult {
   p99: number;
 }
 
+let txnCounter = 0;
+const txnId = () => `bench-${process.pid}-${++txnCounter}`;
+
+function send(
+  provider: MimiProvider,
+  roomId: string,
+  sender: string,
+  type: string,
+  content: JsonObject,
+  stateKey?: string,
+) {
+  return provider.rooms.send({
+    roomId,
+    sender,
+    type,
+    content,
+    txnId: txnId(),
+    ...(stateKey === undefined ? {} : { stateKey }),
+  });
+}
+
+/**
+ * Reads `roomId`'s history at `provider` as it grows (long polls) and calls
+ * `onEvent` with each event's content; stops at `stop()` or the deadline.
+ */
+function watchHistory(
+  provider: MimiProvider,
+  roomId: string,
+  deadline: number,
+  onEvent: (content: JsonObject) => void,
+): { stop(): Promise<void> } {
+  let stopped = false;
+  let failure: unknown;
+  const loop = (async () => {
+    let from = 1;
+    while (!stopped && performance.now() < deadline) {
+      const page = await provider.rooms.history(roomId, { fromSeq: from, limit: 1000, waitMs: 250 });
+      for (const entry of page.events) {
+        onEvent(entry.event.content as JsonObject);
+        from = entry.seq + 1;
+      }
+    }
+  })().catch((err: unknown) => void (failure = err));
+  return {
+    stop: async () => {
+      stopped = true;
+      await loop;
+      if (failure !== undefined) throw failure;
+    },
+  };
+}
+
 /**
  * Three providers in this process on 127.0.0.1: b sends limited events, a
  * (the hub) sequences them, and both b and c apply the fan-out. Latency runs
- * from b's send until both followers have the event durably.
+ * from b's send until both followers have the event durably, or with
+ * `until: "echo"` until b (the sender) has it.
  */
-export async function followerEndToEnd(count: number, window: number): Promise<EndToEndResult> {
+export async function followerEndToEnd(
+  count: number,
+  window: number,
+  until: "both" | "echo" = "both",
+): Promise<EndToEndResult> {
   const dir = tempDir("bench-fed");
   const names = ["a.example", "b.example", "c.example"];
   const ports = await Promise.all(names.map(() => freePort()));
   const routes = Object.fromEntries(names.map((n, i) => [n, `http://127.0.0.1:${ports[i]}`]));
   const [a, b, c] = await Promise.all(names.map((n, i) => startProvider(n, ports[i]!, routes, dir)));
+  const watchers: { stop(): Promise<void> }[] = [];
   try {
-    const roomId = await a!.createRoom("@alice:a.example");
-    await a!.sendEvent(roomId, "@alice:a.example", "m.room.join_rules", { rule: "public" }, "");
-    await b!.membership(roomId, "@bob:b.example", "join");
-    await c!.membership(roomId, "@carol:c.example", "join");
+    const alice = "@alice:a.example";
+    const { roomId } = await a!.rooms.createRoom({ creator: alice, txnId: txnId() });
+    await send(a!, roomId, alice, "m.room.join_rules", { rule: "public" }, "");
+    await b!.rooms.changeOwnParticipation({ roomId, user: "@bob:b.example", change: "join", txnId: txnId() });
+    await c!.rooms.changeOwnParticipation({
+      roomId,
+      user: "@carol:c.example",
+      change: "join",
+      txnId: txnId(),
+    });
     const started = new Map<string, number>();
     const seen = new Map<string, number>();
     const latencies: number[] = [];
     let done: () => void = () => undefined;
     const finished = new Promise<void>((resolve) => (done = resolve));
-    const onApplied = (notice: { event: { content: { n?: unknown } } }) => {
-      const key = String(notice.event.content.n);
+    const onApplied = (content: JsonObject) => {
+      const key = String(content.n);
       if (!started.has(key)) return;
       const count2 = (seen.get(key) ?? 0) + 1;
       seen.set(key, count2);
-      if (count2 === 2) {
+      if (count2 === (until === "both" ? 2 : 1)) {
         latencies.push(performance.now() - started.get(key)!);
         if (latencies.length === count) done();
       }
     };
-    b!.rooms.subscribe(onApplied);
-    c!.rooms.subscribe(onApplied);
+    const deadline = performance.now() + DEADLINE_MS;
+    watchers.push(watchHistory(b!, roomId, deadline, onApplied));
+    if (until === "both") watchers.push(watchHistory(c!, roomId, deadline, onApplied));
     const begin = performance.now();
     const inFlight = new Set<Promise<unknown>>();
-    for (let i = 0; i < count; i++) {
+    let failure: unknown;
+    for (let i = 0; i < count && failure === undefined; i++) {
       started.set(String(i), performance.now());
-      const p: Promise<unknown> = b!
-        .sendEvent(roomId, "@bob:b.example", "org.example.message", { body: `message ${i}`, n: i })
+      const p: Promise<unknown> = send(b!, roomId, "@bob:b.example", "org.example.message", {
+        body: `message ${i}`,
+        n: i,
+      })
+        .catch((err: unknown) => void (failure ??= err))
         .finally(() => inFlight.delete(p));
       inFlight.add(p);
       if (inFlight.size >= window) await Promise.race(inFlight);
     }
-    await finished;
+    await Promise.all(inFlight);
+    if (failure !== undefined) throw failure;
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<"timeout">(
+      (resolve) => (timer = setTimeout(() => resolve("timeout"), Math.max(0, deadline - performance.now()))),
+    );
+    const outcome = await Promise.race([finished, timedOut]);
+    clearTimeout(timer);
+    if (outcome === "timeout") {
+      throw new Error(`only ${latencies.length} of ${count} events arrived within ${DEADLINE_MS / 1000} s`);
+    }
     const seconds = (performance.now() - begin) / 1000;
     latencies.sort((x, y) => x - y);
     return {
@@ -89,6 +178,7 @@ export async function followerEndToEnd(count: number, window: number): Promise<E
       p99: percentile(latencies, 99),
     };
   } finally {
+    await Promise.all(watchers.map((w) => w.stop()));
     await Promise.all([a!.stop(), b!.stop(), c!.stop()]);
     removeDir(dir);
   }
@@ -105,8 +195,9 @@ export interface FanOutResult {
 
 /**
  * The hub fans events out to `followers` servers, each a small listener in
- * this process with a published key. One event at a time; latency per
- * follower from the send to its receipt of the transaction.
+ * this process with a published key that joined through `send_join`. One
+ * event at a time; latency per follower from the send to its receipt of the
+ * transaction.
  */
 export async function fanOut(followers: number, events: number): Promise<FanOutResult> {
   const dir = tempDir("bench-fanout");
@@ -116,7 +207,8 @@ export async function fanOut(followers: number, events: number): Promise<FanOutR
   const arrivals = new Map<number, number[]>();
   const sentAt = new Map<number, number>();
   const servers: Server[] = [];
-  const routes: Record<string, string> = { "hub.example": `http://127.0.0.1:${hubPort}` };
+  const hubUrl = `http://127.0.0.1:${hubPort}`;
+  const routes: Record<string, string> = { "hub.example": hubUrl };
   for (let i = 0; i < followers; i++) {
     const app = express();
     app.get("/_matrix/key/v2/server", new ServerKeysPublisher(keys[i]!).handler());
@@ -139,35 +231,40 @@ export async function fanOut(followers: number, events: number): Promise<FanOutR
   }
   const hub = await startProvider("hub.example", hubPort, routes, dir);
   try {
-    const roomId = await hub.createRoom("@alice:hub.example");
-    await hub.sendEvent(roomId, "@alice:hub.example", "m.room.join_rules", { rule: "public" }, "");
+    const alice = "@alice:hub.example";
+    const { roomId } = await hub.rooms.createRoom({ creator: alice, txnId: txnId() });
+    await send(hub, roomId, alice, "m.room.join_rules", { rule: "public" }, "");
+    const resolver = new ServerResolver({ staticMap: { "hub.example": hubUrl } });
     for (let i = 0; i < followers; i++) {
       const user = `@u:${names[i]}`;
-      await hub.keyRing.ensureKeys(names[i]!, ["ed25519:1"]);
-      await hub.rooms.submitLimitedEvent(
-        createLimitedEvent(
-          {
-            room_id: roomId,
-            type: "m.room.user",
-            state_key: user,
-            sender: user,
-            origin_server_ts: Date.now(),
-            hub_server: "hub.example",
-            content: { participation: "join" },
-          },
-          keys[i]!,
-          MIMI_V1,
-        ),
-        names[i]!,
+      const join = createLimitedEvent(
+        {
+          room_id: roomId,
+          type: "m.room.user",
+          state_key: user,
+          sender: user,
+          origin_server_ts: Date.now(),
+          hub_server: "hub.example",
+          content: { participation: "join" },
+        },
+        keys[i]!,
+        MIMI_V1,
       );
+      const client = new FederationClient({ signingKey: keys[i]!, resolver });
+      await client.request("hub.example", "POST", `/_matrix/federation/v3/send_join/join-${i}`, join);
     }
     await new Promise((r) => setTimeout(r, 500));
     const last: number[] = [];
     for (let n = 0; n < events; n++) {
       arrivals.set(n, []);
       sentAt.set(n, performance.now());
-      await hub.sendEvent(roomId, "@alice:hub.example", "org.example.message", { body: `fan-out ${n}`, n });
-      while (arrivals.get(n)!.length < followers) await new Promise((r) => setImmediate(r));
+      await send(hub, roomId, alice, "org.example.message", { body: `fan-out ${n}`, n });
+      const deadline = performance.now() + DEADLINE_MS;
+      while (arrivals.get(n)!.length < followers) {
+        if (performance.now() > deadline)
+          throw new Error(`fan-out of event ${n} did not reach every follower`);
+        await new Promise((r) => setImmediate(r));
+      }
       last.push(Math.max(...arrivals.get(n)!));
     }
     const all = [...arrivals.values()].flat().sort((x, y) => x - y);

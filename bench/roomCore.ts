@@ -146,3 +146,49 @@ export async function hubThroughput(
     removeDir(dir);
   }
 }
+
+export interface StateBeforeTiming {
+  eventsBefore: number;
+  eventsAfter: number;
+  stateEntries: number;
+  ms: number;
+}
+
+/**
+ * `RoomService.stateBefore` in this process for an event with `before`
+ * events ahead of it and `after` behind it: the median of 5 calls after one
+ * warm-up call.
+ */
+export async function stateBeforeTiming(before: number, after: number): Promise<StateBeforeTiming> {
+  const dir = tempDir("bench-state");
+  const { service, store } = await openHub(dir);
+  try {
+    const alice = "@alice:hub.example";
+    const roomId = await service.createRoom(alice);
+    const fill = (count: number, offset: number) =>
+      drive(count, (i) =>
+        service.sendAsHub(roomId, alice, "org.example.message", messageContent(offset + i)),
+      );
+    await fill(before, 0);
+    const marker = await service.sendAsHub(roomId, alice, "org.example.message", messageContent(before));
+    await fill(after, before + 1);
+    const times: number[] = [];
+    let stateEntries = 0;
+    for (let i = 0; i < 6; i++) {
+      const start = performance.now();
+      const found = await service.stateBefore(roomId, marker.eventId);
+      if (i > 0) times.push(performance.now() - start);
+      if (found === undefined) throw new Error("stateBefore: the marker event is not in the room");
+      // An array of entries, or a RoomState in checkouts that rebuild the state by replaying.
+      const state = found.state as unknown;
+      stateEntries = Array.isArray(state)
+        ? state.length
+        : [...(state as { allEntries(): Iterable<unknown> }).allEntries()].length;
+    }
+    times.sort((x, y) => x - y);
+    return { eventsBefore: marker.seq - 1, eventsAfter: after, stateEntries, ms: times[2]! };
+  } finally {
+    await store.close();
+    removeDir(dir);
+  }
+}

@@ -1,12 +1,19 @@
 /**
  * `npm run bench`: throughput and latency figures. Pass section names to run
- * only some (e.g. `npm run bench -- room`).
+ * only some (e.g. `npm run bench -- room`): room, federation, multiprocess.
+ * BENCH_BASELINE=<git rev> picks the multiprocess section's baseline checkout
+ * (`none` skips it).
  */
-import { federationSection } from "./federation";
-import { cryptoFloor, hubThroughput } from "./roomCore";
-import { fmt } from "./util";
+import { removeAllBaselines } from "./baseline";
+import { multiprocessSection, type CoreCache } from "./multiprocess";
+import { killAllProviders } from "./providerProcess";
+import { fmt, removeAllTempDirs } from "./util";
+
+/** The room section's 1-room figures, reused by the multiprocess section. */
+const core: CoreCache = {};
 
 async function roomSection(): Promise<void> {
+  const { cryptoFloor, hubThroughput } = await import("./roomCore.js");
   const events = Number(process.env.BENCH_EVENTS ?? 20_000);
   console.log(`\n== Hub sequencing on durable LevelDB (fsync, group commit), ${fmt(events)} events each ==`);
   cryptoFloor(2000); // warm-up
@@ -17,6 +24,7 @@ async function roomSection(): Promise<void> {
     for (const origin of ["local", "follower"] as const) {
       const result = await hubThroughput(rooms, origin, events);
       rows.push(result);
+      if (rooms === 1) core[origin] = result.eventsPerSecond;
       console.log(
         `hub, ${origin === "local" ? "local-user events     " : "follower-originated   "} ${String(rooms).padStart(4)} room(s): ` +
           `${fmt(result.eventsPerSecond).padStart(7)} events/s  = ${fmt((100 * result.eventsPerSecond) / floor, 1)}% of the crypto floor`,
@@ -25,13 +33,48 @@ async function roomSection(): Promise<void> {
   }
 }
 
-const SECTIONS: Record<string, () => Promise<void>> = { room: roomSection, federation: federationSection };
+const SECTIONS: Record<string, () => Promise<void>> = {
+  room: roomSection,
+  federation: async () => (await import("./federation.js")).federationSection(),
+  multiprocess: () => multiprocessSection(core),
+};
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2);
-  for (const [name, run] of Object.entries(SECTIONS)) {
-    if (wanted.length === 0 || wanted.includes(name)) await run();
+  const unknown = wanted.filter((name) => !(name in SECTIONS));
+  if (unknown.length > 0) {
+    throw new Error(
+      `unknown section(s) ${unknown.join(", ")}; sections: ${Object.keys(SECTIONS).join(", ")}`,
+    );
   }
+  // Sections load their code when they run, so one that does not load or fails leaves the others running.
+  let failed = 0;
+  for (const [name, run] of Object.entries(SECTIONS)) {
+    if (wanted.length > 0 && !wanted.includes(name)) continue;
+    try {
+      await run();
+    } catch (err) {
+      failed++;
+      console.error(`section ${name} failed:`, err);
+    }
+  }
+  if (failed > 0) process.exitCode = 1;
+}
+
+/** Leaves no provider process, worktree or temp folder behind when the run ends early. */
+function cleanUpAndExit(code: number): void {
+  killAllProviders();
+  removeAllBaselines();
+  removeAllTempDirs();
+  process.exit(code);
+}
+process.once("SIGINT", () => cleanUpAndExit(130));
+process.once("SIGTERM", () => cleanUpAndExit(143));
+for (const event of ["uncaughtException", "unhandledRejection"] as const) {
+  process.once(event, (err: unknown) => {
+    console.error(`${event}:`, err);
+    cleanUpAndExit(1);
+  });
 }
 
 main().catch((err) => {

@@ -7,8 +7,9 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseConfig } from "../src/config/config";
-import type { FullyFormedEvent } from "../src/events/types";
-import { MimiProvider } from "../src/federation/provider";
+import type { FullyFormedEvent, JsonObject } from "../src/events/types";
+import { MimiProvider } from "../src/provider/provider";
+import type { HistoryEntry } from "../src/provider/roomsApiTypes";
 import { freePort } from "../src/util/freePort";
 
 const NAMES = ["a.example", "b.example", "c.example"] as const;
@@ -62,37 +63,54 @@ async function main(): Promise<void> {
     const step = (text: string) => console.log(`  * ${text}`);
 
     console.log("\nConversation:");
-    const roomId = await a.createRoom(ALICE, { roomLocalpart: "demo" });
+    let txn = 0;
+    const txnId = () => `demo-${++txn}`;
+    const { roomId } = await a.rooms.createRoom({ creator: ALICE, roomLocalpart: "demo", txnId: txnId() });
     step(`alice creates ${roomId}; a.example is its hub`);
-    await a.sendEvent(roomId, ALICE, "m.room.name", { name: "MIMI demo" }, "");
-    await a.sendEvent(roomId, ALICE, "m.room.join_rules", { rule: "knock" }, "");
-    await a.invite(roomId, ALICE, BOB);
+    const send = (p: MimiProvider, sender: string, type: string, content: JsonObject, stateKey?: string) =>
+      p.rooms.send({
+        roomId,
+        sender,
+        type,
+        content,
+        txnId: txnId(),
+        ...(stateKey === undefined ? {} : { stateKey }),
+      });
+    await send(a, ALICE, "m.room.name", { name: "MIMI demo" }, "");
+    await send(a, ALICE, "m.room.join_rules", { rule: "knock" }, "");
+    await a.rooms.invite({ roomId, sender: ALICE, target: BOB, txnId: txnId() });
     step("alice invites bob: b.example is asked first, then the invite is sequenced");
-    await b.membership(roomId, BOB, "join");
+    await b.rooms.changeOwnParticipation({ roomId, user: BOB, change: "join", txnId: txnId() });
     step("bob joins through make_join/send_join; b.example pulls the history and follows the room");
-    await c.membership(roomId, CAROL, "knock");
+    await c.rooms.changeOwnParticipation({ roomId, user: CAROL, change: "knock", txnId: txnId() });
     step("carol knocks from c.example");
-    await a.invite(roomId, ALICE, CAROL);
-    await c.membership(roomId, CAROL, "join");
+    await a.rooms.invite({ roomId, sender: ALICE, target: CAROL, txnId: txnId() });
+    await c.rooms.changeOwnParticipation({ roomId, user: CAROL, change: "join", txnId: txnId() });
     step("alice lets carol in; carol joins");
-    await b.sendEvent(roomId, BOB, "org.example.message", { body: "Hello from b.example!" });
-    await c.sendEvent(roomId, CAROL, "org.example.message", { body: "And hello from c.example." });
-    await a.sendEvent(roomId, ALICE, "org.example.message", { body: "Welcome, both of you." });
+    await send(b, BOB, "org.example.message", { body: "Hello from b.example!" });
+    await send(c, CAROL, "org.example.message", { body: "And hello from c.example." });
+    await send(a, ALICE, "org.example.message", { body: "Welcome, both of you." });
     step("all three send messages (followers' events go through the hub)");
-    await c.membership(roomId, CAROL, "leave", "off to lunch");
+    await c.rooms.changeOwnParticipation({
+      roomId,
+      user: CAROL,
+      change: "leave",
+      reason: "off to lunch",
+      txnId: txnId(),
+    });
     step("carol leaves");
 
     // Let the last fan-out land everywhere.
-    const hubHistory = await a.history(roomId);
+    const hubHistory = await historyOf(a, roomId);
     for (let i = 0; i < 100; i++) {
-      const lengths = await Promise.all([b, c].map(async (p) => (await p.history(roomId)).length));
+      const lengths = await Promise.all([b, c].map(async (p) => (await historyOf(p, roomId)).length));
       if (lengths.every((n) => n === hubHistory.length)) break;
       await new Promise((r) => setTimeout(r, 50));
     }
 
     for (const provider of providers) {
-      const history = await provider.history(roomId);
-      const role = provider.rooms.room(roomId)?.record.role ?? "-";
+      const history = await historyOf(provider, roomId);
+      const role = provider.rooms.roomInfo(roomId)?.role ?? "-";
       console.log(`\nRoom ${roomId} as seen by ${provider.serverName} (${role}), ${history.length} events:`);
       for (const { seq, eventId, event } of history) {
         console.log(
@@ -101,7 +119,7 @@ async function main(): Promise<void> {
       }
     }
     const views = await Promise.all(
-      providers.map(async (p) => (await p.history(roomId)).map((e) => e.eventId).join()),
+      providers.map(async (p) => (await historyOf(p, roomId)).map((e) => e.eventId).join()),
     );
     console.log(
       views.every((v) => v === views[0])
@@ -112,6 +130,18 @@ async function main(): Promise<void> {
     await Promise.all(providers.map((p) => p.stop()));
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** The whole history of a room, page by page. */
+async function historyOf(provider: MimiProvider, roomId: string): Promise<HistoryEntry[]> {
+  const all: HistoryEntry[] = [];
+  let from: number | undefined = 1;
+  while (from !== undefined) {
+    const page = await provider.rooms.history(roomId, { fromSeq: from, limit: 1000 });
+    all.push(...page.events);
+    from = page.nextSeq;
+  }
+  return all;
 }
 
 main().catch((err) => {

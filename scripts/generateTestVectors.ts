@@ -6,7 +6,7 @@
  */
 import { writeFileSync } from "node:fs";
 import { resolve } from "node:path";
-import { TEST_VECTORS_PATH, buildTestVectors, serializeTestVectors } from "../src/events/testVectors";
+import { TEST_VECTORS_PATH, buildTestVectors, serializeTestVectors } from "./testVectors";
 
 const path = resolve(__dirname, "..", TEST_VECTORS_PATH);
 const file = buildTestVectors();

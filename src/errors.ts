@@ -10,6 +10,8 @@ export type ErrorCode =
   | "M_TOO_LARGE"
   | "M_FORBIDDEN"
   | "M_UNAUTHORIZED"
+  | "M_MISSING_TOKEN"
+  | "M_UNKNOWN_TOKEN"
   | "M_NOT_FOUND"
   | "M_UNRECOGNIZED"
   | "M_LIMIT_EXCEEDED"

@@ -1,4 +1,23 @@
-import { ConfigError, parseConfig } from "../src/config/config";
+import { ConfigError, DEFAULT_LIMITS, DEFAULT_RETRY_AFTER_MAX_MS, parseConfig } from "../src/config/config";
+import {
+  DEFAULT_INVITE_MAX_AGE_MS,
+  DEFAULT_MAX_INVITES_PER_USER,
+  DEFAULT_MAX_INVITES_TOTAL,
+  DEFAULT_MAX_STRIPPED_STATE_BYTES,
+} from "../src/federation/pendingInvites";
+import {
+  DEFAULT_DEAD_LETTER_AFTER_REFUSALS,
+  DEFAULT_MAX_DEAD_LETTERS,
+  DEFAULT_MAX_RETRY_AFTER_MS,
+  DEFAULT_QUEUE_MAX_AGE_MS,
+  DEFAULT_QUEUE_MAX_DEPTH,
+  DEFAULT_REFUSAL_MIN_SPAN_MS,
+} from "../src/federation/queue";
+import { DEFAULT_RATE_LIMIT_MAX_KEYS } from "../src/federation/rateLimit";
+import {
+  DEFAULT_MAX_TRANSACTION_ANSWERS,
+  DEFAULT_TRANSACTION_RETENTION_MS,
+} from "../src/federation/transactionStore";
 
 const VALID = ["server_name: a.example", "federation:", "  port: 8448"];
 
@@ -12,6 +31,127 @@ describe("config", () => {
       signingKeyPath: "/srv/mimi/data/signing.key",
       admin: undefined,
     });
+  });
+
+  it("defaults every limit to what the parts it configures default to", () => {
+    const config = parseConfig(VALID.join("\n"), "/srv/mimi");
+    expect(config.limits).toEqual(DEFAULT_LIMITS);
+    expect(config.federation.retryAfterMaxMs).toBe(DEFAULT_RETRY_AFTER_MAX_MS);
+    expect(DEFAULT_RETRY_AFTER_MAX_MS).toBe(DEFAULT_MAX_RETRY_AFTER_MS);
+    expect(DEFAULT_LIMITS).toMatchObject({
+      rateLimitMaxKeys: DEFAULT_RATE_LIMIT_MAX_KEYS,
+      transactionRetentionMs: DEFAULT_TRANSACTION_RETENTION_MS,
+      transactionMaxAnswers: DEFAULT_MAX_TRANSACTION_ANSWERS,
+      pendingInvitesPerUser: DEFAULT_MAX_INVITES_PER_USER,
+      pendingInvitesTotal: DEFAULT_MAX_INVITES_TOTAL,
+      pendingInviteMaxAgeMs: DEFAULT_INVITE_MAX_AGE_MS,
+      inviteRoomStateMaxBytes: DEFAULT_MAX_STRIPPED_STATE_BYTES,
+      queueMaxDepth: DEFAULT_QUEUE_MAX_DEPTH,
+      queueMaxAgeMs: DEFAULT_QUEUE_MAX_AGE_MS,
+      queueRefusalsBeforeDeadLetter: DEFAULT_DEAD_LETTER_AFTER_REFUSALS,
+      queueRefusalMinSpanMs: DEFAULT_REFUSAL_MIN_SPAN_MS,
+      deadLettersPerDestination: DEFAULT_MAX_DEAD_LETTERS,
+      keyRingMaxServers: 10_000,
+      keyFetchMinIntervalMs: 30_000,
+    });
+  });
+
+  it("reads the limits section", () => {
+    const text = [
+      ...VALID,
+      "  retry_after_max_ms: 60000",
+      "limits:",
+      "  federation_requests_per_second: 0.5",
+      "  federation_request_burst: 3",
+      "  local_sends_per_second: 2",
+      "  local_send_burst: 4",
+      "  rate_limit_max_keys: 500",
+      "  transaction_retention_ms: 86400000",
+      "  transaction_max_answers: 1000",
+      "  pending_invites_per_user: 5",
+      "  pending_invites_total: 50",
+      "  pending_invite_max_age_ms: 3600000",
+      "  invite_room_state_max_bytes: 4096",
+      "  queue_max_depth: 10",
+      "  queue_max_age_ms: 600000",
+      "  queue_refusals_before_dead_letter: 1",
+      "  queue_refusal_min_span_ms: 0",
+      "  dead_letters_per_destination: 7",
+      "  key_ring_max_servers: 20",
+      "  key_fetch_min_interval_ms: 1000",
+    ].join("\n");
+    const config = parseConfig(text, "/srv");
+    expect(config.federation.retryAfterMaxMs).toBe(60_000);
+    expect(config.limits).toEqual({
+      federationRequestsPerSecond: 0.5,
+      federationRequestBurst: 3,
+      localSendsPerSecond: 2,
+      localSendBurst: 4,
+      rateLimitMaxKeys: 500,
+      transactionRetentionMs: 86_400_000,
+      transactionMaxAnswers: 1000,
+      pendingInvitesPerUser: 5,
+      pendingInvitesTotal: 50,
+      pendingInviteMaxAgeMs: 3_600_000,
+      inviteRoomStateMaxBytes: 4096,
+      queueMaxDepth: 10,
+      queueMaxAgeMs: 600_000,
+      queueRefusalsBeforeDeadLetter: 1,
+      queueRefusalMinSpanMs: 0,
+      deadLettersPerDestination: 7,
+      keyRingMaxServers: 20,
+      keyFetchMinIntervalMs: 1000,
+    });
+  });
+
+  it("keeps the defaults of limits left out", () => {
+    const config = parseConfig([...VALID, "limits: { queue_max_depth: 5 }"].join("\n"), "/srv");
+    expect(config.limits).toEqual({ ...DEFAULT_LIMITS, queueMaxDepth: 5 });
+  });
+
+  it.each([
+    ["an unknown limit", "limits: { queue_depth: 5 }", /limits: unknown key "queue_depth"/],
+    [
+      "a rate of 0",
+      "limits: { federation_requests_per_second: 0 }",
+      /limits.federation_requests_per_second: must be > 0/,
+    ],
+    ["a fractional burst", "limits: { local_send_burst: 1.5 }", /limits.local_send_burst: must be integer/],
+    [
+      "a burst of 0",
+      "limits: { federation_request_burst: 0 }",
+      /limits.federation_request_burst: must be >= 1/,
+    ],
+    ["a string", "limits: { queue_max_depth: lots }", /limits.queue_max_depth: must be integer/],
+    [
+      "a negative span",
+      "limits: { queue_refusal_min_span_ms: -1 }",
+      /limits.queue_refusal_min_span_ms: must be >= 0/,
+    ],
+    [
+      "a retention under a minute",
+      "limits: { transaction_retention_ms: 10 }",
+      /limits.transaction_retention_ms: must be >= 60000/,
+    ],
+    [
+      "a tiny stripped-state cap",
+      "limits: { invite_room_state_max_bytes: 10 }",
+      /limits.invite_room_state_max_bytes/,
+    ],
+    [
+      "more invites per user than in all",
+      "limits: { pending_invites_per_user: 20, pending_invites_total: 10 }",
+      /limits.pending_invites_per_user: 20 is more than limits.pending_invites_total \(10\)/,
+    ],
+  ])("refuses %s in limits, naming the key", (_what, line, message) => {
+    const text = [...VALID, line].join("\n");
+    expect(() => parseConfig(text, "/srv")).toThrow(ConfigError);
+    expect(() => parseConfig(text, "/srv")).toThrow(message);
+  });
+
+  it("refuses a bad retry_after_max_ms, naming it", () => {
+    const text = [...VALID, "  retry_after_max_ms: -5"].join("\n");
+    expect(() => parseConfig(text, "/srv")).toThrow(/federation.retry_after_max_ms: must be >= 0/);
   });
 
   it.each([

@@ -1,9 +1,19 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import yaml from "js-yaml";
-import { ConfigError, parseConfig } from "../src/config/config";
+import { ConfigError, DEFAULT_LIMITS, DEFAULT_RETRY_AFTER_MAX_MS, parseConfig } from "../src/config/config";
+import { CONFIG_SCHEMA } from "../src/config/schema";
 
 const ROOT = join(__dirname, "..");
+
+/** The sample with its commented-out admin_api block enabled. */
+function withAdminApi(sample: string): string {
+  const block = sample.slice(
+    sample.indexOf("# admin_api:"),
+    sample.indexOf("\n\n", sample.indexOf("# admin_api:")),
+  );
+  return sample.replace(block, block.replace(/^# ?/gm, ""));
+}
 
 describe("shipped examples", () => {
   it("config.sample.yaml is a valid config", () => {
@@ -12,13 +22,31 @@ describe("shipped examples", () => {
     expect(config.database.durability).toBe("fsync");
   });
 
-  it("enabling the sample's admin_api without changing its token is refused", () => {
+  it("config.sample.yaml lists every key of the schema, each limit with its default", () => {
     const sample = readFileSync(join(ROOT, "config.sample.yaml"), "utf8");
-    const block = sample.slice(
-      sample.indexOf("# admin_api:"),
-      sample.indexOf("\n\n", sample.indexOf("# admin_api:")),
-    );
-    const text = sample.replace(block, block.replace(/^# ?/gm, ""));
+    // The commented-out admin_api block counts as listed.
+    const listed = yaml.load(withAdminApi(sample)) as Record<string, unknown>;
+    interface Node {
+      properties?: Record<string, Node>;
+    }
+    const missing: string[] = [];
+    const walk = (node: Node, value: unknown, path: string) => {
+      for (const [key, child] of Object.entries(node.properties ?? {})) {
+        const here = (value as Record<string, unknown> | undefined)?.[key];
+        if (here === undefined) missing.push(`${path}${key}`);
+        else walk(child, here, `${path}${key}.`);
+      }
+    };
+    walk(CONFIG_SCHEMA as unknown as Node, listed, "");
+    expect(missing).toEqual([]);
+
+    const config = parseConfig(sample, "/srv/mimi");
+    expect(config.limits).toEqual(DEFAULT_LIMITS);
+    expect(config.federation.retryAfterMaxMs).toBe(DEFAULT_RETRY_AFTER_MAX_MS);
+  });
+
+  it("enabling the sample's admin_api without changing its token is refused", () => {
+    const text = withAdminApi(readFileSync(join(ROOT, "config.sample.yaml"), "utf8"));
     expect(text).toContain("\nadmin_api:\n  bind_address: 127.0.0.1\n");
     expect(() => parseConfig(text, "/srv/mimi")).toThrow(ConfigError);
     expect(() => parseConfig(text, "/srv/mimi")).toThrow(/admin_api.token: still the placeholder/);

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import type { Server } from "node:http";
 import { ConfigError, loadConfig } from "../config/config";
-import { MimiProvider } from "../federation/provider";
+import { MimiProvider } from "../provider/provider";
 import { createLogger } from "../logging";
 import { createAdminApp, listenAdmin } from "./adminApi";
 
@@ -21,7 +21,7 @@ async function main(argv: string[]): Promise<void> {
   let admin: Server | undefined;
   if (config.admin !== undefined) {
     admin = await listenAdmin(
-      createAdminApp(provider, config.admin.token),
+      createAdminApp({ rooms: provider.rooms, operator: provider.operator, token: config.admin.token }),
       config.admin.bindAddress,
       config.admin.port,
     );

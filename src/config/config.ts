@@ -18,7 +18,10 @@ export interface ProviderConfig {
     /** Delivery retries: exponential backoff with full jitter from `retryBaseMs` up to `retryMaxMs`. */
     retryBaseMs: number;
     retryMaxMs: number;
+    /** A peer's `retry_after_ms` / `Retry-After` is waited at least, beyond `retryMaxMs`, up to this. */
+    retryAfterMaxMs: number;
   };
+  limits: Limits;
   database: { path: string; durability: "fsync" | "os" };
   signingKeyPath: string;
   /** Keys we signed with before a rotation: still published, so what they signed still verifies. */
@@ -26,6 +29,60 @@ export interface ProviderConfig {
   admin: { bindAddress: string; port: number; token: string } | undefined;
   logging: { level: "debug" | "info" | "warn" | "error" };
 }
+
+/** Bounds on what peers and local users can make this server hold or do; see config.sample.yaml. */
+export interface Limits {
+  /** Token bucket per authenticated origin, over the endpoints LM-04 marks rate-limited. */
+  federationRequestsPerSecond: number;
+  federationRequestBurst: number;
+  /** Token bucket per local user, over the room actions they take. */
+  localSendsPerSecond: number;
+  localSendBurst: number;
+  /** Keys each rate limiter tracks at once. */
+  rateLimitMaxKeys: number;
+  /** Inbound transaction answers (LM-04 §Transaction Identifiers): kept at least this long, at most this many. */
+  transactionRetentionMs: number;
+  transactionMaxAnswers: number;
+  /** Invites for local users to rooms we do not follow. */
+  pendingInvitesPerUser: number;
+  pendingInvitesTotal: number;
+  pendingInviteMaxAgeMs: number;
+  inviteRoomStateMaxBytes: number;
+  /** Outbound queues: per destination, then the dead letters. */
+  queueMaxDepth: number;
+  queueMaxAgeMs: number;
+  queueRefusalsBeforeDeadLetter: number;
+  queueRefusalMinSpanMs: number;
+  deadLettersPerDestination: number;
+  /** Other servers' keys. */
+  keyRingMaxServers: number;
+  keyFetchMinIntervalMs: number;
+}
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+export const DEFAULT_LIMITS: Readonly<Limits> = {
+  federationRequestsPerSecond: 50,
+  federationRequestBurst: 100,
+  localSendsPerSecond: 10,
+  localSendBurst: 50,
+  rateLimitMaxKeys: 10_000,
+  transactionRetentionMs: 7 * DAY_MS,
+  transactionMaxAnswers: 1_000_000,
+  pendingInvitesPerUser: 100,
+  pendingInvitesTotal: 10_000,
+  pendingInviteMaxAgeMs: 30 * DAY_MS,
+  inviteRoomStateMaxBytes: 65_536,
+  queueMaxDepth: 100_000,
+  queueMaxAgeMs: 7 * DAY_MS,
+  queueRefusalsBeforeDeadLetter: 3,
+  queueRefusalMinSpanMs: 5 * 60 * 1000,
+  deadLettersPerDestination: 100_000,
+  keyRingMaxServers: 10_000,
+  keyFetchMinIntervalMs: 30_000,
+};
+
+export const DEFAULT_RETRY_AFTER_MAX_MS = 60 * 60 * 1000;
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -43,12 +100,69 @@ interface RawConfig {
     well_known?: boolean;
     retry_base_ms?: number;
     retry_max_ms?: number;
+    retry_after_max_ms?: number;
   };
+  limits?: Partial<Record<RawLimitKey, number>>;
   database?: { path?: string; durability?: "fsync" | "os" };
   signing_key_path?: string;
   old_verify_keys?: Record<string, { key: string; expired_ts: number }>;
   admin_api?: { bind_address?: string; port: number; token: string };
   logging?: { level?: "debug" | "info" | "warn" | "error" };
+}
+
+type RawLimitKey =
+  | "federation_requests_per_second"
+  | "federation_request_burst"
+  | "local_sends_per_second"
+  | "local_send_burst"
+  | "rate_limit_max_keys"
+  | "transaction_retention_ms"
+  | "transaction_max_answers"
+  | "pending_invites_per_user"
+  | "pending_invites_total"
+  | "pending_invite_max_age_ms"
+  | "invite_room_state_max_bytes"
+  | "queue_max_depth"
+  | "queue_max_age_ms"
+  | "queue_refusals_before_dead_letter"
+  | "queue_refusal_min_span_ms"
+  | "dead_letters_per_destination"
+  | "key_ring_max_servers"
+  | "key_fetch_min_interval_ms";
+
+const LIMIT_KEYS: Record<RawLimitKey, keyof Limits> = {
+  federation_requests_per_second: "federationRequestsPerSecond",
+  federation_request_burst: "federationRequestBurst",
+  local_sends_per_second: "localSendsPerSecond",
+  local_send_burst: "localSendBurst",
+  rate_limit_max_keys: "rateLimitMaxKeys",
+  transaction_retention_ms: "transactionRetentionMs",
+  transaction_max_answers: "transactionMaxAnswers",
+  pending_invites_per_user: "pendingInvitesPerUser",
+  pending_invites_total: "pendingInvitesTotal",
+  pending_invite_max_age_ms: "pendingInviteMaxAgeMs",
+  invite_room_state_max_bytes: "inviteRoomStateMaxBytes",
+  queue_max_depth: "queueMaxDepth",
+  queue_max_age_ms: "queueMaxAgeMs",
+  queue_refusals_before_dead_letter: "queueRefusalsBeforeDeadLetter",
+  queue_refusal_min_span_ms: "queueRefusalMinSpanMs",
+  dead_letters_per_destination: "deadLettersPerDestination",
+  key_ring_max_servers: "keyRingMaxServers",
+  key_fetch_min_interval_ms: "keyFetchMinIntervalMs",
+};
+
+function parseLimits(raw: Partial<Record<RawLimitKey, number>>): Limits {
+  const limits: Limits = { ...DEFAULT_LIMITS };
+  for (const [key, field] of Object.entries(LIMIT_KEYS) as [RawLimitKey, keyof Limits][]) {
+    const value = raw[key];
+    if (value !== undefined) limits[field] = value;
+  }
+  if (limits.pendingInvitesPerUser > limits.pendingInvitesTotal) {
+    throw new ConfigError(
+      `limits.pending_invites_per_user: ${limits.pendingInvitesPerUser} is more than limits.pending_invites_total (${limits.pendingInvitesTotal})`,
+    );
+  }
+  return limits;
 }
 
 const ajv = new Ajv({ allErrors: true, strict: true });
@@ -103,7 +217,9 @@ export function parseConfig(text: string, baseDir: string): ProviderConfig {
       wellKnown: raw.federation.well_known ?? true,
       retryBaseMs: raw.federation.retry_base_ms ?? 250,
       retryMaxMs: raw.federation.retry_max_ms ?? 300_000,
+      retryAfterMaxMs: raw.federation.retry_after_max_ms ?? DEFAULT_RETRY_AFTER_MAX_MS,
     },
+    limits: parseLimits(raw.limits ?? {}),
     database: {
       path: resolve(baseDir, raw.database?.path ?? "data/db"),
       durability: raw.database?.durability ?? "fsync",

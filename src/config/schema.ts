@@ -1,3 +1,8 @@
+const count = (maximum: number) => ({ type: "integer", minimum: 1, maximum }) as const;
+const ms = (minimum: number, maximum: number) => ({ type: "integer", minimum, maximum }) as const;
+const rate = { type: "number", exclusiveMinimum: 0, maximum: 1_000_000 } as const;
+const DAY_MS = 86_400_000;
+
 /** JSON schema of the config file; config.sample.yaml documents every key. */
 export const CONFIG_SCHEMA = {
   type: "object",
@@ -16,6 +21,31 @@ export const CONFIG_SCHEMA = {
         well_known: { type: "boolean" },
         retry_base_ms: { type: "integer", minimum: 10, maximum: 600000 },
         retry_max_ms: { type: "integer", minimum: 100, maximum: 86400000 },
+        retry_after_max_ms: ms(0, DAY_MS),
+      },
+    },
+    limits: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        federation_requests_per_second: rate,
+        federation_request_burst: count(1_000_000),
+        local_sends_per_second: rate,
+        local_send_burst: count(1_000_000),
+        rate_limit_max_keys: count(10_000_000),
+        transaction_retention_ms: ms(60_000, 365 * DAY_MS),
+        transaction_max_answers: count(100_000_000),
+        pending_invites_per_user: count(1_000_000),
+        pending_invites_total: count(100_000_000),
+        pending_invite_max_age_ms: ms(60_000, 365 * DAY_MS),
+        invite_room_state_max_bytes: { type: "integer", minimum: 1024, maximum: 4_194_304 },
+        queue_max_depth: count(100_000_000),
+        queue_max_age_ms: ms(60_000, 365 * DAY_MS),
+        queue_refusals_before_dead_letter: count(1_000_000),
+        queue_refusal_min_span_ms: ms(0, 30 * DAY_MS),
+        dead_letters_per_destination: count(100_000_000),
+        key_ring_max_servers: count(100_000_000),
+        key_fetch_min_interval_ms: ms(0, DAY_MS),
       },
     },
     database: {

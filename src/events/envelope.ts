@@ -58,6 +58,38 @@ function checkSignatures(value: unknown, what: string): Signatures {
   return value as Signatures;
 }
 
+/**
+ * Where `text` holds a code unit no type or state key may hold, with its name.
+ * U+0000 separates the parts of store keys and U+FFFF bounds prefix scans
+ * (src/store/kv.ts); an unpaired surrogate has no UTF-8 form, so the store
+ * would write U+FFFD and two distinct keys would become one.
+ */
+function forbiddenCodeUnit(text: string): { index: number; name: string } | undefined {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x0000) return { index: i, name: "U+0000" };
+    if (c === 0xffff) return { index: i, name: "U+FFFF" };
+    if (c >= 0xd800 && c <= 0xdbff) {
+      const next = i + 1 < text.length ? text.charCodeAt(i + 1) : 0;
+      if (next < 0xdc00 || next > 0xdfff) return { index: i, name: "an unpaired surrogate" };
+      i++;
+    } else if (c >= 0xdc00 && c <= 0xdfff) {
+      return { index: i, name: "an unpaired surrogate" };
+    }
+  }
+  return undefined;
+}
+
+function checkCodeUnits(text: string, what: string, field: string): void {
+  const found = forbiddenCodeUnit(text);
+  if (found !== undefined) {
+    fail(
+      what,
+      `${field} holds ${found.name} at index ${found.index}; U+0000, U+FFFF and unpaired surrogates are not allowed in type and state_key`,
+    );
+  }
+}
+
 function checkCommonFields(input: Record<string, unknown>, allowed: Set<string>, what: string): void {
   for (const key of Object.keys(input)) {
     if (!allowed.has(key)) fail(what, `unexpected top-level field ${JSON.stringify(key)}`);
@@ -67,10 +99,12 @@ function checkCommonFields(input: Record<string, unknown>, allowed: Set<string>,
   if (typeof input.type !== "string" || input.type.length === 0 || input.type.length > MAX_TYPE_LENGTH) {
     fail(what, `type must be a string of 1 to ${MAX_TYPE_LENGTH} characters`);
   }
+  checkCodeUnits(input.type, what, "type");
   if (input.state_key !== undefined) {
     if (typeof input.state_key !== "string" || input.state_key.length > MAX_STATE_KEY_LENGTH) {
       fail(what, `state_key must be a string of at most ${MAX_STATE_KEY_LENGTH} characters`);
     }
+    checkCodeUnits(input.state_key, what, "state_key");
   }
   if (typeof input.sender !== "string" || !isValidUserId(input.sender))
     fail(what, "sender is not a valid user ID");

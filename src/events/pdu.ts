@@ -119,7 +119,8 @@ export function createLimitedEvent(
 
 /**
  * Hub side, before policy: the LPDU hash matches its content and the origin
- * (the server of `sender`) signed it, unless the origin is the hub.
+ * (the server of `sender`) signed it, unless the origin is the hub, with a key
+ * valid at the LPDU's `origin_server_ts`.
  */
 export function verifyLimitedEvent(
   lpdu: LimitedEvent,
@@ -132,7 +133,14 @@ export function verifyLimitedEvent(
   }
   const origin = serverNameOf(lpdu.sender);
   if (origin === lpdu.hub_server) return;
-  checkServerSignature(lpduSigningBytes(lpdu, version), lpdu.signatures, origin, lookup, "limited event");
+  checkServerSignature(
+    lpduSigningBytes(lpdu, version),
+    lpdu.signatures,
+    origin,
+    lookup,
+    "limited event",
+    lpdu.origin_server_ts,
+  );
 }
 
 export interface FormedEvent {
@@ -187,6 +195,10 @@ export function formEvent(
 /**
  * Follower side (LM-04 §Receiving Events): both content hashes, the hub's
  * signature, and the origin's signature over the LPDU. Returns the event ID.
+ * Both signatures are checked with keys valid at `origin_server_ts`, the only
+ * time the event records: the origin signed then, and the hub when it
+ * sequenced the event, normally moments later. History sequenced under a hub
+ * key since rotated out thus still verifies.
  */
 export function verifyFullyFormedEvent(
   event: FullyFormedEvent,
@@ -200,7 +212,14 @@ export function verifyFullyFormedEvent(
     throw new EventFormatError("event: hashes.sha256 does not match the event");
   }
   const signedBytes = redactedUnsignedBytes(event, version);
-  checkServerSignature(signedBytes, event.signatures, event.hub_server, lookup, "event (hub signature)");
+  checkServerSignature(
+    signedBytes,
+    event.signatures,
+    event.hub_server,
+    lookup,
+    "event (hub signature)",
+    event.origin_server_ts,
+  );
   const origin = serverNameOf(event.sender);
   if (origin !== event.hub_server) {
     checkServerSignature(
@@ -209,6 +228,7 @@ export function verifyFullyFormedEvent(
       origin,
       lookup,
       "event (origin signature)",
+      event.origin_server_ts,
     );
   }
   return "$" + encodeUrlSafeBase64(sha256(signedBytes));

@@ -11,6 +11,8 @@ const STATUS: Record<ErrorCode, number> = {
   M_INCOMPATIBLE_ROOM_VERSION: 400,
   M_MISSING_EVENT: 400,
   M_UNAUTHORIZED: 401,
+  M_MISSING_TOKEN: 401,
+  M_UNKNOWN_TOKEN: 401,
   M_FORBIDDEN: 403,
   M_WRONG_HUB: 400,
   M_WRONG_ROOM_KEYS_VERSION: 403,
@@ -54,8 +56,9 @@ export class FederationError extends MimiError {
     super(errcode, message);
   }
 
+  /** A request that failed authentication: LM-04 §Request Authentication answers 401 with M_FORBIDDEN. */
   static unauthorized(message: string): FederationError {
-    return new FederationError(401, "M_UNAUTHORIZED", message);
+    return new FederationError(401, "M_FORBIDDEN", message);
   }
 
   static missingEvent(eventId: string, message = `event ${eventId} is missing`): FederationError {
@@ -116,11 +119,9 @@ export function errorResponse(err: unknown): { status: number; body: ErrorBody }
   if (err instanceof RemoteError || err instanceof FederationNetworkError) {
     return { status: 502, body: { errcode: "M_UNKNOWN", error: err.message } };
   }
-  if (err instanceof MimiError) {
-    const body: ErrorBody = { errcode: err.errcode, error: err.message };
-    const missing = (err as { missingEventId?: unknown }).missingEventId;
-    if (err.errcode === "M_MISSING_EVENT" && typeof missing === "string") body.event_id = missing;
-    return { status: httpStatusFor(err.errcode), body };
-  }
+  // Every other MimiError: the status of its errcode, and the body it gives itself (with
+  // `retry_after_ms` for a rate limit, `event_id` for a missing event).
+  if (err instanceof MimiError)
+    return { status: httpStatusFor(err.errcode), body: err.toJSON() as ErrorBody };
   return { status: 500, body: { errcode: "M_UNKNOWN", error: "internal server error" } };
 }

@@ -35,4 +35,9 @@ export class GapError extends MimiError {
         `our head is ${headEventId ?? "(none)"} at position ${headSeq}`,
     );
   }
+
+  /** LM-04 §Errors: `M_MISSING_EVENT` names the event in `event_id`. */
+  override toJSON(): { errcode: "M_MISSING_EVENT"; error: string; event_id: string } {
+    return { errcode: "M_MISSING_EVENT", error: this.message, event_id: this.missingEventId };
+  }
 }

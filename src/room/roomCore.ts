@@ -31,6 +31,17 @@ function forAuth(event: LimitedEvent | FullyFormedEvent): EventForAuth {
   return auth;
 }
 
+function stateEntryOf(eventId: string, event: FullyFormedEvent): StateEntry | undefined {
+  if (event.state_key === undefined) return undefined;
+  return {
+    eventId,
+    type: event.type,
+    stateKey: event.state_key,
+    sender: event.sender,
+    content: event.content,
+  };
+}
+
 function authorizeOrThrow(version: RoomVersion, state: RoomState, event: EventForAuth): void {
   const decision = version.authorize(state, event);
   if (!decision.allowed) throw new AuthRejection(decision.rule, decision.reason);
@@ -38,8 +49,9 @@ function authorizeOrThrow(version: RoomVersion, state: RoomState, event: EventFo
 
 /**
  * The hub's room core (pure: no I/O). It takes limited events that passed the
- * shape check, verifies them, enforces policy against current state, forms
- * and signs the fully-formed event and advances the state.
+ * shape check, verifies them, enforces policy against the state it is given,
+ * and forms and signs the fully-formed event. It never changes the state: the
+ * caller appends the event once it decided to keep it.
  */
 export class HubRoom {
   constructor(
@@ -79,17 +91,17 @@ export class HubRoom {
     verifyLimitedEvent(lpdu, lookup, this.version, { lpduHashChecked });
     const auth = forAuth(lpdu);
     authorizeOrThrow(this.version, this.state, auth);
-    const authEvents = lpdu.type === "m.room.create" ? [] : this.version.selectAuthEvents(this.state, auth);
+    const authEvents =
+      lpdu.type === this.version.createEventType ? [] : this.version.selectAuthEvents(this.state, auth);
     const prevEvents = this.state.headEventId === undefined ? [] : [this.state.headEventId];
     const formed: FormedEvent = formEvent(lpdu, authEvents, prevEvents, this.hubKey, this.version);
-    const stateEntry = this.state.append(formed.eventId, formed.event);
     return {
       roomId: this.roomId,
-      seq: this.state.eventCount,
+      seq: this.state.eventCount + 1,
       eventId: formed.eventId,
       event: formed.event,
       json: formed.json,
-      stateEntry,
+      stateEntry: stateEntryOf(formed.eventId, formed.event),
       lpduHash: lpdu.hashes.lpdu.sha256,
     };
   }
@@ -98,9 +110,9 @@ export class HubRoom {
 export type FollowerPlacement = "next" | "elsewhere";
 
 /**
- * A follower's room core (pure: no I/O). It applies the hub's fully-formed
- * events in order after checking hashes, both signatures, linearity, the auth
- * events and policy.
+ * A follower's room core (pure: no I/O). It checks the hub's fully-formed
+ * events in order (hashes, both signatures, linearity, the auth events and
+ * policy); like the hub's core it leaves the state to the caller.
  */
 export class FollowerRoom {
   constructor(
@@ -112,7 +124,8 @@ export class FollowerRoom {
 
   /** `next` when the event's parent is our head (or it is the create event of an empty room). */
   placement(event: FullyFormedEvent): FollowerPlacement {
-    if (this.state.eventCount === 0) return event.type === "m.room.create" ? "next" : "elsewhere";
+    if (this.state.eventCount === 0)
+      return event.type === this.version.createEventType ? "next" : "elsewhere";
     return event.prev_events[0] === this.state.headEventId ? "next" : "elsewhere";
   }
 
@@ -134,7 +147,8 @@ export class FollowerRoom {
     if (this.placement(event) !== "next") throw this.gapFor(event);
     const eventId = verifyFullyFormedEvent(event, lookup, this.version);
     const auth = forAuth(event);
-    const expected = event.type === "m.room.create" ? [] : this.version.selectAuthEvents(this.state, auth);
+    const expected =
+      event.type === this.version.createEventType ? [] : this.version.selectAuthEvents(this.state, auth);
     if (
       expected.length !== event.auth_events.length ||
       expected.some((id, i) => event.auth_events[i] !== id)
@@ -152,14 +166,13 @@ export class FollowerRoom {
         "M_TOO_LARGE",
       );
     }
-    const stateEntry = this.state.append(eventId, event);
     return {
       roomId: this.roomId,
-      seq: this.state.eventCount,
+      seq: this.state.eventCount + 1,
       eventId,
       event,
       json,
-      stateEntry,
+      stateEntry: stateEntryOf(eventId, event),
       lpduHash: event.hashes.lpdu.sha256,
     };
   }

@@ -19,13 +19,22 @@ export interface KvStore {
   }): AsyncIterable<[string, string]>;
   /**
    * Applies the operations atomically: after a crash either all of them are
-   * stored or none. Resolves once they are durable.
+   * stored or none. Resolves once they are durable, unless `options.durable`
+   * is false: for records whose loss in a machine crash is harmless (a
+   * delivery's bookkeeping, which is then redone), written in order with the
+   * others but not waited for on disk.
    */
-  commit(ops: BatchOp[]): Promise<void>;
+  commit(ops: BatchOp[], options?: { durable?: boolean }): Promise<void>;
   close(): Promise<void>;
 }
 
-/** Upper bound for a prefix scan: every key starting with `prefix` is below it. */
+/**
+ * Upper bound for a prefix scan: every key starting with `prefix` is below it,
+ * in UTF-8 byte order (LevelDB's) as in UTF-16 order. Our prefixes end with
+ * the separator U+0000, which is then raised to U+0001; appending U+FFFF
+ * would not do, as UTF-8 puts characters beyond it (emoji) above it.
+ */
 export function prefixEnd(prefix: string): string {
-  return prefix + "\uffff";
+  if (prefix.endsWith("\u0000")) return prefix.slice(0, -1) + "\u0001";
+  return prefix + "\u{10FFFF}";
 }

@@ -13,6 +13,7 @@ export interface LevelStoreOptions {
 
 interface PendingCommit {
   ops: BatchOp[];
+  durable: boolean;
   resolve: () => void;
   reject: (err: Error) => void;
 }
@@ -85,11 +86,11 @@ export class LevelStore implements KvStore {
     }
   }
 
-  commit(ops: BatchOp[]): Promise<void> {
+  commit(ops: BatchOp[], options: { durable?: boolean } = {}): Promise<void> {
     if (this.closed) return Promise.reject(new StoreError("the store is closed"));
     if (this.failure !== undefined) return Promise.reject(this.failure);
     return new Promise<void>((resolve, reject) => {
-      this.pending.push({ ops, resolve, reject });
+      this.pending.push({ ops, durable: options.durable ?? true, resolve, reject });
       if (!this.flushing) void this.flush();
     });
   }
@@ -101,7 +102,9 @@ export class LevelStore implements KvStore {
       this.pending = [];
       const ops = group.length === 1 ? group[0]!.ops : lastWriteWins(group.flatMap((c) => c.ops));
       try {
-        await this.db.batch(ops, { sync: this.options.durability === "fsync" });
+        // One sync covers the whole group; a group of only non-durable commits needs none.
+        const sync = this.options.durability === "fsync" && group.some((c) => c.durable);
+        await this.db.batch(ops, { sync });
         for (const c of group) c.resolve();
       } catch (err) {
         this.failure = new StoreError(

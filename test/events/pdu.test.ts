@@ -199,6 +199,82 @@ describe("envelope shape", () => {
   });
 });
 
+describe("characters refused in type and state_key (store keys use U+0000 and U+FFFF)", () => {
+  type Parser = (input: unknown) => unknown;
+  const parsers: [string, () => Record<string, unknown>, Parser][] = [
+    [
+      "parseLimitedEvent",
+      () => clone(createLimitedEvent(template, origin, MIMI_V1)) as unknown as Record<string, unknown>,
+      parseLimitedEvent,
+    ],
+    [
+      "parseFullyFormedEvent",
+      () => clone(fullyFormed()) as unknown as Record<string, unknown>,
+      parseFullyFormedEvent,
+    ],
+  ];
+  // ("x\0y", "z") and ("x", "y\0z") would share the store key x\0y\0z.
+  const refused: [string, string, string][] = [
+    ["type", "x\u0000y", "U+0000 inside"],
+    ["state_key", "y\u0000z", "U+0000 inside"],
+    ["state_key", "\u0000", "U+0000 alone"],
+    ["type", "m.room.name\uffff", "U+FFFF"],
+    ["state_key", "\uffff", "U+FFFF"],
+    ["type", "x\ud800", "an unpaired high surrogate at the end"],
+    ["state_key", "\ud800x", "an unpaired high surrogate before another character"],
+    ["state_key", "x\udc00", "an unpaired low surrogate"],
+  ];
+  const cases = parsers.flatMap(([name, make, parse]) =>
+    refused.map(([field, value, what]) => [name, field, what, value, make, parse] as const),
+  );
+
+  it.each(cases)("%s refuses a %s holding %s", (_parser, field, _what, value, make, parse) => {
+    const input = make();
+    input[field] = value;
+    let thrown: unknown;
+    try {
+      parse(input);
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).toBeInstanceOf(EventFormatError);
+    expect((thrown as EventFormatError).errcode).toBe("M_BAD_JSON");
+    expect((thrown as EventFormatError).message).toContain(`${field} holds`);
+  });
+
+  const identifiers: [string, string][] = [
+    ["room_id", "!ro\u0000om:hub.example"],
+    ["sender", "@bob:origin.example\u0000"],
+    ["hub_server", "hub.example\uffff"],
+  ];
+  it.each(
+    parsers.flatMap(([name, make, parse]) =>
+      identifiers.map(([field, value]) => [name, field, value, make, parse] as const),
+    ),
+  )(
+    "%s refuses U+0000 and U+FFFF in %s through the identifier grammar",
+    (_parser, field, value, make, parse) => {
+      const input = make();
+      input[field] = value;
+      let thrown: unknown;
+      try {
+        parse(input);
+      } catch (err) {
+        thrown = err;
+      }
+      expect((thrown as EventFormatError).errcode).toBe("M_BAD_JSON");
+      expect((thrown as EventFormatError).message).toContain(field);
+    },
+  );
+
+  it.each(parsers)("%s accepts paired surrogates, U+FFFE and U+0001", (_parser, make, parse) => {
+    const input = make();
+    input.type = "org.example.\ud83d\ude00\ufffe";
+    input.state_key = "\u0001\ud83d\ude00";
+    expect(() => parse(input)).not.toThrow();
+  });
+});
+
 describe("unpadded base64", () => {
   it.each([
     ["aGk", "hi"],

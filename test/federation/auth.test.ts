@@ -67,6 +67,18 @@ describe("parseAuthorizationHeader (RFC 9110 §11.4, LM-04 §Request Authenticat
       "the LM-04 name `signature`",
       `X-Matrix origin="b.example",destination="a.example",key="ed25519:1",signature="${SIG}"`,
     ],
+    [
+      "both sig and signature with the same value",
+      `X-Matrix origin="b.example",destination="a.example",key="ed25519:1",sig="${SIG}",signature="${SIG}"`,
+    ],
+    [
+      "signature before sig, in another case, with the same value",
+      `X-Matrix Signature="${SIG}",origin="b.example",destination="a.example",key="ed25519:1",sig=${SIG}`,
+    ],
+    [
+      "a parameter repeated with the same value, in another case",
+      `X-Matrix origin="b.example",destination="a.example",key="ed25519:1",sig="${SIG}",Origin=b.example,key="ed25519:1"`,
+    ],
   ])("accepts %s", (_name, header) => {
     expect(parseAuthorizationHeader(header)).toEqual(expected);
   });
@@ -101,19 +113,29 @@ describe("parseAuthorizationHeader (RFC 9110 §11.4, LM-04 §Request Authenticat
       /sig parameter is missing/,
     ],
     [
-      "a repeated parameter",
+      "an origin repeated with another value",
       `X-Matrix origin="b.example",origin="c.example",destination="a.example",key="ed25519:1",sig="${SIG}"`,
-      /parameter "origin=\\"c.example\\"" is repeated/,
+      /parameter "origin" is repeated with different values/,
     ],
     [
-      "a parameter repeated in another case",
-      `X-Matrix origin="b.example",destination="a.example",key="ed25519:1",sig="${SIG}",Origin=b.example`,
-      /is repeated/,
+      "a destination repeated in another case with another value",
+      `X-Matrix origin="b.example",destination="a.example",key="ed25519:1",sig="${SIG}",Destination=c.example`,
+      /parameter "destination" is repeated with different values/,
     ],
     [
-      "both sig and signature",
-      `X-Matrix origin="b.example",destination="a.example",key="ed25519:1",sig="${SIG}",signature="${SIG}"`,
-      /is repeated/,
+      "a key repeated with another value",
+      `X-Matrix origin="b.example",destination="a.example",key="ed25519:1",key="ed25519:2",sig="${SIG}"`,
+      /parameter "key" is repeated with different values/,
+    ],
+    [
+      "a sig repeated with another value",
+      `X-Matrix origin="b.example",destination="a.example",key="ed25519:1",sig="${SIG}",sig="b${SIG.slice(1)}"`,
+      /parameter "sig" is repeated with different values/,
+    ],
+    [
+      "sig and signature with different values",
+      `X-Matrix origin="b.example",destination="a.example",key="ed25519:1",sig="${SIG}",signature="b${SIG.slice(1)}"`,
+      /parameters "sig" and "signature" hold different signatures/,
     ],
     [
       "an unterminated quote",
@@ -164,7 +186,7 @@ describe("parseAuthorizationHeader (RFC 9110 §11.4, LM-04 §Request Authenticat
     expect(thrown).toBeInstanceOf(FederationError);
     expect(thrown).toMatchObject({
       status: 401,
-      errcode: "M_UNAUTHORIZED",
+      errcode: "M_FORBIDDEN",
       message: expect.stringMatching(message),
     });
   });
@@ -372,11 +394,12 @@ describe("request authentication over HTTP (LM-04 §Request Authentication)", ()
     });
   }
 
+  /** LM-04 §Request Authentication: 401 with M_FORBIDDEN. */
   function unauthorized(message: RegExp): unknown {
     return {
       status: 401,
       contentType: expect.stringMatching(/^application\/json/),
-      json: { errcode: "M_UNAUTHORIZED", error: expect.stringMatching(message) },
+      json: { errcode: "M_FORBIDDEN", error: expect.stringMatching(message) },
     };
   }
 
@@ -488,7 +511,7 @@ describe("request authentication over HTTP (LM-04 §Request Authentication)", ()
     expect(await sendWithHeaders(SEND, [good, good])).toMatchObject({ status: 200 });
     expect(await sendWithHeaders(SEND, [good, bad])).toMatchObject({
       status: 401,
-      json: { errcode: "M_UNAUTHORIZED", error: expect.stringMatching(/does not verify/) },
+      json: { errcode: "M_FORBIDDEN", error: expect.stringMatching(/does not verify/) },
     });
   });
 
@@ -523,6 +546,7 @@ describe("verifyRequest", () => {
   const b = keyOf("b.example", "ed25519:1");
   const keyRing = {
     ensured: [] as [string, readonly string[]][],
+    canRoute: () => true,
     async ensureKeys(serverName: string, keyIds: readonly string[]) {
       this.ensured.push([serverName, keyIds]);
     },
@@ -586,7 +610,7 @@ describe("verifyRequest", () => {
       }),
     ).rejects.toMatchObject({
       status: 401,
-      errcode: "M_UNAUTHORIZED",
+      errcode: "M_FORBIDDEN",
       message: "unknown key ed25519:1 of c.example (fetching its keys failed: connection refused)",
     });
   });

@@ -2,7 +2,12 @@ import { createHash } from "node:crypto";
 import express from "express";
 import { ServerSigningKey } from "../../src/events/signingKey";
 import { requireFederationAuth } from "../../src/federation/auth";
-import { FederationClient, ResponseTooLargeError } from "../../src/federation/client";
+import {
+  FederationClient,
+  RequestAbortedError,
+  ResponseTooLargeError,
+  parseRetryAfter,
+} from "../../src/federation/client";
 import { ServerResolver } from "../../src/federation/discovery";
 import { MimiError, type ErrorCode } from "../../src/errors";
 import {
@@ -89,6 +94,18 @@ describe("FederationClient", () => {
       res.end('"}');
     });
     app.get("/hang", () => undefined);
+    app.get("/hang-body", (_req, res) => {
+      res.type("json");
+      res.write('{"data":"');
+    });
+    app.get("/retry-after", (req, res) => {
+      res.status(Number(req.query.status ?? 429)).set("Retry-After", String(req.query.value));
+      res.json({
+        errcode: "M_LIMIT_EXCEEDED",
+        error: "slow down",
+        ...(req.query.body === undefined ? {} : { retry_after_ms: Number(req.query.body) }),
+      });
+    });
     hub = await listen(app);
 
     client = new FederationClient({
@@ -186,7 +203,7 @@ describe("FederationClient", () => {
     await expect(client.request("c.example", "GET", "/_matrix/federation/v1/state/r")).rejects.toMatchObject({
       constructor: RemoteError,
       status: 401,
-      errcode: "M_UNAUTHORIZED",
+      errcode: "M_FORBIDDEN",
       error: 'request is for "c.example", but this server is "a.example"',
     });
   });
@@ -225,6 +242,84 @@ describe("FederationClient", () => {
       .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(FederationNetworkError);
     expect(err).toMatchObject({ retryable: true, message: "a.example: no answer within 50 ms" });
+  });
+
+  describe("Retry-After (RFC 9110 §10.2.3)", () => {
+    const now = Date.parse("2025-01-01T00:00:00Z");
+    const timed = () =>
+      new FederationClient({
+        signingKey: bKey,
+        resolver: new ServerResolver({ staticMap: { "a.example": hub.base } }),
+        now: () => now,
+      });
+
+    it.each([
+      ["delay-seconds", "value=7", 7000],
+      ["an HTTP date", `value=${encodeURIComponent("Wed, 01 Jan 2025 00:00:30 GMT")}`, 30_000],
+      ["a date in the past", `value=${encodeURIComponent("Tue, 31 Dec 2024 23:00:00 GMT")}`, 0],
+      ["a 503 with delay-seconds", "value=2&status=503", 2000],
+      ["the body's retry_after_ms before the header", "value=7&body=1500", 1500],
+      ["an unreadable header", "value=soon", undefined],
+    ])("reads %s into retryAfterMs", async (_name, query, expected) => {
+      const err = await timed()
+        .request("a.example", "GET", `/retry-after?${query}`)
+        .catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(RemoteError);
+      expect((err as RemoteError).retryAfterMs).toBe(expected);
+    });
+
+    it.each<[string | null, number | undefined]>([
+      [null, undefined],
+      ["0", 0],
+      [" 120 ", 120_000],
+      ["-5", undefined],
+      ["1.5", undefined],
+      ["99999999999999999999", undefined],
+      ["Wed, 01 Jan 2025 00:01:00 GMT", 60_000],
+      ["not a date", undefined],
+    ])("parseRetryAfter(%j) is %j", (value, expected) => {
+      expect(parseRetryAfter(value, now)).toBe(expected);
+    });
+  });
+
+  describe("abort signal", () => {
+    it.each(["/hang", "/hang-body"])(
+      "rejects within 100 ms of abort() while waiting for %s, as a distinct error",
+      async (path) => {
+        const controller = new AbortController();
+        const pending = client
+          .request("a.example", "GET", path, undefined, { signal: controller.signal })
+          .catch((e: unknown) => e);
+        await new Promise((r) => setTimeout(r, 50));
+        const abortedAt = Date.now();
+        controller.abort();
+        const err = await pending;
+        expect(Date.now() - abortedAt).toBeLessThan(100);
+        expect(err).toBeInstanceOf(RequestAbortedError);
+        expect(err).not.toBeInstanceOf(FederationNetworkError);
+        expect(err).toMatchObject({ aborted: true, retryable: false, destination: "a.example" });
+      },
+    );
+
+    it("sends nothing when the signal is already aborted", async () => {
+      const controller = new AbortController();
+      controller.abort();
+      await expect(
+        client.request("a.example", "GET", "/hang", undefined, { signal: controller.signal }),
+      ).rejects.toBeInstanceOf(RequestAbortedError);
+      expect(hubRequests).toBe(0);
+    });
+
+    it("still times out as a FederationNetworkError when given a signal", async () => {
+      const err = await client
+        .request("a.example", "GET", "/hang", undefined, {
+          timeoutMs: 50,
+          signal: new AbortController().signal,
+        })
+        .catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(FederationNetworkError);
+      expect(err).toMatchObject({ retryable: true, message: "a.example: no answer within 50 ms" });
+    });
   });
 
   it.each([

@@ -14,22 +14,10 @@ describe("server key rotation", () => {
   });
 
   it("events signed with a server's old key still verify after it rotates, for servers that join later", async () => {
-    const { room_id: roomId } = await a.admin<{ room_id: string }>("POST", "/rooms", {
-      creator: "@alice:a.example",
-    });
-    const path = `/rooms/${encodeURIComponent(roomId)}`;
-    await a.admin("POST", `${path}/send`, {
-      sender: "@alice:a.example",
-      type: "m.room.join_rules",
-      state_key: "",
-      content: { rule: "public" },
-    });
-    await b.admin("POST", `${path}/join`, { user: "@bob:b.example" });
-    await b.admin("POST", `${path}/send`, {
-      sender: "@bob:b.example",
-      type: "org.example.message",
-      content: { body: "old key" },
-    });
+    const roomId = await a.createRoom("@alice:a.example");
+    await a.send(roomId, "@alice:a.example", "m.room.join_rules", { rule: "public" }, "");
+    await b.join(roomId, "@bob:b.example");
+    await b.send(roomId, "@bob:b.example", "org.example.message", { body: "old key" });
 
     // Rotate b: a fresh key file, the old public key kept under old_verify_keys.
     const keyPath = join(b.dir, "data/signing.key");
@@ -42,18 +30,11 @@ describe("server key rotation", () => {
     await b.start();
     const newKey = parseSigningKeyFile(readFileSync(keyPath, "utf8"), keyPath, "b.example");
     expect(newKey.keyId).not.toBe(oldKey.keyId);
-    await b.admin("POST", `${path}/send`, {
-      sender: "@bob:b.example",
-      type: "org.example.message",
-      content: { body: "new key" },
-    });
+    await b.send(roomId, "@bob:b.example", "org.example.message", { body: "new key" });
 
     // c has never seen b's old key: it fetches b's keys and checks both events while catching up.
-    await c.admin("POST", `${path}/join`, { user: "@carol:c.example" });
-    const ids = async (p: ProviderProcess) =>
-      (await p.admin<{ events: { event_id: string }[] }>("GET", `${path}/history`)).events.map(
-        (e) => e.event_id,
-      );
+    await c.join(roomId, "@carol:c.example");
+    const ids = (p: ProviderProcess) => p.historyIds(roomId);
     await eventually(async () => {
       const hub = await ids(a);
       expect(hub).toHaveLength(7);

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import express from "express";
 import { canonicalBytes } from "../../src/events/canonicalJson";
+import { SignatureError } from "../../src/events/errors";
 import { checkServerSignature } from "../../src/events/signatures";
 import { ServerSigningKey } from "../../src/events/signingKey";
 import { ServerResolver } from "../../src/federation/discovery";
@@ -243,28 +244,43 @@ describe("KeyRing", () => {
     return { bytes, signatures: { [key.serverName]: { [key.keyId]: key.sign(bytes) } } };
   }
 
-  function expectVerifies(ring: KeyRing, key: ServerSigningKey): void {
+  /** Checks a signature by `key` made at `signedAtTs` (default: now). */
+  function expectVerifies(ring: KeyRing, key: ServerSigningKey, signedAtTs = clock.t): void {
     const { bytes, signatures } = signedBy(key);
-    expect(() => checkServerSignature(bytes, signatures, key.serverName, ring, "object")).not.toThrow();
+    expect(() =>
+      checkServerSignature(bytes, signatures, key.serverName, ring, "object", signedAtTs),
+    ).not.toThrow();
   }
 
-  it("knows our own current and old keys without fetching", async () => {
+  function expectRefused(ring: KeyRing, key: ServerSigningKey, signedAtTs = clock.t): void {
+    const { bytes, signatures } = signedBy(key);
+    expect(() => checkServerSignature(bytes, signatures, key.serverName, ring, "object", signedAtTs)).toThrow(
+      expect.objectContaining({ constructor: SignatureError, errcode: "M_FORBIDDEN" }),
+    );
+  }
+
+  it("knows our own current and old keys without fetching; the old one only before it expired", async () => {
     const ring = await open();
     await ring.ensureKeys("a.example", ["ed25519:a2", "ed25519:a1", "ed25519:unknown"]);
-    expect([...ring.keysOf("a.example")!.keys()].sort()).toEqual(["ed25519:a1", "ed25519:a2"]);
+    expect([...ring.keysOf("a.example", NOW - 2 * HOUR)!.keys()].sort()).toEqual([
+      "ed25519:a1",
+      "ed25519:a2",
+    ]);
+    expect([...ring.keysOf("a.example", NOW)!.keys()]).toEqual(["ed25519:a2"]);
     expect(ring.requestKey("a.example", "ed25519:a2")).toBeDefined();
     expect(ring.requestKey("a.example", "ed25519:a1")).toBeUndefined();
     expectVerifies(ring, ours);
-    expectVerifies(ring, oursOld);
+    expectVerifies(ring, oursOld, NOW - HOUR - 1);
+    expectRefused(ring, oursOld, NOW - HOUR);
     expect(server.requests).toBe(0);
   });
 
   it("fetches a server's keys once and then answers from its cache", async () => {
     const ring = await open();
-    expect(ring.keysOf("b.example")).toBeUndefined();
+    expect(ring.keysOf("b.example", clock.t)).toBeUndefined();
     await ring.ensureKeys("b.example", ["ed25519:1"]);
     expect(server.requests).toBe(1);
-    expect(ring.keysOf("b.example")!.get("ed25519:1")!.base64).toBe(b1.publicKeyBase64);
+    expect(ring.keysOf("b.example", clock.t)!.get("ed25519:1")!.base64).toBe(b1.publicKeyBase64);
     expect(ring.keyInfo("b.example", "ed25519:1")).toMatchObject({ validUntil: NOW + 12 * HOUR, old: false });
     expectVerifies(ring, b1);
     clock.advance(HOUR);
@@ -281,7 +297,7 @@ describe("KeyRing", () => {
 
     const reopened = await stores.openAt(dir);
     const second = await open({ store: reopened });
-    expect(second.keysOf("b.example")!.get("ed25519:1")!.base64).toBe(b1.publicKeyBase64);
+    expect(second.keysOf("b.example", clock.t)!.get("ed25519:1")!.base64).toBe(b1.publicKeyBase64);
     await second.ensureKeys("b.example", ["ed25519:1"]);
     expectVerifies(second, b1);
     expect(server.requests).toBe(1);
@@ -291,7 +307,7 @@ describe("KeyRing", () => {
     const ring = await open();
     const seen = await Promise.all(
       [["ed25519:1"], ["ed25519:1"], ["ed25519:forged"], []].map((keyIds) =>
-        ring.ensureKeys("b.example", keyIds).then(() => ring.keysOf("b.example")?.has("ed25519:1")),
+        ring.ensureKeys("b.example", keyIds).then(() => ring.keysOf("b.example", clock.t)?.has("ed25519:1")),
       ),
     );
     expect(seen).toEqual([true, true, true, true]);
@@ -317,7 +333,7 @@ describe("KeyRing", () => {
     const ring = await open();
     await ring.ensureKeys("b.example", ["ed25519:1"]);
     clock.advance(12 * HOUR);
-    expect(ring.keysOf("b.example")!.has("ed25519:1")).toBe(false);
+    expect(ring.keysOf("b.example", clock.t)!.has("ed25519:1")).toBe(false);
     expect(ring.requestKey("b.example", "ed25519:1")).toBeUndefined();
     await ring.ensureKeys("b.example", ["ed25519:1"]);
     expect(server.requests).toBe(2);
@@ -332,32 +348,41 @@ describe("KeyRing", () => {
     expect(ring.keyInfo("b.example", "ed25519:1")!.validUntil).toBe(NOW + MAX_KEY_VALIDITY_MS);
   });
 
-  it("keeps accepting a server's old keys after it rotates", async () => {
+  it("keeps accepting a server's old keys after it rotates, for what they signed before they expired", async () => {
     const ring = await open();
     await ring.ensureKeys("b.example", ["ed25519:1"]);
 
     // Rotation that lists the previous key under old_verify_keys.
-    const b1Old = { keyId: b1.keyId, publicKeyBase64: b1.publicKeyBase64, expiredTs: clock.t + 60_000 };
+    const b1Expired = NOW + 60_000;
+    const b1Old = { keyId: b1.keyId, publicKeyBase64: b1.publicKeyBase64, expiredTs: b1Expired };
     server.publisher = new ServerKeysPublisher(b2, [b1Old], { now: clock.now });
     clock.advance(60_000);
     await ring.ensureKeys("b.example", ["ed25519:2"]);
     expect(server.requests).toBe(2);
-    expectVerifies(ring, b1);
+    expectVerifies(ring, b1, b1Expired - 1);
+    expectRefused(ring, b1, b1Expired);
+    expectRefused(ring, b1, clock.t);
     expectVerifies(ring, b2);
-    expect(ring.keyInfo("b.example", "ed25519:1")).toMatchObject({ old: true, validUntil: NOW + 60_000 });
+    expect(ring.keyInfo("b.example", "ed25519:1")).toMatchObject({ old: true, validUntil: b1Expired });
     expect(ring.requestKey("b.example", "ed25519:1")).toBeUndefined();
     expect(ring.requestKey("b.example", "ed25519:2")).toBeDefined();
 
-    // Rotation that drops every previous key: they are kept as old keys anyway.
+    // Rotation that drops every previous key: they are kept as old keys, expired when we noticed.
     server.publisher = new ServerKeysPublisher(b3, [], { now: clock.now });
     clock.advance(60_000);
+    const b2Expired = clock.t;
     await ring.ensureKeys("b.example", ["ed25519:3"]);
-    expect(ring.keyInfo("b.example", "ed25519:2")).toMatchObject({ old: true, validUntil: clock.t });
-    for (const key of [b1, b2, b3]) expectVerifies(ring, key);
+    expect(ring.keyInfo("b.example", "ed25519:2")).toMatchObject({ old: true, validUntil: b2Expired });
+    const before = b1Expired - 1;
+    for (const key of [b1, b2, b3]) expectVerifies(ring, key, before);
+    expectRefused(ring, b2, b2Expired);
+    expectVerifies(ring, b3, b2Expired);
 
     await stores.close(store);
     const restarted = await open({ store: await stores.openAt(dir) });
-    for (const key of [b1, b2, b3]) expectVerifies(restarted, key);
+    for (const key of [b1, b2, b3]) expectVerifies(restarted, key, before);
+    expectRefused(restarted, b1, b1Expired);
+    expectRefused(restarted, b2, b2Expired);
     expect(restarted.requestKey("b.example", "ed25519:2")).toBeUndefined();
     expect(server.requests).toBe(3);
   });
@@ -367,30 +392,37 @@ describe("KeyRing", () => {
     await ring.ensureKeys("b.example", ["ed25519:1"]);
     const impostor = new ServerSigningKey("b.example", "ed25519:1", Buffer.alloc(32, 7));
     const { bytes, signatures } = signedBy(impostor);
-    expect(() => checkServerSignature(bytes, signatures, "b.example", ring, "object")).toThrow(
-      /does not verify/,
+    expect(() => checkServerSignature(bytes, signatures, "b.example", ring, "object", clock.t)).toThrow(
+      expect.objectContaining({ constructor: SignatureError, errcode: "M_FORBIDDEN" }),
     );
+  });
+
+  it("refuses a signature under a key ID the server does not publish with M_FORBIDDEN (LM-04 §Checking Signatures)", async () => {
+    const ring = await open();
+    await ring.ensureKeys("b.example", ["ed25519:1"]);
+    expectRefused(ring, testKey("b.example", "ed25519:unpublished"));
+    expectRefused(ring, testKey("e.example", "ed25519:1"));
   });
 
   it("records why a fetch failed and leaves the keys unknown", async () => {
     server.status = 500;
     const ring = await open();
     await expect(ring.ensureKeys("b.example", ["ed25519:1"])).resolves.toBeUndefined();
-    expect(ring.keysOf("b.example")).toBeUndefined();
+    expect(ring.keysOf("b.example", clock.t)).toBeUndefined();
     expect(ring.lastFetchError("b.example")).toMatch(/answered HTTP 500/);
 
     server.status = 200;
     clock.advance(30_000);
     await ring.ensureKeys("b.example", ["ed25519:1"]);
     expect(ring.lastFetchError("b.example")).toBeUndefined();
-    expect(ring.keysOf("b.example")!.has("ed25519:1")).toBe(true);
+    expect(ring.keysOf("b.example", clock.t)!.has("ed25519:1")).toBe(true);
   });
 
   it("refuses keys a server serves for another server name", async () => {
     server.publisher = new ServerKeysPublisher(testKey("c.example"), [], { now: clock.now });
     const ring = await open();
     await ring.ensureKeys("b.example", ["ed25519:1"]);
-    expect(ring.keysOf("b.example")).toBeUndefined();
+    expect(ring.keysOf("b.example", clock.t)).toBeUndefined();
     expect(ring.lastFetchError("b.example")).toMatch(/server_name "c.example"/);
   });
 

@@ -499,10 +499,12 @@ describe("m.room.roles (decisions 2 and 7)", () => {
   });
 
   it("after the first roles event the creator needs a roles permission like anyone else", () => {
-    const room = roomWithMembers().roles({
-      mod: { order: 1, permissions: { roles: ["mod"] }, assignees: [BOB] },
-    });
-    const changed = { mod: { order: 1, permissions: { roles: ["mod"] }, assignees: [BOB, ALICE] } };
+    const roles: Record<string, RoleInput> = {
+      mod: { order: 5, permissions: { roles: ["helper"] }, assignees: [BOB] },
+      helper: { order: 1, permissions: {}, assignees: [] },
+    };
+    const room = roomWithMembers().roles(roles);
+    const changed = { ...roles, helper: { ...roles.helper, assignees: [ALICE] } };
     expect(rejectedRule(authorize(room, event(EventType.Roles, ALICE, rolesContent(changed), "")))).toBe(
       "roles.change_permission",
     );
@@ -528,6 +530,149 @@ describe("m.room.roles (decisions 2 and 7)", () => {
     const decision = authorize(roomWithMembers(), event(EventType.Roles, ALICE, rolesContent(roles), ""));
     expect(rejectedRule(decision)).toBe("schema.m.room.roles");
     expect(rejectionReason(decision)).toMatch(/mod and twin share order 2/);
+  });
+});
+
+describe("m.room.roles: ranks (reading 7)", () => {
+  /**
+   * Alice (creator) holds owner, the top role. Bob holds mod, whose roles
+   * permission names mod, helper and new; Carol holds helper; Dave holds
+   * enforcer, above mod, which defines no roles permission.
+   */
+  const RANKED: Record<string, RoleInput> = {
+    owner: {
+      order: 100,
+      permissions: { add: true, kick: true, ban: true, roles: ["mod", "helper", "enforcer"] },
+      assignees: [ALICE],
+    },
+    enforcer: { order: 50, permissions: { kick: true }, assignees: [DAVE] },
+    mod: {
+      order: 10,
+      permissions: { add: true, roles: ["mod", "helper", "new", "enforcer"] },
+      assignees: [BOB],
+    },
+    helper: { order: 2, permissions: { add: true }, assignees: [CAROL] },
+  };
+
+  function rankedRoom(): StateBuilder {
+    return roomWithMembers().joined(DAVE).roles(RANKED);
+  }
+
+  function rolesChange(sender: string, roles: Record<string, RoleInput>) {
+    return event(EventType.Roles, sender, rolesContent(roles), "");
+  }
+
+  it("roles.change_rank: the two-event takeover is refused at its first event", () => {
+    const room = rankedRoom();
+    const takeover = rolesChange(BOB, {
+      ...RANKED,
+      mod: {
+        order: 1000,
+        permissions: { add: true, kick: true, ban: true, roles: ["owner", "enforcer", "mod", "helper"] },
+        assignees: [BOB],
+      },
+    });
+    expect(rejectedRule(authorize(room, takeover))).toBe("roles.change_rank");
+    expect(() => room.send(takeover)).toThrow();
+    expect(rejectedRule(authorize(room, userEvent(BOB, ALICE, "ban")))).toBe("participation.ban.permission");
+    expect(room.get(EventType.User, ALICE)?.content).toEqual({ participation: "join" });
+  });
+
+  const refused: [string, string, Record<string, RoleInput>][] = [
+    [
+      "roles.change_rank",
+      "changing one's own role (the only role of equal rank)",
+      { ...RANKED, mod: { ...RANKED.mod, permissions: { ...RANKED.mod.permissions, kick: true } } },
+    ],
+    [
+      "roles.change_rank",
+      "assigning one's own role to another user",
+      { ...RANKED, mod: { ...RANKED.mod, assignees: [BOB, CAROL] } },
+    ],
+    ["roles.change_rank", "leaving one's own role", { ...RANKED, mod: { ...RANKED.mod, assignees: [] } }],
+    ["roles.change_rank", "lowering one's own role", { ...RANKED, mod: { ...RANKED.mod, order: 3 } }],
+    ["roles.change_rank", "removing one's own role", (({ mod: _removed, ...rest }) => rest)(RANKED)],
+    [
+      "roles.change_rank",
+      "changing a named role ranked above one's own",
+      { ...RANKED, enforcer: { ...RANKED.enforcer, assignees: [DAVE, BOB] } },
+    ],
+    [
+      "roles.change_rank",
+      "lowering a named role ranked above one's own to below it",
+      { ...RANKED, enforcer: { ...RANKED.enforcer, order: 5 } },
+    ],
+    [
+      "roles.raise_rank",
+      "raising a lower role above one's own",
+      { ...RANKED, helper: { ...RANKED.helper, order: 11 } },
+    ],
+    [
+      "roles.raise_rank",
+      "adding a role above one's own",
+      { ...RANKED, new: { order: 60, permissions: { ban: true }, assignees: [BOB] } },
+    ],
+    [
+      "schema.m.room.roles",
+      "raising a lower role to one's own rank (two roles cannot share an order)",
+      { ...RANKED, helper: { ...RANKED.helper, order: 10 } },
+    ],
+  ];
+
+  it.each(refused)("%s: %s is refused", (rule, _what, roles) => {
+    expect(rejectedRule(authorize(rankedRoom(), rolesChange(BOB, roles)))).toBe(rule);
+  });
+
+  it("roles.change_rank names the role and the sender's rank", () => {
+    const decision = authorize(rankedRoom(), rolesChange(BOB, refused[0][2]));
+    expect(rejectionReason(decision)).toContain("mod (order 10)");
+  });
+
+  const allowed: [string, Record<string, RoleInput>][] = [
+    ["assigning a lower role", { ...RANKED, helper: { ...RANKED.helper, assignees: [CAROL, DAVE] } }],
+    ["unassigning a lower role", { ...RANKED, helper: { ...RANKED.helper, assignees: [] } }],
+    [
+      "changing a lower role's permissions",
+      { ...RANKED, helper: { ...RANKED.helper, permissions: { add: false, kick: true } } },
+    ],
+    ["raising a lower role to just below one's own", { ...RANKED, helper: { ...RANKED.helper, order: 9 } }],
+    ["adding a role below one's own", { ...RANKED, new: { order: 3, permissions: {}, assignees: [CAROL] } }],
+    ["removing a lower role", (({ helper: _removed, ...rest }) => rest)(RANKED)],
+  ];
+
+  it.each(allowed)("a change below one's roles rank is allowed: %s", (_what, roles) => {
+    expect(authorize(rankedRoom(), rolesChange(BOB, roles))).toEqual(ALLOWED);
+  });
+
+  it("the rank is the order of the role giving the roles permission, not the user's highest role", () => {
+    const bobAlsoEnforcer = { ...RANKED, enforcer: { ...RANKED.enforcer, assignees: [DAVE, BOB] } };
+    const room = roomWithMembers().joined(DAVE).roles(bobAlsoEnforcer);
+    const moveHelper = (order: number) =>
+      rolesChange(BOB, { ...bobAlsoEnforcer, helper: { ...RANKED.helper, order } });
+    expect(rejectedRule(authorize(room, moveHelper(20)))).toBe("roles.raise_rank");
+    expect(authorize(room, moveHelper(9))).toEqual(ALLOWED);
+  });
+
+  it("the holder of the top role may change every role below it, not its own", () => {
+    const room = rankedRoom();
+    const demoteBob = { ...RANKED, mod: { ...RANKED.mod, assignees: [] } };
+    expect(authorize(room, rolesChange(ALICE, demoteBob))).toEqual(ALLOWED);
+    const grow = { ...RANKED, owner: { ...RANKED.owner, assignees: [ALICE, BOB] } };
+    expect(rejectedRule(authorize(room, rolesChange(ALICE, grow)))).toBe("roles.change_permission");
+    const ownerNamingItself = {
+      ...RANKED,
+      owner: { ...RANKED.owner, permissions: { ...RANKED.owner.permissions, roles: ["owner", "mod"] } },
+    };
+    const selfNamed = roomWithMembers().joined(DAVE).roles(ownerNamingItself);
+    const growSelfNamed = {
+      ...ownerNamingItself,
+      owner: { ...ownerNamingItself.owner, assignees: [ALICE, BOB] },
+    };
+    expect(rejectedRule(authorize(selfNamed, rolesChange(ALICE, growSelfNamed)))).toBe("roles.change_rank");
+  });
+
+  it("the creator's first roles event is not ranked (reading 2)", () => {
+    expect(authorize(roomWithMembers(), rolesChange(ALICE, RANKED))).toEqual(ALLOWED);
   });
 });
 

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { randomUUID } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import yaml from "js-yaml";
@@ -65,30 +66,170 @@ export class ProviderProcess {
     this.child = undefined;
   }
 
+  /** One admin API request; a non-2xx answer throws an error carrying `status` and `errcode`. */
   async admin<T = Record<string, unknown>>(method: string, path: string, body?: unknown): Promise<T> {
     const response = await fetch(`http://127.0.0.1:${this.adminPort}/_mimi/admin/v1${path}`, {
       method,
-      headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" },
+      headers: {
+        Authorization: `Bearer ${TOKEN}`,
+        ...(body === undefined ? {} : { "Content-Type": "application/json" }),
+      },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
     });
-    const json = (await response.json()) as T & { errcode?: string; error?: string };
+    const json = (await response.json()) as T & { errcode?: string; error?: string; retry_after_ms?: number };
     if (!response.ok) {
       const err = new Error(
         `${this.serverName} ${method} ${path}: ${response.status} ${json.errcode}: ${json.error}`,
       );
-      Object.assign(err, { status: response.status, errcode: json.errcode });
+      Object.assign(err, {
+        status: response.status,
+        errcode: json.errcode,
+        retryAfterMs: json.retry_after_ms,
+      });
       throw err;
     }
     return json;
   }
 
-  async historyIds(roomId: string): Promise<string[]> {
-    const { events } = await this.admin<{ events: { event_id: string }[] }>(
-      "GET",
-      `/rooms/${encodeURIComponent(roomId)}/history`,
+  async createRoom(
+    creator: string,
+    options: { txnId?: string; roomLocalpart?: string } = {},
+  ): Promise<string> {
+    const body = {
+      creator,
+      ...(options.roomLocalpart === undefined ? {} : { room_localpart: options.roomLocalpart }),
+    };
+    const { room_id: roomId } = await this.put<{ room_id: string }>(
+      `/createRoom/${options.txnId ?? freshTxnId()}`,
+      body,
     );
-    return events.map((e) => e.event_id);
+    return roomId;
   }
+
+  /** Sends an event as `sender`; answers its event ID. */
+  async send(
+    roomId: string,
+    sender: string,
+    type: string,
+    content: Record<string, unknown>,
+    stateKey?: string,
+    txnId: string = freshTxnId(),
+  ): Promise<string> {
+    const body = { sender, content, ...(stateKey === undefined ? {} : { state_key: stateKey }) };
+    const path = `${roomPath(roomId)}/send/${encodeURIComponent(type)}/${txnId}`;
+    return (await this.put<{ event_id: string }>(path, body)).event_id;
+  }
+
+  invite(roomId: string, sender: string, target: string, options: ActionOptions = {}): Promise<string> {
+    return this.act(roomId, "invite", { sender, target }, options);
+  }
+
+  join(roomId: string, user: string, options: ActionOptions = {}): Promise<string> {
+    return this.act(roomId, "join", { user }, options);
+  }
+
+  leave(roomId: string, user: string, options: ActionOptions = {}): Promise<string> {
+    return this.act(roomId, "leave", { user }, options);
+  }
+
+  knock(roomId: string, user: string, options: ActionOptions = {}): Promise<string> {
+    return this.act(roomId, "knock", { user }, options);
+  }
+
+  kick(roomId: string, sender: string, target: string, options: ActionOptions = {}): Promise<string> {
+    return this.act(roomId, "kick", { sender, target }, options);
+  }
+
+  ban(roomId: string, sender: string, target: string, options: ActionOptions = {}): Promise<string> {
+    return this.act(roomId, "ban", { sender, target }, options);
+  }
+
+  private async act(
+    roomId: string,
+    action: string,
+    body: Record<string, string>,
+    { reason, txnId = freshTxnId() }: ActionOptions,
+  ): Promise<string> {
+    const path = `${roomPath(roomId)}/${action}/${txnId}`;
+    const full = reason === undefined ? body : { ...body, reason };
+    return (await this.put<{ event_id: string }>(path, full)).event_id;
+  }
+
+  /**
+   * A PUT, repeated with the same txnId while the provider answers 429 (its
+   * per-user rate limit), after the `retry_after_ms` it gives.
+   */
+  private async put<T>(path: string, body: unknown): Promise<T> {
+    const deadline = Date.now() + RATE_LIMIT_PATIENCE_MS;
+    for (;;) {
+      try {
+        return await this.admin<T>("PUT", path, body);
+      } catch (err) {
+        const { errcode, retryAfterMs } = err as { errcode?: string; retryAfterMs?: number };
+        if (errcode !== "M_LIMIT_EXCEEDED" || Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, retryAfterMs ?? 100));
+      }
+    }
+  }
+
+  /** The room's whole linear history as this provider holds it, paged through to the head. */
+  async history(roomId: string): Promise<HistoryEvent[]> {
+    const events: HistoryEvent[] = [];
+    let from: number | undefined = 1;
+    while (from !== undefined) {
+      const page: { events: HistoryEvent[]; next_seq?: number } = await this.admin(
+        "GET",
+        `${roomPath(roomId)}/history?from=${from}&limit=1000`,
+      );
+      events.push(...page.events);
+      from = page.next_seq;
+    }
+    return events;
+  }
+
+  async historyIds(roomId: string): Promise<string[]> {
+    return (await this.history(roomId)).map((e) => e.event_id);
+  }
+
+  async invites(userId: string): Promise<InviteJson[]> {
+    return (
+      await this.admin<{ invites: InviteJson[] }>("GET", `/users/${encodeURIComponent(userId)}/invites`)
+    ).invites;
+  }
+}
+
+/** One event of a room's history as the admin API gives it. */
+export interface HistoryEvent {
+  seq: number;
+  event_id: string;
+  type: string;
+  sender: string;
+  state_key?: string;
+  content: Record<string, unknown>;
+  [field: string]: unknown;
+}
+
+export interface InviteJson {
+  room_id: string;
+  user_id: string;
+  inviter: string;
+  hub_server: string;
+  room_version: string;
+  stripped_state: Record<string, unknown>[];
+  received_ts: number;
+}
+
+export interface ActionOptions {
+  reason?: string;
+  txnId?: string;
+}
+
+const RATE_LIMIT_PATIENCE_MS = 120_000;
+
+const roomPath = (roomId: string) => `/rooms/${encodeURIComponent(roomId)}`;
+
+export function freshTxnId(): string {
+  return randomUUID();
 }
 
 /** Starts `names.length` providers on 127.0.0.1 that know each other through static routes. */
@@ -115,6 +256,8 @@ export async function startProviders(
         retry_max_ms: 500,
       },
       database: { path: "data/db", durability: "os" },
+      // Tests drive many events from one user; the rate limits have tests of their own.
+      limits: { local_sends_per_second: 100_000, local_send_burst: 100_000 },
       signing_key_path: "data/signing.key",
       admin_api: { bind_address: "127.0.0.1", port: ports[i]![1], token: TOKEN },
       logging: { level: "warn" },

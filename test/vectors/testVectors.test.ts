@@ -21,7 +21,7 @@ import {
   serializeTestVectors,
   type TestVector,
   type TestVectorFile,
-} from "../../src/events/testVectors";
+} from "../../scripts/testVectors";
 import type { FullyFormedEvent, JsonObject, JsonValue } from "../../src/events/types";
 import { FollowerRoom } from "../../src/room/roomCore";
 import { RoomState } from "../../src/room/roomState";
@@ -222,12 +222,14 @@ describe("docs/test-vectors/events.json", () => {
 
   it("replays in order through a fresh follower (linearity, auth_events selection, auth rules)", () => {
     const first = committed.vectors[0]!.event;
-    const follower = new FollowerRoom(first.room_id, MIMI_V1, new RoomState(), first.hub_server);
+    const state = new RoomState();
+    const follower = new FollowerRoom(first.room_id, MIMI_V1, state, first.hub_server);
     const lookup = allKeys();
     for (const vector of committed.vectors) {
       const applied = follower.apply(clone(vector.event), lookup);
       expect(applied.eventId).toBe(vector.event_id);
       expect(applied.seq).toBe(vector.seq);
+      state.append(applied.eventId, applied.event);
     }
   });
 });

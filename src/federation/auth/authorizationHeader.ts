@@ -33,8 +33,14 @@ export function formatAuthorizationHeader(auth: XMatrixAuth): string {
  * Parses `X-Matrix origin=…,destination=…,key=…,sig=…` per RFC 9110 §11.4:
  * case-insensitive scheme and parameter names, token or quoted-string values
  * (with backslash escapes), empty list elements tolerated, unknown parameters
- * ignored. Duplicates and missing parameters are refused. The LM-04 parameter
- * list calls the signature `signature` while its example uses `sig`; both are accepted.
+ * ignored. Missing parameters are refused.
+ *
+ * LM-04 §Request Authentication names the signature `signature` and writes
+ * `sig` in its example; either or both are accepted. RFC 9110 §11.2 has a
+ * sender name each parameter once but says nothing of what a recipient does,
+ * so a parameter repeated with the same value is accepted (there is no doubt
+ * about what was meant) and one repeated with different values, `sig` and
+ * `signature` included, is refused.
  */
 export function parseAuthorizationHeader(value: string): XMatrixAuth {
   const s = value;
@@ -58,7 +64,7 @@ export function parseAuthorizationHeader(value: string): XMatrixAuth {
   }
   if (i < s.length && s[i] !== " ") throw malformed(`unexpected ${describeAt()} after the scheme`);
 
-  const params = new Map<string, string>();
+  const params = new Map<string, { value: string; name: string }>();
   while (true) {
     skipOws();
     while (i < s.length && s[i] === ",") {
@@ -66,7 +72,6 @@ export function parseAuthorizationHeader(value: string): XMatrixAuth {
       skipOws();
     }
     if (i >= s.length) break;
-    const nameStart = i;
     const name = readToken();
     if (name === "") throw malformed(`expected a parameter name, found ${describeAt()}`);
     skipOws();
@@ -103,10 +108,18 @@ export function parseAuthorizationHeader(value: string): XMatrixAuth {
       if (paramValue === "")
         throw malformed(`parameter ${JSON.stringify(name)} has no value (found ${describeAt()})`);
     }
-    let key = name.toLowerCase();
-    if (key === "signature") key = "sig";
-    if (params.has(key)) throw malformed(`parameter ${JSON.stringify(s.slice(nameStart, i))} is repeated`);
-    params.set(key, paramValue);
+    const lower = name.toLowerCase();
+    const key = lower === "signature" ? "sig" : lower;
+    const earlier = params.get(key);
+    if (earlier === undefined) {
+      params.set(key, { value: paramValue, name: lower });
+    } else if (earlier.value !== paramValue) {
+      throw malformed(
+        earlier.name === lower
+          ? `parameter ${JSON.stringify(lower)} is repeated with different values`
+          : `parameters ${JSON.stringify(earlier.name)} and ${JSON.stringify(lower)} hold different signatures`,
+      );
+    }
     skipOws();
     if (i < s.length && s[i] !== ",") {
       throw malformed(`expected "," after parameter ${JSON.stringify(name)}, found ${describeAt()}`);
@@ -116,7 +129,7 @@ export function parseAuthorizationHeader(value: string): XMatrixAuth {
   const required = (name: keyof XMatrixAuth): string => {
     const found = params.get(name);
     if (found === undefined) throw malformed(`the ${name} parameter is missing`);
-    return found;
+    return found.value;
   };
   const origin = required("origin");
   const destination = required("destination");

@@ -16,6 +16,8 @@ export interface RequestToSign {
 
 /** What verifyRequest needs from the key ring. */
 export interface RequestKeySource {
+  /** Cheap and synchronous: whether the server's keys could be fetched at all. */
+  canRoute(serverName: string): boolean;
   ensureKeys(serverName: string, keyIds: readonly string[]): Promise<void>;
   requestKey(serverName: string, keyId: string): VerifyKey | undefined;
   keyInfo(serverName: string, keyId: string): { old: boolean; validUntil: number } | undefined;
@@ -78,7 +80,9 @@ export interface RequestToVerify {
 /**
  * Authenticates a request (LM-04 §Request Authentication): every presented
  * X-Matrix header must be for us, from one origin, and signed by a current
- * key of that origin. Returns the origin. Failures are 401 M_UNAUTHORIZED.
+ * key of that origin. Returns the origin. Failures are 401 M_FORBIDDEN.
+ * What can be refused without a key fetch is refused first, so a stranger
+ * cannot make us fetch keys from a server we could never talk to.
  */
 export async function verifyRequest(request: RequestToVerify): Promise<string> {
   const values = authorizationValues(request.headers);
@@ -96,6 +100,18 @@ export async function verifyRequest(request: RequestToVerify): Promise<string> {
         `request is for ${JSON.stringify(auth.destination)}, but this server is ${JSON.stringify(request.ourServerName)}`,
       );
     }
+  }
+
+  if (origin === request.ourServerName) {
+    for (const auth of auths) {
+      if (request.keyRing.requestKey(origin, auth.key) === undefined) {
+        throw FederationError.unauthorized(
+          `request claims to come from this server, but ${auth.key} is not its current key`,
+        );
+      }
+    }
+  } else if (!request.keyRing.canRoute(origin)) {
+    throw FederationError.unauthorized(`no route to ${origin}: its keys cannot be fetched`);
   }
 
   await request.keyRing.ensureKeys(

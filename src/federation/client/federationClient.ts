@@ -4,7 +4,7 @@ import { parseServerName } from "../../identifiers";
 import { signRequest } from "../auth/requestAuth";
 import type { Resolver } from "../discovery/serverResolver";
 import { RemoteError } from "../errors";
-import { parseJsonBytes, sendHttp, type FetchFn } from "./http";
+import { parseJsonBytes, RequestAbortedError, sendHttp, type FetchFn } from "./http";
 
 export const DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
@@ -16,10 +16,14 @@ export interface FederationClientOptions {
   fetch?: FetchFn;
   timeoutMs?: number;
   maxResponseBytes?: number;
+  /** Milliseconds since the epoch, to read a `Retry-After` date. Default `Date.now`. */
+  now?: () => number;
 }
 
 export interface RequestOptions {
   timeoutMs?: number;
+  /** Cancels the request (connection, headers and body); it then rejects with RequestAbortedError. */
+  signal?: AbortSignal;
 }
 
 /** LM-04 §Requests and Responses: POST and PUT always carry a JSON object. */
@@ -30,19 +34,22 @@ const METHOD = /^[A-Z]+$/;
  * Signed requests to other servers. Errors: RemoteError for an answer that is
  * not 2xx JSON (with the peer's status and errcode), FederationNetworkError
  * (retryable) when the peer cannot be reached or times out,
- * ResponseTooLargeError for an oversized answer.
+ * ResponseTooLargeError for an oversized answer, RequestAbortedError when the
+ * caller's signal aborts it.
  */
 export class FederationClient {
   readonly serverName: string;
   private readonly fetchFn: FetchFn;
   private readonly timeoutMs: number;
   private readonly maxResponseBytes: number;
+  private readonly now: () => number;
 
   constructor(private readonly options: FederationClientOptions) {
     this.serverName = options.signingKey.serverName;
     this.fetchFn = options.fetch ?? fetch;
     this.timeoutMs = options.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     this.maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+    this.now = options.now ?? Date.now;
   }
 
   /**
@@ -60,6 +67,7 @@ export class FederationClient {
   ): Promise<T> {
     parseServerName(destination);
     if (!METHOD.test(method)) throw new Error(`method ${JSON.stringify(method)} must be upper case`);
+    if (options.signal?.aborted === true) throw new RequestAbortedError(destination);
     const base = await this.options.resolver.resolve(destination);
     const url = new URL(path, base);
     if (!path.startsWith("/") || path.startsWith("//") || url.pathname + url.search !== path) {
@@ -87,7 +95,12 @@ export class FederationClient {
       this.fetchFn,
       url,
       { method, headers, body: payload, redirect: "manual" },
-      { destination, timeoutMs: options.timeoutMs ?? this.timeoutMs, maxBytes: this.maxResponseBytes },
+      {
+        destination,
+        timeoutMs: options.timeoutMs ?? this.timeoutMs,
+        maxBytes: this.maxResponseBytes,
+        ...(options.signal === undefined ? {} : { signal: options.signal }),
+      },
     );
     const json = parseJsonBytes(result.bytes);
     if (result.status >= 200 && result.status < 300) {
@@ -97,21 +110,42 @@ export class FederationClient {
       return json.value as T;
     }
     const error = json?.value as { errcode?: unknown; error?: unknown } | undefined;
+    let remote: RemoteError;
     if (typeof error === "object" && error !== null && typeof error.errcode === "string") {
-      throw new RemoteError(
+      remote = new RemoteError(
         result.status,
         error.errcode,
         typeof error.error === "string" ? error.error : "",
         destination,
         error,
       );
+    } else {
+      const snippet = result.bytes.subarray(0, 200).toString("utf8");
+      remote = new RemoteError(
+        result.status,
+        "M_UNKNOWN",
+        `answer without a JSON error${snippet === "" ? "" : `: ${JSON.stringify(snippet)}`}`,
+        destination,
+      );
     }
-    const snippet = result.bytes.subarray(0, 200).toString("utf8");
-    throw new RemoteError(
-      result.status,
-      "M_UNKNOWN",
-      `answer without a JSON error${snippet === "" ? "" : `: ${JSON.stringify(snippet)}`}`,
-      destination,
-    );
+    // LM-04 §Rate Limiting names `retry_after_ms` in the body; HTTP's Retry-After header is the fallback.
+    const header = parseRetryAfter(result.headers.get("retry-after"), this.now());
+    if (remote.retryAfterMs === undefined && header !== undefined) {
+      Object.defineProperty(remote, "retryAfterMs", { value: header, enumerable: true });
+    }
+    throw remote;
   }
+}
+
+/** RFC 9110 §10.2.3 `Retry-After`: delay-seconds or an HTTP date, as milliseconds from `now`. */
+export function parseRetryAfter(value: string | null, now: number): number | undefined {
+  if (value === null) return undefined;
+  const text = value.trim();
+  if (/^\d+$/.test(text)) {
+    const ms = Number(text) * 1000;
+    return Number.isSafeInteger(ms) ? ms : undefined;
+  }
+  // An HTTP date starts with the day name, in all three of its forms.
+  const date = /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun)/.test(text) ? Date.parse(text) : NaN;
+  return Number.isNaN(date) ? undefined : Math.max(0, date - now);
 }

@@ -14,6 +14,23 @@ export class ResponseTooLargeError extends MimiError {
   }
 }
 
+/**
+ * The caller aborted the request (e.g. on shutdown). Not the peer's fault and
+ * not to be retried now; whoever aborted decides whether to try again later.
+ */
+export class RequestAbortedError extends MimiError {
+  readonly aborted = true;
+  readonly retryable = false;
+
+  constructor(
+    readonly destination: string,
+    options?: { cause?: unknown },
+  ) {
+    super("M_UNKNOWN", `${destination}: the request was aborted`);
+    if (options?.cause !== undefined) this.cause = options.cause;
+  }
+}
+
 export interface HttpResult {
   status: number;
   headers: Headers;
@@ -27,6 +44,8 @@ export interface SendOptions {
   destination: string;
   timeoutMs: number;
   maxBytes: number;
+  /** Aborts the request, whatever is left of the timeout: it rejects with RequestAbortedError. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -40,25 +59,32 @@ export async function sendHttp(
   init: RequestInit,
   options: SendOptions,
 ): Promise<HttpResult> {
-  const signal = AbortSignal.timeout(options.timeoutMs);
+  if (options.signal?.aborted === true) throw new RequestAbortedError(options.destination);
+  const timeout = AbortSignal.timeout(options.timeoutMs);
+  const signal = options.signal === undefined ? timeout : AbortSignal.any([timeout, options.signal]);
   let response: Response;
   try {
     response = await fetchFn(url, { ...init, signal });
   } catch (err) {
-    throw networkError(err, signal, options);
+    throw networkError(err, timeout, options);
   }
   let bytes: Buffer;
   try {
     bytes = await readLimitedBody(response, options.maxBytes, options.destination);
   } catch (err) {
     if (err instanceof ResponseTooLargeError) throw err;
-    throw networkError(err, signal, options);
+    throw networkError(err, timeout, options);
   }
   return { status: response.status, headers: response.headers, url: response.url, bytes };
 }
 
-function networkError(err: unknown, signal: AbortSignal, options: SendOptions): FederationNetworkError {
-  if (signal.aborted) {
+function networkError(
+  err: unknown,
+  timeout: AbortSignal,
+  options: SendOptions,
+): FederationNetworkError | RequestAbortedError {
+  if (options.signal?.aborted === true) return new RequestAbortedError(options.destination, { cause: err });
+  if (timeout.aborted) {
     return new FederationNetworkError(options.destination, `no answer within ${options.timeoutMs} ms`, {
       cause: err,
     });

@@ -2,7 +2,15 @@ export {
   FederationClient,
   DEFAULT_MAX_RESPONSE_BYTES,
   DEFAULT_REQUEST_TIMEOUT_MS,
+  parseRetryAfter,
   type FederationClientOptions,
   type RequestOptions,
 } from "./federationClient";
-export { ResponseTooLargeError, readLimitedBody, sendHttp, parseJsonBytes, type FetchFn } from "./http";
+export {
+  RequestAbortedError,
+  ResponseTooLargeError,
+  readLimitedBody,
+  sendHttp,
+  parseJsonBytes,
+  type FetchFn,
+} from "./http";

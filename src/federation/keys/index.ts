@@ -11,4 +11,10 @@ export {
   type ServerKey,
   type ServerKeysBody,
 } from "./serverKeys";
-export { KeyRing, SERVER_KEYS_PATH, type KeyRingOptions } from "./keyRing";
+export {
+  DEFAULT_MAX_TRACKED_SERVERS,
+  DEFAULT_MIN_REFETCH_INTERVAL_MS,
+  KeyRing,
+  SERVER_KEYS_PATH,
+  type KeyRingOptions,
+} from "./keyRing";

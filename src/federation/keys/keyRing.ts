@@ -4,11 +4,16 @@ import { parseKeyId, parseServerName } from "../../identifiers";
 import { prefixEnd, type BatchOp, type KvStore } from "../../store/kv";
 import { parseJsonBytes, sendHttp, type FetchFn } from "../client/http";
 import type { Resolver } from "../discovery/serverResolver";
+import { BoundedExpiringMap } from "./boundedMap";
 import { parseServerKeysResponse, type OldVerifyKey, type ServerKey } from "./serverKeys";
 
 const SEP = "\u0000";
 const KEY_PREFIX = `k${SEP}`;
 export const SERVER_KEYS_PATH = "/_matrix/key/v2/server";
+/** Default of `KeyRingOptions.minRefetchIntervalMs`. */
+export const DEFAULT_MIN_REFETCH_INTERVAL_MS = 30_000;
+/** Default of `KeyRingOptions.maxTrackedServers`. */
+export const DEFAULT_MAX_TRACKED_SERVERS = 1_000;
 
 export interface KeyRingOptions {
   ourKey: ServerSigningKey;
@@ -17,8 +22,24 @@ export interface KeyRingOptions {
   resolver: Resolver;
   fetch?: FetchFn;
   now?: () => number;
-  /** At most one key fetch per server in this interval, so forged key IDs cannot make us hammer a server. */
+  /**
+   * At most one key fetch per server in this interval, so forged key IDs
+   * cannot make us hammer a server. Default 30 s.
+   */
   minRefetchIntervalMs?: number;
+  /**
+   * How many servers' last fetch attempt (and its error) are remembered, each
+   * for `minRefetchIntervalMs`; beyond that the oldest is forgotten first.
+   * Bounds the memory that requests naming many servers can take. Default 1,000.
+   */
+  maxTrackedServers?: number;
+  /**
+   * A cheap, synchronous check that a server can be reached at all (with
+   * `.well-known` discovery off: it has a static route). Keys of a server it
+   * refuses are never fetched, and requests from it are refused before any
+   * work. Default: every server can be reached.
+   */
+  canRoute?: (serverName: string) => boolean;
   fetchTimeoutMs?: number;
   maxResponseBytes?: number;
 }
@@ -32,15 +53,16 @@ interface StoredKey {
 /**
  * The verify keys of every server we talk to (LM-04 §Retrieving Server Keys):
  * fetched from `/_matrix/key/v2/server`, cached in memory and in the store.
- * Keys a server stops publishing are kept as old keys so signatures made with
- * them still verify after the server rotates.
+ * Keys a server stops publishing are kept as old keys, expired when we noticed,
+ * so signatures made with them before then still verify after the server rotates.
  */
 export class KeyRing implements VerifyKeyLookup {
   readonly serverName: string;
+  /** Only servers that answered with valid keys (or that the store remembers) get an entry. */
   private readonly servers = new Map<string, Map<string, ServerKey>>();
   private readonly inflight = new Map<string, Promise<void>>();
-  private readonly lastAttempt = new Map<string, number>();
-  private readonly fetchErrors = new Map<string, string>();
+  /** Servers fetched within the refetch interval, with the error if the fetch failed. */
+  private readonly attempts: BoundedExpiringMap<{ error: string | undefined }>;
   private readonly fetchFn: FetchFn;
   private readonly now: () => number;
   private readonly minRefetchIntervalMs: number;
@@ -51,9 +73,14 @@ export class KeyRing implements VerifyKeyLookup {
     this.serverName = options.ourKey.serverName;
     this.fetchFn = options.fetch ?? fetch;
     this.now = options.now ?? Date.now;
-    this.minRefetchIntervalMs = options.minRefetchIntervalMs ?? 30_000;
+    this.minRefetchIntervalMs = options.minRefetchIntervalMs ?? DEFAULT_MIN_REFETCH_INTERVAL_MS;
     this.fetchTimeoutMs = options.fetchTimeoutMs ?? 10_000;
     this.maxResponseBytes = options.maxResponseBytes ?? 256 * 1024;
+    this.attempts = new BoundedExpiringMap(
+      options.maxTrackedServers ?? DEFAULT_MAX_TRACKED_SERVERS,
+      this.minRefetchIntervalMs,
+      this.now,
+    );
 
     const ours = new Map<string, ServerKey>();
     for (const old of options.ourOldKeys ?? []) {
@@ -85,22 +112,33 @@ export class KeyRing implements VerifyKeyLookup {
   }
 
   /**
-   * Current keys valid now, and old keys (accepted whatever their
-   * `expired_ts`; callers wanting that check use keyInfo).
+   * The keys that may verify a signature made at `signedAtTs`: current keys
+   * valid now, and old keys only for what was signed before their
+   * `expired_ts` (LM-04 §GET /_matrix/key/v2/server).
    */
-  keysOf(serverName: string): ReadonlyMap<string, VerifyKey> | undefined {
+  keysOf(serverName: string, signedAtTs: number): ReadonlyMap<string, VerifyKey> | undefined {
     const known = this.servers.get(serverName);
     if (known === undefined) return undefined;
     const now = this.now();
     const usable = new Map<string, VerifyKey>();
     for (const [keyId, entry] of known) {
-      if (entry.old || entry.validUntil > now) usable.set(keyId, entry.key);
+      if (entry.old ? signedAtTs < entry.validUntil : entry.validUntil > now) usable.set(keyId, entry.key);
     }
     return usable;
   }
 
   keyInfo(serverName: string, keyId: string): ServerKey | undefined {
     return this.servers.get(serverName)?.get(keyId);
+  }
+
+  /** Whether this server's keys could be fetched at all (see `KeyRingOptions.canRoute`). */
+  canRoute(serverName: string): boolean {
+    return serverName === this.serverName || (this.options.canRoute?.(serverName) ?? true);
+  }
+
+  /** How many other servers the ring holds keys of, and remembers a recent fetch attempt of. */
+  cacheSizes(): { servers: number; attempts: number } {
+    return { servers: this.servers.size - 1, attempts: this.attempts.size };
   }
 
   /**
@@ -116,24 +154,25 @@ export class KeyRing implements VerifyKeyLookup {
 
   /** Why the last key fetch from this server failed, if it did. */
   lastFetchError(serverName: string): string | undefined {
-    return this.fetchErrors.get(serverName);
+    return this.attempts.get(serverName)?.error;
   }
 
   /**
    * Fetches the server's keys when one of `keyIds` is unknown or expired (or,
    * with no key IDs, when no current key is valid). Concurrent calls share one
-   * fetch; a server is fetched at most once per `minRefetchIntervalMs`. A
-   * failed fetch does not reject: the keys simply stay unknown and
-   * lastFetchError says why. Rejects only for invalid arguments or a store failure.
+   * fetch; a server is fetched at most once per `minRefetchIntervalMs`, and a
+   * server `canRoute` refuses never. A failed fetch does not reject: the keys
+   * simply stay unknown and lastFetchError says why. Rejects only for invalid
+   * arguments or a store failure.
    */
   async ensureKeys(serverName: string, keyIds: readonly string[]): Promise<void> {
     parseServerName(serverName);
     for (const keyId of keyIds) parseKeyId(keyId);
-    if (serverName === this.serverName || !this.needsFetch(serverName, keyIds)) return;
+    if (serverName === this.serverName || !this.canRoute(serverName)) return;
+    if (!this.needsFetch(serverName, keyIds)) return;
     const pending = this.inflight.get(serverName);
     if (pending !== undefined) return pending;
-    const last = this.lastAttempt.get(serverName);
-    if (last !== undefined && this.now() - last < this.minRefetchIntervalMs) return;
+    if (this.attempts.get(serverName) !== undefined) return;
     const fetching = this.fetchAndStore(serverName).finally(() => this.inflight.delete(serverName));
     this.inflight.set(serverName, fetching);
     return fetching;
@@ -152,15 +191,15 @@ export class KeyRing implements VerifyKeyLookup {
   }
 
   private async fetchAndStore(serverName: string): Promise<void> {
-    this.lastAttempt.set(serverName, this.now());
+    const attempt: { error: string | undefined } = { error: undefined };
+    this.attempts.set(serverName, attempt);
     let fetched: ServerKey[];
     try {
       fetched = await this.fetchKeys(serverName);
     } catch (err) {
-      this.fetchErrors.set(serverName, (err as Error).message);
+      attempt.error = (err as Error).message;
       return;
     }
-    this.fetchErrors.delete(serverName);
 
     const now = this.now();
     const merged = new Map<string, ServerKey>();

@@ -3,10 +3,15 @@ import {
   MAX_EDUS_PER_TXN,
   MAX_PDUS_PER_TXN,
   QueueError,
+  type DeadLetterReason,
   type OutboundQueue,
   type OutboundTransaction,
   type TransactionLimits,
 } from "./outboundQueue";
+
+export const DEFAULT_DEAD_LETTER_AFTER_REFUSALS = 3;
+export const DEFAULT_REFUSAL_MIN_SPAN_MS = 5 * 60 * 1000;
+export const DEFAULT_MAX_RETRY_AFTER_MS = 60 * 60 * 1000;
 
 /** The receiver's verdict on one PDU; an empty object means accepted. */
 export interface PduResult {
@@ -67,6 +72,23 @@ export interface OutboundDeliveryOptions {
   onError?: (destination: string, error: Error, info: DeliveryFailureInfo) => void;
   backoff?: Partial<BackoffPolicy>;
   limits?: Partial<TransactionLimits>;
+  /**
+   * Consecutive permanent refusals (4xx other than 408 and 429) of one
+   * transaction after which its items move to the dead letters and delivery
+   * goes on with the next ones. Default 3.
+   */
+  deadLetterAfterRefusals?: number;
+  /**
+   * The refusals must also span this long (ms) since the first of them, so
+   * one that heals by itself (a peer still holding our previous key for its
+   * 30 s refetch interval answers 401) does not dead-letter. Default 5 minutes.
+   */
+  refusalMinSpanMs?: number;
+  /**
+   * A peer's `retry_after_ms` (or `Retry-After`) is waited at least, even
+   * beyond the backoff cap, up to this (ms). Default 1 hour.
+   */
+  maxRetryAfterMs?: number;
   /** Values in `[0, 1)`, for jitter. */
   random?: () => number;
   timer?: Timer;
@@ -92,6 +114,14 @@ interface DestinationWorker {
   lastError: Error | undefined;
   retryAt: number | undefined;
   cancelWait: (() => void) | undefined;
+  /** Sends of `txn` so far. */
+  attempts: number;
+  /** Consecutive permanent refusals of `txn`, and when the first of them came. */
+  refusals: number;
+  firstRefusalAt: number | undefined;
+  /** Waiting out a backoff delay: the queue may be trimmed meanwhile. */
+  waiting: boolean;
+  trimming: Promise<void> | undefined;
 }
 
 function asError(err: unknown): Error {
@@ -99,7 +129,8 @@ function asError(err: unknown): Error {
 }
 
 function isPermanent(err: unknown): boolean {
-  const { retryable, status } = err as { retryable?: unknown; status?: unknown };
+  const { retryable, status, aborted } = err as { retryable?: unknown; status?: unknown; aborted?: unknown };
+  if (aborted === true) return false;
   if (typeof retryable === "boolean") return !retryable;
   return typeof status === "number" && status >= 400 && status < 500 && status !== 408 && status !== 429;
 }
@@ -109,10 +140,33 @@ function retryAfter(err: unknown): number {
   return typeof ms === "number" && Number.isFinite(ms) && ms > 0 ? ms : 0;
 }
 
+function refusal(err: unknown, worker: DestinationWorker, txnId: string, time: number): DeadLetterReason {
+  const { status, errcode, remoteErrcode, error, message } = err as Record<string, unknown>;
+  const code = typeof remoteErrcode === "string" ? remoteErrcode : errcode;
+  return {
+    reason: "refused",
+    time,
+    attempts: worker.attempts,
+    txnId,
+    ...(typeof status === "number" ? { status } : {}),
+    ...(typeof code === "string" ? { errcode: code } : {}),
+    ...(typeof error === "string" ? { error } : typeof message === "string" ? { error: message } : {}),
+  };
+}
+
+function nonNegativeInteger(name: string, value: number, min = 0): number {
+  if (!Number.isSafeInteger(value) || value < min) {
+    throw new QueueError(`${name} must be an integer of at least ${min}, got ${value}`);
+  }
+  return value;
+}
+
 /**
  * Drains an OutboundQueue: one logical worker per destination with at most one
  * transaction in flight (LM-04 §`PUT /send/:txnId`: the sender waits for 200
- * before using another txnId), retried with the same ID until acknowledged.
+ * before using another txnId), retried with the same ID until acknowledged,
+ * refused for good (`deadLetterAfterRefusals`), or too old for the queue; the
+ * last two move its items to the queue's dead letters and delivery goes on.
  * Use one OutboundDelivery per queue.
  */
 export class OutboundDelivery {
@@ -122,6 +176,9 @@ export class OutboundDelivery {
   private readonly random: () => number;
   private readonly timer: Timer;
   private readonly now: () => number;
+  private readonly refusalsBeforeDeadLetter: number;
+  private readonly refusalMinSpanMs: number;
+  private readonly maxRetryAfterMs: number;
   private running = false;
   private abort = new AbortController();
 
@@ -143,6 +200,19 @@ export class OutboundDelivery {
     this.random = options.random ?? Math.random;
     this.timer = options.timer ?? systemTimer;
     this.now = options.now ?? Date.now;
+    this.refusalsBeforeDeadLetter = nonNegativeInteger(
+      "deadLetterAfterRefusals",
+      options.deadLetterAfterRefusals ?? DEFAULT_DEAD_LETTER_AFTER_REFUSALS,
+      1,
+    );
+    this.refusalMinSpanMs = nonNegativeInteger(
+      "refusalMinSpanMs",
+      options.refusalMinSpanMs ?? DEFAULT_REFUSAL_MIN_SPAN_MS,
+    );
+    this.maxRetryAfterMs = nonNegativeInteger(
+      "maxRetryAfterMs",
+      options.maxRetryAfterMs ?? DEFAULT_MAX_RETRY_AFTER_MS,
+    );
   }
 
   /** Starts delivering, resuming every destination with a backlog or a persisted transaction. */
@@ -157,18 +227,44 @@ export class OutboundDelivery {
     }
   }
 
-  /** Call after items for `destination` were committed. A destination waiting to retry keeps waiting. */
+  /**
+   * Call after items for `destination` were committed. A destination waiting
+   * to retry keeps waiting; if its queue is over its depth meanwhile, the
+   * oldest items are dead-lettered now.
+   */
   wake(destination: string): void {
     if (!this.running) return;
     const worker = this.worker(destination);
     if (worker.loop !== undefined) {
       worker.dirty = true;
+      if (worker.waiting && worker.trimming === undefined && this.queue.overDepth(destination)) {
+        worker.trimming = this.queue
+          .expire(destination, worker.attempts)
+          .then(
+            () => undefined,
+            (err: unknown) =>
+              this.notify(destination, asError(err), {
+                txnId: undefined,
+                attempt: 0,
+                permanent: false,
+                retryInMs: 0,
+              }),
+          )
+          .finally(() => (worker.trimming = undefined));
+      }
       return;
     }
     worker.loop = this.run(destination, worker).finally(() => {
       worker.loop = undefined;
       if (worker.dirty) this.wake(destination);
     });
+  }
+
+  /** Puts `destination`'s dead letters back at the tail of its queue and delivers them. */
+  async retryDeadLetters(destination: string): Promise<number> {
+    const moved = await this.queue.retryDeadLetters(destination);
+    if (moved > 0) this.wake(destination);
+    return moved;
   }
 
   /** Ends a destination's backoff wait now, e.g. when the peer is known to be back. */
@@ -188,6 +284,7 @@ export class OutboundDelivery {
     for (const worker of this.workers.values()) {
       worker.cancelWait?.();
       if (worker.loop !== undefined) loops.push(worker.loop);
+      if (worker.trimming !== undefined) loops.push(worker.trimming);
     }
     await Promise.all(loops);
   }
@@ -228,13 +325,21 @@ export class OutboundDelivery {
         continue;
       }
       if (txn === undefined) return;
+      if (worker.txn?.txnId !== txn.txnId) {
+        worker.attempts = 0;
+        worker.refusals = 0;
+        worker.firstRefusalAt = undefined;
+      }
       worker.txn = txn;
       if (!(await this.deliver(destination, worker, txn))) return;
       worker.txn = undefined;
     }
   }
 
-  /** Sends `txn` until it is acknowledged (true) or the worker stops (false). */
+  /**
+   * Sends `txn` until it is acknowledged or moved to the dead letters (true),
+   * or the worker stops (false).
+   */
   private async deliver(
     destination: string,
     worker: DestinationWorker,
@@ -242,15 +347,31 @@ export class OutboundDelivery {
   ): Promise<boolean> {
     const body: SendBody = { pdus: txn.pdus.map((i) => i.body), edus: txn.edus.map((i) => i.body) };
     while (this.running) {
+      await worker.trimming;
+      if (this.queue.inFlightTxnId(destination) !== txn.txnId) return true;
+      if (this.queue.overDepth(destination) || this.queue.isExpired(txn)) {
+        try {
+          await this.queue.expire(destination, worker.attempts);
+        } catch (err) {
+          await this.failed(destination, worker, err, txn.txnId);
+          continue;
+        }
+        if (this.queue.inFlightTxnId(destination) !== txn.txnId) return true;
+      }
       let response: SendResponse;
       worker.sending = true;
       try {
+        worker.attempts++;
         response = await this.options.send(destination, txn.txnId, body, this.abort.signal);
         worker.sending = false;
       } catch (err) {
         worker.sending = false;
         if (!this.running) return false;
-        await this.failed(destination, worker, err, txn.txnId);
+        if (this.refusedForGood(worker, err)) {
+          if (await this.deadLetter(destination, worker, txn, err)) return true;
+        } else {
+          await this.failed(destination, worker, err, txn.txnId);
+        }
         continue;
       }
       await this.report(destination, txn, response);
@@ -267,6 +388,45 @@ export class OutboundDelivery {
       return true;
     }
     return false;
+  }
+
+  /** Counts a failed send: true once `txn` was refused often enough, and for long enough, to give up on it. */
+  private refusedForGood(worker: DestinationWorker, err: unknown): boolean {
+    if (!isPermanent(err)) {
+      worker.refusals = 0;
+      worker.firstRefusalAt = undefined;
+      return false;
+    }
+    worker.refusals++;
+    worker.firstRefusalAt ??= this.now();
+    return (
+      worker.refusals >= this.refusalsBeforeDeadLetter &&
+      this.now() - worker.firstRefusalAt >= this.refusalMinSpanMs
+    );
+  }
+
+  /** Moves `txn` to the dead letters (true); if that fails, waits as after any failure (false). */
+  private async deadLetter(
+    destination: string,
+    worker: DestinationWorker,
+    txn: OutboundTransaction,
+    err: unknown,
+  ): Promise<boolean> {
+    worker.failures++;
+    worker.lastError = asError(err);
+    this.notify(destination, worker.lastError, {
+      txnId: txn.txnId,
+      attempt: worker.failures,
+      permanent: true,
+      retryInMs: 0,
+    });
+    try {
+      await this.queue.deadLetter(txn, refusal(err, worker, txn.txnId, this.now()));
+      return true;
+    } catch (moveErr) {
+      await this.failed(destination, worker, moveErr, txn.txnId);
+      return false;
+    }
   }
 
   private async report(destination: string, txn: OutboundTransaction, response: SendResponse): Promise<void> {
@@ -300,9 +460,9 @@ export class OutboundDelivery {
   ): Promise<void> {
     worker.failures++;
     worker.lastError = asError(err);
-    const delay = Math.min(
-      this.policy.capMs,
-      Math.max(backoffDelay(worker.failures, this.policy, this.random), retryAfter(err)),
+    const delay = Math.max(
+      backoffDelay(worker.failures, this.policy, this.random),
+      Math.min(retryAfter(err), this.maxRetryAfterMs),
     );
     worker.retryAt = this.now() + delay;
     this.notify(destination, worker.lastError, {
@@ -312,9 +472,11 @@ export class OutboundDelivery {
       retryInMs: delay,
     });
     if (!this.running) return;
+    worker.waiting = true;
     await new Promise<void>((resolve) => {
       const done = () => {
         worker.cancelWait = undefined;
+        worker.waiting = false;
         resolve();
       };
       const handle = this.timer.setTimeout(done, delay);
@@ -345,6 +507,11 @@ export class OutboundDelivery {
         lastError: undefined,
         retryAt: undefined,
         cancelWait: undefined,
+        attempts: 0,
+        refusals: 0,
+        firstRefusalAt: undefined,
+        waiting: false,
+        trimming: undefined,
       };
       this.workers.set(destination, worker);
     }

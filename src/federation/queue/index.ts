@@ -1,5 +1,8 @@
 export { DEFAULT_BACKOFF, backoffDelay, systemTimer, type BackoffPolicy, type Timer } from "./backoff";
 export {
+  DEFAULT_DEAD_LETTER_AFTER_REFUSALS,
+  DEFAULT_MAX_RETRY_AFTER_MS,
+  DEFAULT_REFUSAL_MIN_SPAN_MS,
   OutboundDelivery,
   type DeliveryFailureInfo,
   type InFlightInfo,
@@ -10,10 +13,16 @@ export {
   type SendResponse,
 } from "./delivery";
 export {
+  DEFAULT_MAX_DEAD_LETTERS,
+  DEFAULT_QUEUE_MAX_AGE_MS,
+  DEFAULT_QUEUE_MAX_DEPTH,
   MAX_EDUS_PER_TXN,
   MAX_PDUS_PER_TXN,
   OutboundQueue,
   QueueError,
+  type DeadLetter,
+  type DeadLetterReason,
+  type DeadLetterResult,
   type OutboundQueueOptions,
   type OutboundTransaction,
   type QueueItem,

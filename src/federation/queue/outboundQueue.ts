@@ -19,6 +19,8 @@ export interface OutboundTransaction {
   readonly seqs: readonly number[];
   readonly pdus: readonly QueueItem[];
   readonly edus: readonly QueueItem[];
+  /** When its oldest item was enqueued (ms since the epoch). */
+  readonly enqueuedTs: number;
 }
 
 /** LM-04 §`PUT /_matrix/federation/v2/send/:txnId`: at most 50 PDUs and 100 EDUs per transaction. */
@@ -30,9 +32,58 @@ export interface TransactionLimits {
   maxEdus: number;
 }
 
+export const DEFAULT_QUEUE_MAX_DEPTH = 100_000;
+export const DEFAULT_QUEUE_MAX_AGE_MS = 7 * 24 * 60 * 60 * 1000;
+export const DEFAULT_MAX_DEAD_LETTERS = 100_000;
+
 export interface OutboundQueueOptions {
   /** Transaction IDs must never repeat for one receiver (LM-04 §Transaction Identifiers). */
   newTxnId?: () => string;
+  /** Items kept per destination; `expire` dead-letters the oldest beyond it ("queue full"). Default 100,000. */
+  maxDepth?: number;
+  /** Items older than this (ms) are dead-lettered by `expire` ("expired"). Default 7 days. */
+  maxAgeMs?: number;
+  /** Dead letters kept per destination; beyond it the oldest are deleted for good. Default 100,000. */
+  maxDeadLetters?: number;
+  /** Milliseconds since the epoch. Default `Date.now`. */
+  now?: () => number;
+  /**
+   * Told after items were moved to the dead letters, once per reason: e.g. to
+   * fail local sends waiting for them. A throwing hook is ignored.
+   */
+  onDeadLetter?: (destination: string, items: readonly QueueItem[], reason: DeadLetterReason) => void;
+}
+
+/** Why items left the queue without being delivered. */
+export interface DeadLetterReason {
+  /** `refused`: the destination refused the transaction permanently; the others come from `expire`. */
+  reason: "refused" | "expired" | "queue full";
+  /** When the items were moved (ms since the epoch). */
+  time: number;
+  /** Attempts made at sending them. */
+  attempts: number;
+  txnId?: string;
+  /** The destination's answer, for `refused`. */
+  status?: number;
+  errcode?: string;
+  error?: string;
+}
+
+export interface DeadLetter {
+  destination: string;
+  /** Its position in the destination's queue when it was moved. */
+  seq: number;
+  item: QueueItem;
+  /** When it was enqueued; undefined for items enqueued before this was recorded. */
+  enqueuedTs: number | undefined;
+  reason: DeadLetterReason;
+}
+
+export interface DeadLetterResult {
+  /** Items moved to the dead letters. */
+  moved: number;
+  /** Older dead letters deleted to stay within `maxDeadLetters`. */
+  dropped: number;
 }
 
 export class QueueError extends MimiError {
@@ -41,10 +92,12 @@ export class QueueError extends MimiError {
   }
 }
 
-// Key layout (schema version 1). Destinations are server names: never U+0000 or U+FFFF.
-//   q\0<destination>\0<16 hex seq> -> item JSON
-//   qn\0<destination>              -> next sequence number (written by enqueues only)
-//   qt\0<destination>              -> in-flight transaction {txnId, seqs} (written by the worker only)
+// Key layout. Destinations are server names: never U+0000 or U+FFFF.
+//   q\0<destination>\0<16 hex seq>  -> item JSON {kind, id, body, ts} (schema 1 wrote no ts)
+//   qn\0<destination>               -> next sequence number (written by enqueues only)
+//   qt\0<destination>               -> in-flight transaction {txnId, seqs} (written by the worker only)
+//   qd\0<destination>\0<16 hex seq> -> dead letter {kind, id, body, ts, reason}
+//   qdn\0<destination>              -> number of dead letters (written with them, under a lock)
 // The counter and the in-flight marker are separate keys because enqueues and
 // acknowledgements commit concurrently: one shared record would let a stale copy
 // from either side overwrite the other's change.
@@ -52,14 +105,23 @@ const SEP = "\u0000";
 const ITEMS = `q${SEP}`;
 const COUNTERS = `qn${SEP}`;
 const TXNS = `qt${SEP}`;
+const DEAD = `qd${SEP}`;
+const DEAD_COUNTS = `qdn${SEP}`;
 const SEQ_DIGITS = 16;
+/** Items read or moved per write by `expire` and `retryDeadLetters`. */
+const BATCH = 500;
 
+const seqHex = (seq: number) => seq.toString(16).padStart(SEQ_DIGITS, "0");
 const itemPrefix = (destination: string) => `${ITEMS}${destination}${SEP}`;
-const itemKey = (destination: string, seq: number) =>
-  itemPrefix(destination) + seq.toString(16).padStart(SEQ_DIGITS, "0");
+const itemKey = (destination: string, seq: number) => itemPrefix(destination) + seqHex(seq);
+const deadPrefix = (destination: string) => `${DEAD}${destination}${SEP}`;
+const deadKey = (destination: string, seq: number) => deadPrefix(destination) + seqHex(seq);
 const counterKey = (destination: string) => `${COUNTERS}${destination}`;
+const deadCountKey = (destination: string) => `${DEAD_COUNTS}${destination}`;
 const txnKey = (destination: string) => `${TXNS}${destination}`;
 const seqOfKey = (key: string) => parseInt(key.slice(key.length - SEQ_DIGITS), 16);
+const destinationOfKey = (prefix: string, key: string) =>
+  key.slice(prefix.length, key.length - SEQ_DIGITS - 1);
 
 interface PersistedTxn {
   txnId: string;
@@ -72,6 +134,16 @@ interface DestinationState {
   /** Lowest sequence number that may still be undelivered; `depth` is `next - low`. */
   low: number;
   txn: PersistedTxn | undefined;
+  dead: number;
+  /** Dead-letter changes run one at a time per destination. */
+  lock: Promise<unknown>;
+}
+
+/** A stored item with its enqueue time. */
+interface Entry {
+  seq: number;
+  item: QueueItem;
+  ts: number | undefined;
 }
 
 function defaultTxnId(): string {
@@ -93,10 +165,21 @@ function checkItem(item: QueueItem): void {
   }
 }
 
-function parseItem(value: string): QueueItem {
-  const parsed = JSON.parse(value) as QueueItem;
-  checkItem(parsed);
-  return parsed;
+function parseEntry(seq: number, value: string): Entry {
+  return entryOf(seq, JSON.parse(value) as QueueItem & { ts?: unknown });
+}
+
+function entryOf(seq: number, { kind, id, body, ts }: QueueItem & { ts?: unknown }): Entry {
+  const item: QueueItem = { kind, id, body };
+  checkItem(item);
+  return { seq, item, ts: typeof ts === "number" ? ts : undefined };
+}
+
+function positiveInteger(name: string, value: number): number {
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new QueueError(`${name} must be a positive integer, got ${value}`);
+  }
+  return value;
 }
 
 async function firstKey(kv: KvStore, gte: string, lt: string, reverse = false): Promise<string | undefined> {
@@ -112,19 +195,39 @@ async function firstKey(kv: KvStore, gte: string, lt: string, reverse = false): 
  * Items are delivered in sequence order. Sequence numbers are allocated when
  * `enqueueOps` is called, so callers commit the returned operations in the
  * order they obtained them (a room's append path does).
+ *
+ * Items that cannot be delivered (refused for good, too old, or beyond the
+ * queue's depth) move to the destination's dead letters, which an operator
+ * lists and puts back with `retryDeadLetters`.
  */
 export class OutboundQueue {
+  readonly maxDepth: number;
+  readonly maxAgeMs: number;
+  readonly maxDeadLetters: number;
   private readonly states = new Map<string, DestinationState>();
   private readonly newTxnId: () => string;
+  private readonly now: () => number;
+  /** Items stored without an enqueue time are aged from here. */
+  private readonly openedAt: number;
+  private readonly onDeadLetter: OutboundQueueOptions["onDeadLetter"];
 
   private constructor(
     readonly kv: KvStore,
     options: OutboundQueueOptions,
   ) {
     this.newTxnId = options.newTxnId ?? defaultTxnId;
+    this.maxDepth = positiveInteger("maxDepth", options.maxDepth ?? DEFAULT_QUEUE_MAX_DEPTH);
+    this.maxAgeMs = positiveInteger("maxAgeMs", options.maxAgeMs ?? DEFAULT_QUEUE_MAX_AGE_MS);
+    this.maxDeadLetters = positiveInteger(
+      "maxDeadLetters",
+      options.maxDeadLetters ?? DEFAULT_MAX_DEAD_LETTERS,
+    );
+    this.now = options.now ?? Date.now;
+    this.openedAt = this.now();
+    this.onDeadLetter = options.onDeadLetter;
   }
 
-  /** Loads every destination's counter and in-flight transaction. */
+  /** Loads every destination's counter, in-flight transaction and dead-letter count. */
   static async open(kv: KvStore, options: OutboundQueueOptions = {}): Promise<OutboundQueue> {
     const queue = new OutboundQueue(kv, options);
     for await (const [key, value] of kv.range({ gte: COUNTERS, lt: prefixEnd(COUNTERS) })) {
@@ -136,6 +239,19 @@ export class OutboundQueue {
       state.txn = JSON.parse(value) as PersistedTxn;
       state.next = Math.max(state.next, ...state.txn.seqs.map((s) => s + 1));
     }
+    for await (const [key, value] of kv.range({ gte: DEAD_COUNTS, lt: prefixEnd(DEAD_COUNTS) })) {
+      queue.state(key.slice(DEAD_COUNTS.length)).dead = Number(value);
+    }
+    // Dead letters keep their queue positions: no later item may get one of them.
+    for (let cursor = DEAD; ; ) {
+      const key = await firstKey(kv, cursor, prefixEnd(DEAD));
+      if (key === undefined) break;
+      const prefix = deadPrefix(destinationOfKey(DEAD, key));
+      const last = (await firstKey(kv, prefix, prefixEnd(prefix), true)) ?? key;
+      const state = queue.state(destinationOfKey(DEAD, key));
+      state.next = Math.max(state.next, seqOfKey(last) + 1);
+      cursor = prefixEnd(prefix);
+    }
     // The stored counter can lag behind the items when a caller committed two
     // batches out of order, so the last item of each destination bounds it too.
     const withItems = new Set<string>();
@@ -143,7 +259,7 @@ export class OutboundQueue {
     for (;;) {
       const key = await firstKey(kv, cursor, prefixEnd(ITEMS));
       if (key === undefined) break;
-      const destination = key.slice(ITEMS.length, key.length - SEQ_DIGITS - 1);
+      const destination = destinationOfKey(ITEMS, key);
       const prefix = itemPrefix(destination);
       const last = (await firstKey(kv, prefix, prefixEnd(prefix), true)) ?? key;
       const state = queue.state(destination);
@@ -161,16 +277,19 @@ export class OutboundQueue {
   /**
    * The operations that append `items` to `destination`'s queue, for the
    * caller to commit in the same batch as the change that caused them.
+   * Never refused for depth: a full queue is trimmed from its oldest end by
+   * `expire`, so an event is never held back because one destination is down.
    */
   enqueueOps(destination: string, items: readonly QueueItem[]): BatchOp[] {
     checkDestination(destination);
     items.forEach(checkItem);
     if (items.length === 0) return [];
     const state = this.state(destination);
+    const ts = this.now();
     const ops: BatchOp[] = items.map((item) => ({
       type: "put",
       key: itemKey(destination, state.next++),
-      value: JSON.stringify({ kind: item.kind, id: item.id, body: item.body }),
+      value: JSON.stringify({ kind: item.kind, id: item.id, body: item.body, ts }),
     }));
     ops.push({ type: "put", key: counterKey(destination), value: String(state.next) });
     return ops;
@@ -195,6 +314,16 @@ export class OutboundQueue {
     return state === undefined ? 0 : Math.max(0, state.next - state.low);
   }
 
+  /** Whether `destination` holds more than `maxDepth` items: `expire` will trim it. */
+  overDepth(destination: string): boolean {
+    return this.depth(destination) > this.maxDepth;
+  }
+
+  /** Whether `txn`'s oldest item is older than `maxAgeMs`: `expire` will dead-letter it. */
+  isExpired(txn: OutboundTransaction): boolean {
+    return txn.enqueuedTs <= this.now() - this.maxAgeMs;
+  }
+
   /** The ID of the transaction persisted for `destination` and not yet acknowledged. */
   inFlightTxnId(destination: string): string | undefined {
     return this.states.get(destination)?.txn?.txnId;
@@ -212,15 +341,10 @@ export class OutboundQueue {
     const state = this.states.get(destination);
     if (state === undefined) return undefined;
     if (state.txn !== undefined) {
-      const { txnId, seqs } = state.txn;
-      const values = await this.kv.getMany(seqs.map((seq) => itemKey(destination, seq)));
-      const entries: [number, QueueItem][] = [];
-      values.forEach((value, i) => {
-        if (value !== undefined) entries.push([seqs[i]!, parseItem(value)]);
-      });
+      const entries = await this.inFlightEntries(destination, state.txn);
       if (entries.length > 0) {
-        state.low = Math.min(state.low, entries[0]![0]);
-        return this.transaction(destination, txnId, entries);
+        state.low = Math.min(state.low, entries[0]!.seq);
+        return this.transaction(destination, state.txn.txnId, entries);
       }
       await this.kv.commit([{ type: "del", key: txnKey(destination) }]);
       state.txn = undefined;
@@ -228,7 +352,7 @@ export class OutboundQueue {
 
     const readStart = state.next;
     const prefix = itemPrefix(destination);
-    const entries: [number, QueueItem][] = [];
+    const entries: Entry[] = [];
     let pdus = 0;
     let edus = 0;
     for await (const [key, value] of this.kv.range({
@@ -236,54 +360,281 @@ export class OutboundQueue {
       lt: prefixEnd(prefix),
       limit: limits.maxPdus + limits.maxEdus,
     })) {
-      const item = parseItem(value);
-      if (item.kind === "pdu" ? pdus === limits.maxPdus : edus === limits.maxEdus) break;
-      if (item.kind === "pdu") pdus++;
+      const entry = parseEntry(seqOfKey(key), value);
+      if (entry.item.kind === "pdu" ? pdus === limits.maxPdus : edus === limits.maxEdus) break;
+      if (entry.item.kind === "pdu") pdus++;
       else edus++;
-      entries.push([seqOfKey(key), item]);
+      entries.push(entry);
     }
     if (entries.length === 0) {
       state.low = readStart;
       return undefined;
     }
-    state.low = entries[0]![0];
-    const txn: PersistedTxn = { txnId: this.newTxnId(), seqs: entries.map(([seq]) => seq) };
-    await this.kv.commit([{ type: "put", key: txnKey(destination), value: JSON.stringify(txn) }]);
+    state.low = entries[0]!.seq;
+    const txn: PersistedTxn = { txnId: this.newTxnId(), seqs: entries.map((e) => e.seq) };
+    // Neither synced nor waited for: written in order before the acknowledgement's deletes; after a
+    // crash that loses it the items go again under a new ID, and receivers deduplicate by event ID.
+    this.kv
+      .commit([{ type: "put", key: txnKey(destination), value: JSON.stringify(txn) }], { durable: false })
+      .catch(() => undefined);
     state.txn = txn;
     return this.transaction(destination, txn.txnId, entries);
   }
 
   /** Deletes an acknowledged transaction's items and its in-flight marker in one batch. */
   async complete(txn: OutboundTransaction): Promise<void> {
-    const state = this.states.get(txn.destination);
-    if (state?.txn?.txnId !== txn.txnId) {
-      throw new QueueError(`transaction ${txn.txnId} is not in flight to ${txn.destination}`);
-    }
+    const state = this.inFlightState(txn);
     const ops: BatchOp[] = txn.seqs.map((seq) => ({ type: "del", key: itemKey(txn.destination, seq) }));
     ops.push({ type: "del", key: txnKey(txn.destination) });
-    await this.kv.commit(ops);
+    // Not synced: items resurrected by a machine crash are delivered again and deduplicated by the receiver.
+    await this.kv.commit(ops, { durable: false });
     state.txn = undefined;
     state.low = Math.max(state.low, txn.seqs[txn.seqs.length - 1]! + 1);
   }
 
-  private transaction(
+  /**
+   * Moves the in-flight transaction's items to the dead letters with `reason`,
+   * deleting them from the queue and the in-flight marker in the same batch.
+   * The next `nextTransaction` goes on with the items after them.
+   */
+  async deadLetter(txn: OutboundTransaction, reason: DeadLetterReason): Promise<DeadLetterResult> {
+    const state = this.inFlightState(txn);
+    return this.locked(state, async () => {
+      this.inFlightState(txn);
+      const entries = await this.inFlightEntries(txn.destination, state.txn!);
+      return this.moveToDeadLetters(txn.destination, state, entries, () => reason, true);
+    });
+  }
+
+  /**
+   * Dead-letters items older than `maxAgeMs` ("expired") and the oldest items
+   * beyond `maxDepth` ("queue full"). The in-flight transaction goes as a whole
+   * when its oldest item is due; `attempts` is how often it was sent. Call it
+   * where the destination's transactions are chosen (the delivery worker),
+   * never while one of them is being sent.
+   */
+  expire(destination: string, attempts = 0): Promise<DeadLetterResult> {
+    const state = this.states.get(destination);
+    const result: DeadLetterResult = { moved: 0, dropped: 0 };
+    if (state === undefined) return Promise.resolve(result);
+    return this.locked(state, async () => {
+      const add = (r: DeadLetterResult) => {
+        result.moved += r.moved;
+        result.dropped += r.dropped;
+      };
+      const cutoff = this.now() - this.maxAgeMs;
+      const time = this.now();
+      const due = (entry: Entry, excess: number): DeadLetterReason["reason"] | undefined =>
+        (entry.ts ?? this.openedAt) <= cutoff ? "expired" : excess > 0 ? "queue full" : undefined;
+
+      if (state.txn !== undefined) {
+        const entries = await this.inFlightEntries(destination, state.txn);
+        const oldest = entries.reduce<Entry | undefined>(
+          (a, e) => (a === undefined || (e.ts ?? this.openedAt) < (a.ts ?? this.openedAt) ? e : a),
+          undefined,
+        );
+        const why = oldest === undefined ? undefined : due(oldest, this.depth(destination) - this.maxDepth);
+        if (why === undefined) return result;
+        const txnId = state.txn.txnId;
+        add(
+          await this.moveToDeadLetters(
+            destination,
+            state,
+            entries,
+            () => ({ reason: why, time, attempts, txnId }),
+            true,
+          ),
+        );
+      }
+
+      const prefix = itemPrefix(destination);
+      for (let limit = 1; ; limit = BATCH) {
+        let excess = this.depth(destination) - this.maxDepth;
+        const doomed: { entry: Entry; reason: DeadLetterReason["reason"] }[] = [];
+        for await (const [key, value] of this.kv.range({ gte: prefix, lt: prefixEnd(prefix), limit })) {
+          const entry = parseEntry(seqOfKey(key), value);
+          const why = due(entry, excess);
+          if (why === undefined) break;
+          doomed.push({ entry, reason: why });
+          excess--;
+        }
+        if (doomed.length === 0) return result;
+        // The first read only looks at the oldest item; then whole batches.
+        if (limit === 1) continue;
+        const reasons = new Map(doomed.map((d) => [d.entry.seq, d.reason]));
+        add(
+          await this.moveToDeadLetters(
+            destination,
+            state,
+            doomed.map((d) => d.entry),
+            (entry) => ({ reason: reasons.get(entry.seq)!, time, attempts: 0 }),
+            false,
+          ),
+        );
+      }
+    });
+  }
+
+  /** Dead letters in queue order, of one destination or of all; at most `limit`. */
+  async deadLetters(destination?: string, limit = 100): Promise<DeadLetter[]> {
+    if (destination !== undefined) checkDestination(destination);
+    positiveInteger("limit", limit);
+    const prefix = destination === undefined ? DEAD : deadPrefix(destination);
+    const letters: DeadLetter[] = [];
+    for await (const [key, value] of this.kv.range({ gte: prefix, lt: prefixEnd(prefix), limit })) {
+      const stored = JSON.parse(value) as QueueItem & { ts?: unknown; reason: DeadLetterReason };
+      const entry = entryOf(seqOfKey(key), stored);
+      letters.push({
+        destination: destinationOfKey(DEAD, key),
+        seq: entry.seq,
+        item: entry.item,
+        enqueuedTs: entry.ts,
+        reason: stored.reason,
+      });
+    }
+    return letters;
+  }
+
+  deadLetterCount(destination: string): number {
+    return this.states.get(destination)?.dead ?? 0;
+  }
+
+  /**
+   * Puts `destination`'s dead letters back at the tail of its queue, in their
+   * order, `BATCH` per write: each write deletes dead letters and enqueues
+   * them together, so a crash midway loses and duplicates nothing. Returns
+   * how many were put back; wake the delivery worker afterwards.
+   */
+  async retryDeadLetters(destination: string): Promise<number> {
+    checkDestination(destination);
+    const state = this.states.get(destination);
+    if (state === undefined) return 0;
+    return this.locked(state, async () => {
+      const end = deadKey(destination, state.next);
+      let cursor = deadPrefix(destination);
+      let moved = 0;
+      for (;;) {
+        const letters: [string, string][] = [];
+        for await (const entry of this.kv.range({ gte: cursor, lt: end, limit: BATCH })) letters.push(entry);
+        if (letters.length === 0) return moved;
+        const items = letters.map(([key, value]) => parseEntry(seqOfKey(key), value).item);
+        const ops: BatchOp[] = letters.map(([key]) => ({ type: "del", key }));
+        ops.push(...this.enqueueOps(destination, items));
+        ops.push({ type: "put", key: deadCountKey(destination), value: String(state.dead - letters.length) });
+        await this.kv.commit(ops);
+        state.dead -= letters.length;
+        moved += letters.length;
+        cursor = letters[letters.length - 1]![0] + SEP;
+      }
+    });
+  }
+
+  private async inFlightEntries(destination: string, txn: PersistedTxn): Promise<Entry[]> {
+    const values = await this.kv.getMany(txn.seqs.map((seq) => itemKey(destination, seq)));
+    const entries: Entry[] = [];
+    values.forEach((value, i) => {
+      if (value !== undefined) entries.push(parseEntry(txn.seqs[i]!, value));
+    });
+    return entries;
+  }
+
+  private inFlightState(txn: OutboundTransaction): DestinationState {
+    const state = this.states.get(txn.destination);
+    if (state?.txn?.txnId !== txn.txnId) {
+      throw new QueueError(`transaction ${txn.txnId} is not in flight to ${txn.destination}`);
+    }
+    return state;
+  }
+
+  /**
+   * One batch: deletes `entries` from the queue (and the in-flight marker when
+   * `inFlight`), writes them as dead letters, and deletes the oldest dead
+   * letters beyond `maxDeadLetters`.
+   */
+  private async moveToDeadLetters(
     destination: string,
-    txnId: string,
-    entries: [number, QueueItem][],
-  ): OutboundTransaction {
+    state: DestinationState,
+    entries: Entry[],
+    reasonOf: (entry: Entry) => DeadLetterReason,
+    inFlight: boolean,
+  ): Promise<DeadLetterResult> {
+    const ops: BatchOp[] = [];
+    const reasons = entries.map(reasonOf);
+    const over = Math.max(0, state.dead + entries.length - this.maxDeadLetters);
+    const droppedOld: string[] = [];
+    if (over > 0 && state.dead > 0) {
+      const prefix = deadPrefix(destination);
+      for await (const [key] of this.kv.range({
+        gte: prefix,
+        lt: prefixEnd(prefix),
+        limit: Math.min(over, state.dead),
+      })) {
+        droppedOld.push(key);
+      }
+    }
+    const droppedNew = over - droppedOld.length;
+    for (const key of droppedOld) ops.push({ type: "del", key });
+    entries.forEach((entry, i) => {
+      ops.push({ type: "del", key: itemKey(destination, entry.seq) });
+      if (i < droppedNew) return;
+      ops.push({
+        type: "put",
+        key: deadKey(destination, entry.seq),
+        value: JSON.stringify({
+          kind: entry.item.kind,
+          id: entry.item.id,
+          body: entry.item.body,
+          ...(entry.ts === undefined ? {} : { ts: entry.ts }),
+          reason: reasons[i],
+        }),
+      });
+    });
+    if (inFlight) ops.push({ type: "del", key: txnKey(destination) });
+    const dead = state.dead + entries.length - over;
+    ops.push({ type: "put", key: deadCountKey(destination), value: String(dead) });
+    await this.kv.commit(ops);
+    if (inFlight) state.txn = undefined;
+    state.dead = dead;
+    const last = entries[entries.length - 1];
+    if (last !== undefined) state.low = Math.max(state.low, last.seq + 1);
+    const groups = new Map<string, { reason: DeadLetterReason; items: QueueItem[] }>();
+    entries.forEach((entry, i) => {
+      const reason = reasons[i]!;
+      const group = groups.get(reason.reason) ?? { reason, items: [] };
+      group.items.push(entry.item);
+      groups.set(reason.reason, group);
+    });
+    for (const { reason, items } of groups.values()) {
+      try {
+        this.onDeadLetter?.(destination, items, reason);
+      } catch {
+        // The items are already moved; a failing hook changes nothing.
+      }
+    }
+    return { moved: entries.length, dropped: over };
+  }
+
+  private locked<T>(state: DestinationState, task: () => Promise<T>): Promise<T> {
+    const run = state.lock.then(task);
+    state.lock = run.catch(() => undefined);
+    return run;
+  }
+
+  private transaction(destination: string, txnId: string, entries: Entry[]): OutboundTransaction {
     return {
       destination,
       txnId,
-      seqs: entries.map(([seq]) => seq),
-      pdus: entries.filter(([, item]) => item.kind === "pdu").map(([, item]) => item),
-      edus: entries.filter(([, item]) => item.kind === "edu").map(([, item]) => item),
+      seqs: entries.map((e) => e.seq),
+      pdus: entries.filter((e) => e.item.kind === "pdu").map((e) => e.item),
+      edus: entries.filter((e) => e.item.kind === "edu").map((e) => e.item),
+      enqueuedTs: Math.min(...entries.map((e) => e.ts ?? this.openedAt)),
     };
   }
 
   private state(destination: string): DestinationState {
     let state = this.states.get(destination);
     if (state === undefined) {
-      state = { next: 1, low: 1, txn: undefined };
+      state = { next: 1, low: 1, txn: undefined, dead: 0, lock: Promise.resolve() };
       this.states.set(destination, state);
     }
     return state;

@@ -1,16 +1,79 @@
 import express, { type NextFunction, type Request, type Response } from "express";
 import { isValidEventId, isValidRoomId, isValidUserId } from "../../identifiers";
 import { createLogger } from "../../logging";
-import { requireFederationAuth } from "../auth";
+import type { ServerSigningKey } from "../../events/signingKey";
+import type { JsonObject } from "../../events/types";
+import { requireFederationAuth, type RequestKeySource } from "../auth";
 import { errorResponse, FederationError } from "../errors";
-import { ServerKeysPublisher } from "../keys";
-import type { Membership, MimiProvider } from "../provider";
+import { ServerKeysPublisher, type OldVerifyKey } from "../keys";
 
 /** Largest request body we read: 50 PDUs of at most 64 KiB each, plus room for the envelope. */
 export const MAX_REQUEST_BYTES = 4 * 1024 * 1024;
 const log = createLogger("federation.http");
 
+export type Membership = "join" | "leave" | "knock";
+
+/** Per-PDU answer of `PUT /send`: `{}` accepted, `{event_id}` for a sequenced LPDU, or an error. */
+export type PduAnswer = { event_id?: string } | { errcode: string; error: string };
+
+export interface SendTransactionAnswer {
+  pdus: Record<string, PduAnswer>;
+  failed_pdus: Record<string, { errcode: string; error: string }>;
+}
+
+/**
+ * What the listener serves, once a request is authenticated: `origin` is the
+ * server that signed it. Implemented by the provider layer; errors are
+ * MimiErrors whose errcode gives the status.
+ */
+export interface FederationHandlers {
+  onSendTransaction(origin: string, txnId: string, body: unknown): Promise<SendTransactionAnswer>;
+  onInvite(origin: string, txnId: string, body: unknown): Promise<JsonObject>;
+  onMakeMembership(
+    origin: string,
+    change: Membership,
+    roomId: string,
+    userId: string,
+    versions: string[],
+  ): JsonObject | Promise<JsonObject>;
+  onSendMembership(origin: string, change: Membership, txnId: string, body: unknown): Promise<JsonObject>;
+  onGetEvent(origin: string, eventId: string): Promise<JsonObject>;
+  onGetState(origin: string, roomId: string, eventId: string, idsOnly: boolean): Promise<JsonObject>;
+  onBackfill(origin: string, roomId: string, from: string, limit: number): Promise<JsonObject>;
+}
+
+export interface FederationAppOptions {
+  handlers: FederationHandlers;
+  serverName: string;
+  signingKey: ServerSigningKey;
+  oldVerifyKeys: readonly OldVerifyKey[];
+  keyRing: RequestKeySource;
+  /** Called with the authenticated origin before a rate-limited endpoint's handler; throws to refuse. */
+  admit?: (origin: string) => void;
+}
+
 type Handler = (req: Request, res: Response) => Promise<unknown> | unknown;
+
+/** Reads a request body of at most `limit` bytes; a larger one is refused as soon as it is known to be. */
+async function readBody(req: Request, limit: number): Promise<Buffer> {
+  const tooLarge = () =>
+    new FederationError(413, "M_TOO_LARGE", `the request body is larger than ${limit} bytes`);
+  const declared = Number(req.headers["content-length"] ?? NaN);
+  if (declared > limit) throw tooLarge();
+  const chunks: Buffer[] = [];
+  let total = 0;
+  try {
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      total += chunk.length;
+      if (total > limit) throw tooLarge();
+      chunks.push(chunk);
+    }
+  } catch (err) {
+    if (err instanceof FederationError) throw err;
+    throw new FederationError(400, "M_NOT_JSON", "the request body could not be read");
+  }
+  return Buffer.concat(chunks, total);
+}
 
 /** Runs a handler and answers its value as JSON, or its error as `{errcode, error}` with the right status. */
 function route(handler: Handler) {
@@ -55,13 +118,33 @@ function queryString(req: Request, name: string): string {
  * bodies are read raw, checked for type and size, parsed strictly, and
  * authenticated before any handler runs.
  */
-export function createFederationApp(provider: MimiProvider): express.Express {
+export function createFederationApp(options: FederationAppOptions): express.Express {
   const app = express();
   app.disable("x-powered-by");
   app.set("strict routing", true);
   app.set("case sensitive routing", true);
-  const auth = requireFederationAuth(provider.keyRing, provider.serverName);
-  const publisher = new ServerKeysPublisher(provider.signingKey, provider.config.oldVerifyKeys);
+  const provider = options.handlers;
+  const verify = requireFederationAuth(options.keyRing, options.serverName);
+  // LM-04 marks every endpoint below "Rate-limited: Yes" except `PUT /send` and the key endpoints.
+  const authenticated =
+    (limited: boolean): express.RequestHandler =>
+    (req, res, next) => {
+      void verify(req, res, (err?: unknown) => {
+        if (err !== undefined) return next(err);
+        try {
+          if (limited) options.admit?.(res.locals.origin as string);
+        } catch (refusal) {
+          const { status, body } = errorResponse(refusal);
+          res.status(status).json(body);
+          return;
+        }
+        next();
+      });
+    };
+  const auth = authenticated(true);
+  const authNotLimited = authenticated(false);
+
+  const publisher = new ServerKeysPublisher(options.signingKey, [...options.oldVerifyKeys]);
 
   app.use((_req, res, next) => {
     res.setHeader("Content-Type", "application/json");
@@ -90,24 +173,33 @@ export function createFederationApp(provider: MimiProvider): express.Express {
     }
     next();
   });
-  app.use(express.raw({ type: () => true, limit: MAX_REQUEST_BYTES }));
-  app.use((req: Request, _res: Response, next: NextFunction) => {
-    if (!Buffer.isBuffer(req.body) || !isKnownPath(req.path)) {
+  app.use((req: Request, res: Response, next: NextFunction) => {
+    if (!isKnownPath(req.path)) {
       req.body = undefined;
       return next();
     }
-    if (req.body.length === 0) {
-      req.body = req.method === "POST" || req.method === "PUT" ? Symbol.for("empty") : undefined;
-      if (req.body !== undefined)
-        return next(new FederationError(400, "M_NOT_JSON", "the request body is empty"));
-      return next();
-    }
-    try {
-      req.body = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(req.body));
-    } catch {
-      return next(new FederationError(400, "M_NOT_JSON", "the request body is not UTF-8 JSON"));
-    }
-    next();
+    readBody(req, MAX_REQUEST_BYTES).then(
+      (bytes) => {
+        if (bytes.length === 0) {
+          req.body = undefined;
+          if (req.method === "POST" || req.method === "PUT") {
+            return next(new FederationError(400, "M_NOT_JSON", "the request body is empty"));
+          }
+          return next();
+        }
+        try {
+          req.body = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+        } catch {
+          return next(new FederationError(400, "M_NOT_JSON", "the request body is not UTF-8 JSON"));
+        }
+        next();
+      },
+      (err: unknown) => {
+        // The rest of an oversized body is not read: the connection is closed after the answer.
+        res.setHeader("Connection", "close");
+        next(err);
+      },
+    );
   });
 
   app.get("/_matrix/key/v2/server", publisher.handler());
@@ -115,7 +207,7 @@ export function createFederationApp(provider: MimiProvider): express.Express {
   const v = "/_matrix/federation";
   app.put(
     `${v}/v2/send/:txnId`,
-    auth,
+    authNotLimited,
     route((req, res) => provider.onSendTransaction(res.locals.origin as string, txnId(req), req.body)),
   );
   app.post(
@@ -208,21 +300,7 @@ export function createFederationApp(provider: MimiProvider): express.Express {
   });
 
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
-    let failure = err;
-    const type = (err as { type?: string }).type;
-    if (type === "entity.too.large") {
-      failure = new FederationError(
-        413,
-        "M_TOO_LARGE",
-        `the request body is larger than ${MAX_REQUEST_BYTES} bytes`,
-      );
-    } else if (type !== undefined && type.startsWith("entity.")) {
-      failure = new FederationError(
-        400,
-        "M_NOT_JSON",
-        `the request body could not be read: ${(err as Error).message}`,
-      );
-    }
+    const failure = err;
     const { status, body } = errorResponse(failure);
     if (status >= 500) log.error("request failed", { method: req.method, path: req.path, error: err });
     res.status(status).json(body);

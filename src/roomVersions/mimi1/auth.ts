@@ -6,21 +6,18 @@ import {
   EventType,
   type JoinRule,
   type Participation,
+  type RoleDefinition,
   checkEventSchema,
   isJoinRule,
-  isParticipation,
+  parseRolesContent,
 } from "./eventTypes";
+import { participationOf } from "./membership";
 import { creatorOf, currentRoles, effectivePower, mayAffectRole, resolvePermissions } from "./roles";
 
 const ALLOW: AuthDecision = { allowed: true };
 
 function reject(rule: string, reason: string): AuthDecision {
   return { allowed: false, rule, reason };
-}
-
-export function participationOf(state: RoomStateView, userId: string): Participation | undefined {
-  const participation = state.get(EventType.User, userId)?.content["participation"];
-  return isParticipation(participation) ? participation : undefined;
 }
 
 export function currentJoinRule(state: RoomStateView): JoinRule {
@@ -325,12 +322,14 @@ function authorizeSend(state: RoomStateView, event: EventForAuth, creator: strin
 
 /**
  * `m.room.roles` (policy draft §Role Changes is a TODO): the creator sends
- * the first one (decision 2); afterwards the sender's `roles` permission must
- * name every role the change adds, removes or alters (decision 7).
+ * the first one (reading 2); afterwards the sender's `roles` permission must
+ * name every role the change touches, and each of those roles must rank
+ * strictly below the sender's roles rank, before and after the change (reading 7).
  */
 function authorizeRoles(state: RoomStateView, event: EventForAuth, creator: string): AuthDecision {
   const sender = event.sender;
-  if (currentRoles(state) === undefined) {
+  const rolesBefore = currentRoles(state);
+  if (rolesBefore === undefined) {
     return sender === creator
       ? ALLOW
       : reject(
@@ -343,13 +342,44 @@ function authorizeRoles(state: RoomStateView, event: EventForAuth, creator: stri
   const touched = [...new Set([...Object.keys(before), ...Object.keys(after)])]
     .filter((id) => !jsonEqual(own(before, id), own(after, id)))
     .sort();
+  if (touched.length === 0) return ALLOW;
   const permissions = resolvePermissions(state, sender);
-  const forbidden = touched.filter((id) => !mayAffectRole(permissions, id));
-  if (forbidden.length === 0) return ALLOW;
-  return reject(
-    "roles.change_permission",
-    `${sender} cannot change role(s) ${forbidden.join(", ")}: ${sender}'s roles permission does not name them`,
-  );
+  const unnamed = touched.filter((id) => !mayAffectRole(permissions, id));
+  if (unnamed.length > 0) {
+    return reject(
+      "roles.change_permission",
+      `${sender} cannot change role(s) ${unnamed.join(", ")}: ${sender}'s roles permission does not name them`,
+    );
+  }
+  // Policy §Calculating Permissions: the `roles` permission in force is the one
+  // of the highest-order role defining it, so that role's order is the rank.
+  const rank = effectivePower(state, sender, "roles");
+  const notBelow = atOrAbove(touched, rolesBefore, rank);
+  if (notBelow.length > 0) {
+    return reject(
+      "roles.change_rank",
+      `${sender} cannot change ${notBelow.join(", ")}: not below ${sender}'s roles rank ${rank}, the order of the role giving ${sender} the roles permission`,
+    );
+  }
+  // checkEventSchema has already parsed this content.
+  const rolesAfter = parseRolesContent(event.content) as RoleDefinition[];
+  const raised = atOrAbove(touched, rolesAfter, rank);
+  if (raised.length > 0) {
+    return reject(
+      "roles.raise_rank",
+      `${sender} cannot set ${raised.join(", ")}: not below ${sender}'s roles rank ${rank}, the order of the role giving ${sender} the roles permission`,
+    );
+  }
+  return ALLOW;
+}
+
+/** The roles among `ids` whose order in `roles` is at least `rank`, as "id (order n)". */
+function atOrAbove(ids: readonly string[], roles: readonly RoleDefinition[], rank: number): string[] {
+  const order = new Map(roles.map((role) => [role.id, role.order]));
+  return ids.flatMap((id) => {
+    const o = order.get(id);
+    return o !== undefined && o >= rank ? [`${id} (order ${o})`] : [];
+  });
 }
 
 function rolesObject(content: JsonObject | undefined): JsonObject {

@@ -1,5 +1,6 @@
 import type { JsonObject, JsonValue } from "../../events/types";
 import { isValidEventId, isValidUserId } from "../../identifiers";
+import type { Participation } from "../types";
 
 /** The create event's `policy_id` naming this room version (design §3). */
 export const ROOM_VERSION_ID = "io.mimi-appservice.room.v1";
@@ -34,8 +35,17 @@ export const NON_STATE_EVENT_TYPES: ReadonlySet<string> = new Set<string>([
   EventType.Encrypted,
 ]);
 
-export const PARTICIPATIONS = ["invite", "join", "leave", "ban", "knock"] as const;
-export type Participation = (typeof PARTICIPATIONS)[number];
+export const PARTICIPATIONS: readonly Participation[] = ["invite", "join", "leave", "ban", "knock"];
+export type { Participation };
+
+/** LM-04 §Stripped State, less `m.room.canonical_alias`, which this version does not define. */
+export const STRIPPED_STATE_TYPES: readonly string[] = [
+  EventType.Create,
+  EventType.Name,
+  EventType.Avatar,
+  EventType.Topic,
+  EventType.JoinRules,
+];
 
 export const JOIN_RULES = ["invite", "knock", "public"] as const;
 export type JoinRule = (typeof JOIN_RULES)[number];
@@ -62,6 +72,11 @@ export interface RoleDefinition {
 
 export function isParticipation(value: unknown): value is Participation {
   return typeof value === "string" && (PARTICIPATIONS as readonly string[]).includes(value);
+}
+
+/** Content of this version's create event. */
+export function createContent(encryptionAlgorithm: string = DEFAULT_ENCRYPTION_ALGORITHM): JsonObject {
+  return { policy_id: ROOM_VERSION_ID, encryption_algorithm: encryptionAlgorithm };
 }
 
 export function isJoinRule(value: unknown): value is JoinRule {

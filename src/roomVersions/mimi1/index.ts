@@ -1,5 +1,5 @@
 /** Room version io.mimi-appservice.room.v1: event schemas, roles, auth rules and redaction. */
-export { authorize, currentJoinRule, participationOf } from "./auth";
+export { authorize, currentJoinRule } from "./auth";
 export { selectAuthEvents } from "./authEventsSelection";
 export {
   DEFAULT_ENCRYPTION_ALGORITHM,
@@ -13,7 +13,9 @@ export {
   ROLE_ID,
   ROOM_VERSION_ID,
   STATE_EVENT_TYPES,
+  STRIPPED_STATE_TYPES,
   checkEventSchema,
+  createContent,
   isKnownEventType,
   parseRolesContent,
   validateContent,
@@ -27,6 +29,7 @@ export type {
   RoleDefinition,
   SchemaViolation,
 } from "./eventTypes";
+export { MEMBERSHIP, participationContent, participationIn, participationOf } from "./membership";
 export { redactContent } from "./redaction";
 export {
   DEFAULT_PERMISSIONS,

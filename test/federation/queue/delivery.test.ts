@@ -1,6 +1,9 @@
+import { RequestAbortedError } from "../../../src/federation/client";
+import { FederationNetworkError, RemoteError } from "../../../src/federation/errors";
 import {
   OutboundDelivery,
   OutboundQueue,
+  QueueError,
   backoffDelay,
   type DeliveryFailureInfo,
   type OutboundDeliveryOptions,
@@ -9,6 +12,7 @@ import {
 } from "../../../src/federation/queue";
 import { seededRandom } from "../../support/random";
 import {
+  Clock,
   HoldingStore,
   ManualTimer,
   RecordingSender,
@@ -491,5 +495,262 @@ describe("OutboundDelivery restart and crashes", () => {
     expect(h.delivery.depth(DEST)).toBe(0);
     expect(h.queue.inFlightTxnId(DEST)).toBeUndefined();
     expect(await temp.keys(`q${SEP}`)).toEqual([]);
+  });
+});
+
+describe("OutboundDelivery dead letters", () => {
+  const HOUR = 60 * 60 * 1000;
+
+  /** Refuses every transaction holding item 1 with `error`; accepts the others. */
+  function refuseFirst(h: Harness, error: () => Error): void {
+    h.sender.behaviour = (call) => {
+      if (numbers(call.pdus).includes(1)) throw error();
+      return { pdus: {} };
+    };
+  }
+
+  async function fireUntil(h: Harness, done: () => boolean): Promise<void> {
+    while (!done()) {
+      h.timer.fireAll();
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
+  it("dead-letters a transaction after 3 consecutive permanent refusals and delivers the next items", async () => {
+    const clock = new Clock();
+    const h = await harness({ refusalMinSpanMs: 0, now: clock.now });
+    refuseFirst(h, () => new RemoteError(400, "M_BAD_JSON", "pdus must be an array", DEST));
+    await h.queue.enqueue(DEST, range(1, 60).map(pdu));
+    h.delivery.start();
+    await fireUntil(h, idle(h));
+
+    const calls = h.sender.callsTo(DEST);
+    expect(calls.map((c) => c.txnId)).toEqual([
+      calls[0]!.txnId,
+      calls[0]!.txnId,
+      calls[0]!.txnId,
+      calls[3]!.txnId,
+    ]);
+    expect(numbers(calls[3]!.pdus)).toEqual(range(51, 60));
+    expect(h.queue.deadLetterCount(DEST)).toBe(50);
+    const letters = await h.queue.deadLetters(DEST, 100);
+    expect(letters.map((l) => l.item)).toEqual(range(1, 50).map(pdu));
+    expect(letters[0]!.reason).toEqual({
+      reason: "refused",
+      time: clock.t,
+      attempts: 3,
+      txnId: calls[0]!.txnId,
+      status: 400,
+      errcode: "M_BAD_JSON",
+      error: "pdus must be an array",
+    });
+    expect(h.errors.map((e) => [e.info.attempt, e.info.permanent])).toEqual([
+      [1, true],
+      [2, true],
+      [3, true],
+    ]);
+    expect(await temp.keys(`q${SEP}${DEST}`)).toEqual([]);
+  });
+
+  it.each<[string, boolean, () => Error]>([
+    ["400 M_BAD_JSON", true, () => httpError(400, "M_BAD_JSON")],
+    ["401 M_UNAUTHORIZED", true, () => httpError(401, "M_UNAUTHORIZED")],
+    ["403 M_FORBIDDEN", true, () => httpError(403, "M_FORBIDDEN")],
+    ["404 M_UNRECOGNIZED", true, () => httpError(404, "M_UNRECOGNIZED")],
+    ["408", false, () => httpError(408, "M_UNKNOWN")],
+    ["429 M_LIMIT_EXCEEDED", false, () => httpError(429, "M_LIMIT_EXCEEDED")],
+    ["500", false, () => httpError(500, "M_UNKNOWN")],
+    ["a network error", false, () => new FederationNetworkError(DEST, "request failed: ECONNREFUSED")],
+    ["an aborted request", false, () => new RequestAbortedError(DEST)],
+  ])("after 3 answers of %s, dead-letters: %s", async (_name, dead, error) => {
+    const h = await harness({ refusalMinSpanMs: 0, limits: { maxPdus: 1 } });
+    refuseFirst(h, error);
+    await h.queue.enqueue(DEST, [pdu(1), pdu(2)]);
+    h.delivery.start();
+    await fireUntil(h, () => h.sender.calls.length >= 4);
+    const [first, , , fourth] = h.sender.calls;
+    expect(h.queue.deadLetterCount(DEST)).toBe(dead ? 1 : 0);
+    expect(numbers(fourth!.pdus)).toEqual(dead ? [2] : [1]);
+    expect(fourth!.txnId === first!.txnId).toBe(!dead);
+  });
+
+  it("counts only consecutive refusals: a transient failure in between starts again", async () => {
+    const h = await harness({ refusalMinSpanMs: 0 });
+    const script = [400, 400, 503, 400, 400, 400];
+    h.sender.behaviour = () => {
+      const status = script.shift();
+      if (status !== undefined) throw httpError(status, status === 503 ? "M_UNKNOWN" : "M_BAD_JSON");
+      return { pdus: {} };
+    };
+    await h.queue.enqueue(DEST, [pdu(1)]);
+    h.delivery.start();
+    await fireUntil(h, () => h.queue.deadLetterCount(DEST) === 1);
+    expect(h.sender.calls).toHaveLength(6);
+    expect(script).toEqual([]);
+  });
+
+  it("waits for the refusals to span refusalMinSpanMs, so a refusal that heals by itself does not dead-letter", async () => {
+    const clock = new Clock();
+    const h = await harness({ refusalMinSpanMs: 60_000, now: clock.now });
+    refuseFirst(h, () => httpError(401, "M_UNAUTHORIZED"));
+    await h.queue.enqueue(DEST, [pdu(1)]);
+    h.delivery.start();
+    for (let i = 1; i <= 5; i++) {
+      await h.timer.requested(i);
+      clock.t += 10_000;
+      h.timer.fireAll();
+    }
+    await h.timer.requested(6);
+    expect(h.sender.calls).toHaveLength(6);
+    expect(h.queue.deadLetterCount(DEST)).toBe(0);
+    // The 7th refusal comes 60 s after the first.
+    clock.t += 10_000;
+    h.timer.fireAll();
+    await eventually(() => h.queue.deadLetterCount(DEST) === 1);
+    expect(h.sender.calls).toHaveLength(7);
+  });
+
+  it("dead-letters a transaction still failing after maxAgeMs as expired, then sends newer items", async () => {
+    const clock = new Clock();
+    const queue = await OutboundQueue.open(temp.store, { now: clock.now, maxAgeMs: 24 * HOUR });
+    const h = await harness({ now: clock.now }, queue);
+    let down = true;
+    h.sender.behaviour = () => {
+      if (down) throw httpError(503, "M_UNKNOWN");
+      return { pdus: {} };
+    };
+    await h.queue.enqueue(DEST, [pdu(1), pdu(2)]);
+    h.delivery.start();
+    await h.timer.requested(1);
+    clock.t += 24 * HOUR;
+    await h.queue.enqueue(DEST, [pdu(3)]);
+    down = false;
+    h.timer.fireAll();
+    await eventually(idle(h));
+    expect(h.sender.calls.map((c) => numbers(c.pdus))).toEqual([[1, 2], [3]]);
+    expect(
+      (await h.queue.deadLetters(DEST)).map((l) => [l.item.id, l.reason.reason, l.reason.attempts]),
+    ).toEqual([
+      ["$e1", "expired", 1],
+      ["$e2", "expired", 1],
+    ]);
+  });
+
+  it("trims a full queue while waiting to retry, without sending", async () => {
+    const queue = await OutboundQueue.open(temp.store, { maxDepth: 20 });
+    const h = await harness({}, queue);
+    h.sender.behaviour = () => {
+      throw httpError(503, "M_UNKNOWN");
+    };
+    await h.queue.enqueue(DEST, range(1, 10).map(pdu));
+    h.delivery.start();
+    await h.timer.requested(1);
+    for (let n = 11; n <= 40; n++) {
+      await h.queue.enqueue(DEST, [pdu(n)]);
+      h.delivery.wake(DEST);
+    }
+    await eventually(() => h.queue.depth(DEST) <= 20);
+    await h.delivery.stop();
+    expect(h.sender.calls).toHaveLength(1);
+    expect(h.queue.depth(DEST)).toBe(20);
+    const letters = await h.queue.deadLetters(DEST, 100);
+    expect(letters.map((l) => (l.item.body as { n: number }).n)).toEqual(range(1, 20));
+    expect(new Set(letters.map((l) => l.reason.reason))).toEqual(new Set(["queue full"]));
+  });
+
+  it("delivers dead letters put back with retryDeadLetters, after what was queued meanwhile", async () => {
+    const h = await harness({ refusalMinSpanMs: 0 });
+    let refusing = true;
+    h.sender.behaviour = () => {
+      if (refusing) throw httpError(403, "M_FORBIDDEN");
+      return { pdus: {} };
+    };
+    await h.queue.enqueue(DEST, [pdu(1), pdu(2)]);
+    h.delivery.start();
+    await fireUntil(h, () => h.queue.deadLetterCount(DEST) === 2);
+    refusing = false;
+    await h.queue.enqueue(DEST, [pdu(3)]);
+    h.delivery.wake(DEST);
+    await eventually(idle(h));
+    expect(await h.delivery.retryDeadLetters(DEST)).toBe(2);
+    await eventually(idle(h));
+    expect(h.sender.calls.slice(3).map((c) => numbers(c.pdus))).toEqual([[3], [1, 2]]);
+    expect(h.queue.deadLetterCount(DEST)).toBe(0);
+  });
+
+  it("resumes after a restart with the dead letters and the rest of the queue intact", async () => {
+    const accepted: number[] = [];
+    const before = await harness({ refusalMinSpanMs: 0 });
+    let refusing = true;
+    const behaviour = (call: { pdus: unknown[] }) => {
+      if (refusing && numbers(call.pdus).includes(1)) throw httpError(400, "M_BAD_JSON");
+      accepted.push(...numbers(call.pdus));
+      return { pdus: {} };
+    };
+    before.sender.behaviour = behaviour;
+    await before.queue.enqueue(DEST, range(1, 70).map(pdu));
+    before.delivery.start();
+    await fireUntil(before, () => before.queue.deadLetterCount(DEST) === 50);
+    await before.delivery.stop();
+
+    const after = await harness({}, await OutboundQueue.open(await temp.reopen()));
+    after.sender.behaviour = behaviour;
+    refusing = false;
+    expect(after.queue.deadLetterCount(DEST)).toBe(50);
+    after.delivery.start();
+    await eventually(idle(after));
+    expect(await after.delivery.retryDeadLetters(DEST)).toBe(50);
+    await eventually(idle(after));
+    // Each item reached the receiver exactly once: 51..70 first, then the dead letters put back.
+    expect(accepted).toEqual([...range(51, 70), ...range(1, 50)]);
+    expect(after.queue.deadLetterCount(DEST)).toBe(0);
+    expect(await temp.keys(`q${SEP}`)).toEqual([]);
+  });
+
+  it("refuses bad dead-letter options", async () => {
+    const queue = await OutboundQueue.open(temp.store);
+    const send = new RecordingSender().send;
+    expect(() => new OutboundDelivery(queue, { send, deadLetterAfterRefusals: 0 })).toThrow(QueueError);
+    expect(() => new OutboundDelivery(queue, { send, refusalMinSpanMs: -1 })).toThrow(/refusalMinSpanMs/);
+    expect(() => new OutboundDelivery(queue, { send, maxRetryAfterMs: 1.5 })).toThrow(/maxRetryAfterMs/);
+  });
+});
+
+describe("OutboundDelivery and a peer's 429 (LM-04 §Rate Limiting)", () => {
+  it.each<[string, Partial<OutboundDeliveryOptions>, number, number]>([
+    ["below the backoff cap", {}, 700, 700],
+    ["above the backoff cap", {}, 5000, 5000],
+    ["above maxRetryAfterMs (1 h by default)", {}, 2 * 60 * 60 * 1000, 60 * 60 * 1000],
+    ["above a configured maxRetryAfterMs", { maxRetryAfterMs: 3000 }, 5000, 3000],
+  ])("waits retry_after_ms %s", async (_name, options, retryAfterMs, expected) => {
+    const h = await harness({ backoff: { baseMs: 100, capMs: 1000 }, random: () => 0.5, ...options });
+    let limited = true;
+    h.sender.behaviour = () => {
+      if (!limited) return { pdus: {} };
+      limited = false;
+      throw httpError(429, "M_LIMIT_EXCEEDED", { retryAfterMs });
+    };
+    await h.queue.enqueue(DEST, [pdu(1)]);
+    h.delivery.start();
+    await h.timer.requested(1);
+    expect(h.timer.delays).toEqual([expected]);
+    expect(h.errors[0]!.info).toMatchObject({ permanent: false, retryInMs: expected });
+    h.timer.fireAll();
+    await eventually(idle(h));
+  });
+
+  it("waits a Retry-After header read by the federation client", async () => {
+    const h = await harness({ backoff: { baseMs: 100, capMs: 1000 } });
+    let limited = true;
+    h.sender.behaviour = () => {
+      if (!limited) return { pdus: {} };
+      limited = false;
+      const err = new RemoteError(429, "M_LIMIT_EXCEEDED", "", DEST, { errcode: "M_LIMIT_EXCEEDED" });
+      return Promise.reject(Object.defineProperty(err, "retryAfterMs", { value: 30_000 }));
+    };
+    await h.queue.enqueue(DEST, [pdu(1)]);
+    h.delivery.start();
+    await h.timer.requested(1);
+    expect(h.timer.delays).toEqual([30_000]);
   });
 });

@@ -198,3 +198,42 @@ export class HoldingStore implements KvStore {
     return this.inner.close();
   }
 }
+
+/** Passes everything to a real store until `crashAfter` more commits succeeded; from then on commits fail and change nothing. */
+export class CrashingStore implements KvStore {
+  private remaining = Infinity;
+
+  constructor(readonly inner: KvStore) {}
+
+  crashAfter(commits: number): void {
+    this.remaining = commits;
+  }
+
+  get(key: string): Promise<string | undefined> {
+    return this.inner.get(key);
+  }
+
+  getMany(keys: string[]): Promise<(string | undefined)[]> {
+    return this.inner.getMany(keys);
+  }
+
+  range(options: Parameters<KvStore["range"]>[0]): AsyncIterable<[string, string]> {
+    return this.inner.range(options);
+  }
+
+  commit(ops: BatchOp[]): Promise<void> {
+    if (this.remaining <= 0) return Promise.reject(new Error("crashed"));
+    this.remaining--;
+    return this.inner.commit(ops);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+/** A clock the test moves by hand. */
+export class Clock {
+  constructor(public t = 1_700_000_000_000) {}
+  readonly now = (): number => this.t;
+}

@@ -1,15 +1,15 @@
 import { createHash } from "node:crypto";
-import { serverNameOf } from "../identifiers";
-import { FollowerRoom, HubRoom } from "../room/roomCore";
-import { RoomState } from "../room/roomState";
-import { MIMI_V1 } from "../roomVersions";
-import { DEFAULT_ENCRYPTION_ALGORITHM, ROOM_VERSION_ID } from "../roomVersions/mimi1";
-import { encodeUnpaddedBase64, encodeUrlSafeBase64 } from "./base64";
-import { canonicalJson } from "./canonicalJson";
-import { createLimitedEvent, redactEvent, lpduBody } from "./pdu";
-import { StaticKeyLookup } from "./signatures";
-import { ServerSigningKey } from "./signingKey";
-import type { FullyFormedEvent, JsonObject, LimitedEvent, LimitedEventTemplate } from "./types";
+import { serverNameOf } from "../src/identifiers";
+import { FollowerRoom, HubRoom } from "../src/room/roomCore";
+import { RoomState } from "../src/room/roomState";
+import { MIMI_V1 } from "../src/roomVersions";
+import { DEFAULT_ENCRYPTION_ALGORITHM, ROOM_VERSION_ID } from "../src/roomVersions/mimi1";
+import { encodeUnpaddedBase64, encodeUrlSafeBase64 } from "../src/events/base64";
+import { canonicalJson } from "../src/events/canonicalJson";
+import { createLimitedEvent, redactEvent, lpduBody } from "../src/events/pdu";
+import { StaticKeyLookup } from "../src/events/signatures";
+import { ServerSigningKey } from "../src/events/signingKey";
+import type { FullyFormedEvent, JsonObject, LimitedEvent, LimitedEventTemplate } from "../src/events/types";
 
 /**
  * Interoperability test vectors (docs/test-vectors/events.json): one
@@ -253,8 +253,10 @@ export function buildTestVectors(): TestVectorFile {
   const lookup = new StaticKeyLookup()
     .add(HUB_SERVER, hubKey.keyId, hubKey.verifyKey())
     .add(FOLLOWER_SERVER, followerKey.keyId, followerKey.verifyKey());
-  const hub = new HubRoom(ROOM_ID, MIMI_V1, new RoomState(), hubKey);
-  const follower = new FollowerRoom(ROOM_ID, MIMI_V1, new RoomState(), HUB_SERVER);
+  const hubState = new RoomState();
+  const followerState = new RoomState();
+  const hub = new HubRoom(ROOM_ID, MIMI_V1, hubState, hubKey);
+  const follower = new FollowerRoom(ROOM_ID, MIMI_V1, followerState, HUB_SERVER);
 
   const vectors = STEPS.map((step, index): TestVector => {
     const origin = serverNameOf(step.sender);
@@ -273,8 +275,10 @@ export function buildTestVectors(): TestVectorFile {
     const lpdu = createLimitedEvent(template, originKey, MIMI_V1);
     const limitedEvent = clone(lpdu);
     const sequenced = hub.sequence(clone(lpdu), origin, lookup);
+    hubState.append(sequenced.eventId, sequenced.event);
     const event = clone(sequenced.event);
     const applied = follower.apply(clone(sequenced.event), lookup);
+    followerState.append(applied.eventId, applied.event);
     check(applied.eventId === sequenced.eventId, `${step.name}: hub and follower event IDs differ`);
     check(applied.seq === index + 1 && sequenced.seq === index + 1, `${step.name}: position`);
 

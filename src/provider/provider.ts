@@ -1,0 +1,339 @@
+import type { Server } from "node:http";
+import type { ProviderConfig } from "../config/config";
+import { loadOrCreateSigningKey } from "../events/signingKeyFile";
+import type { ServerSigningKey } from "../events/signingKey";
+import type { FullyFormedEvent } from "../events/types";
+import { FederationClient, type FetchFn } from "../federation/client";
+import { ServerResolver, type Resolver } from "../federation/discovery";
+import { FederationError } from "../federation/errors";
+import { KeyRing } from "../federation/keys";
+import { PendingInvites } from "../federation/pendingInvites";
+import { RateLimiter } from "../federation/rateLimit";
+import {
+  OutboundDelivery,
+  OutboundQueue,
+  type PduResult,
+  type SendBody,
+  type SendResponse,
+} from "../federation/queue";
+import { createFederationApp } from "../federation/server/app";
+import { TransactionStore } from "../federation/transactionStore";
+import { createLogger, setLogLevel, type Logger } from "../logging";
+import type { RoomExtension } from "../room/extension";
+import { RoomService } from "../room/roomService";
+import type { KvStore } from "../store/kv";
+import { LevelStore } from "../store/levelStore";
+import { RoomStore } from "../store/roomStore";
+import { ensureSchema } from "../store/schema";
+import { CatchUp } from "./catchUp";
+import { EventFeed, type EventFeedOptions } from "./eventFeed";
+import { ensureEventKeys } from "./eventKeys";
+import { fanOutHook } from "./fanOut";
+import { HubLink } from "./hubLink";
+import { Inbound } from "./inbound";
+import { checkAnswer, SEND_ANSWER } from "./peerAnswers";
+import { LocalRooms } from "./roomsApi";
+import type { RoomsApi } from "./roomsApiTypes";
+
+export interface ProviderOptions {
+  fetch?: FetchFn;
+  /** Delivery backoff base and cap in ms (tests shorten them). */
+  backoff?: { baseMs?: number; capMs?: number };
+  /** Per-room extensions of the hub and follower cores (e.g. the MLS group). */
+  extensions?: readonly RoomExtension[];
+}
+
+/** What an operator sees and does (the admin API's operator routes). */
+export interface OperatorView {
+  status(): Promise<Record<string, unknown>>;
+  deadLetters(destination: string | undefined, limit: number): Promise<unknown[]>;
+  retryDeadLetters(destination: string): Promise<number>;
+}
+
+/**
+ * One MIMI provider: the composition root. It opens the one store and hands
+ * it to every layer (rooms, federation queues and transactions, and later MLS
+ * and the bridge), so that their records share its atomic batches; it wires
+ * the room service, fan-out, catch-up, the link to hubs, the inbound handlers
+ * and the rooms API together, and runs the federation listener.
+ */
+export class MimiProvider {
+  private httpServer: Server | undefined;
+  private stopped = false;
+  readonly log: Logger;
+
+  private constructor(
+    readonly config: ProviderConfig,
+    readonly signingKey: ServerSigningKey,
+    /** The one store every layer writes to. */
+    readonly kv: KvStore & { close(): Promise<void> },
+    private readonly roomService: RoomService,
+    private readonly queue: OutboundQueue,
+    private readonly delivery: OutboundDelivery,
+    private readonly keyRing: KeyRing,
+    /** The one interface for local users. */
+    readonly rooms: RoomsApi,
+    private readonly inbound: Inbound,
+    private readonly catchUp: CatchUp,
+    private readonly hubLink: HubLink,
+    log: Logger,
+  ) {
+    this.log = log;
+  }
+
+  get serverName(): string {
+    return this.config.serverName;
+  }
+
+  static async start(config: ProviderConfig, options: ProviderOptions = {}): Promise<MimiProvider> {
+    setLogLevel(config.logging.level);
+    const log = createLogger("provider", { server: config.serverName });
+    const signingKey = await loadOrCreateSigningKey(config.signingKeyPath, config.serverName);
+    const kv = await LevelStore.open(config.database.path, { durability: config.database.durability });
+    await ensureSchema(kv);
+    const discovery = new ServerResolver({
+      staticMap: config.federation.staticRoutes,
+      ...(options.fetch ? { fetch: options.fetch } : {}),
+    });
+    const resolver: Resolver = config.federation.wellKnown
+      ? discovery
+      : { resolve: (name) => staticRouteOnly(config.federation.staticRoutes, name, discovery) };
+    const limits = config.limits;
+    const keyRing = await KeyRing.open({
+      ourKey: signingKey,
+      ourOldKeys: config.oldVerifyKeys,
+      store: kv,
+      resolver,
+      maxTrackedServers: limits.keyRingMaxServers,
+      minRefetchIntervalMs: limits.keyFetchMinIntervalMs,
+      // With .well-known off, a server outside the static routes is refused before any fetch.
+      ...(config.federation.wellKnown
+        ? {}
+        : { canRoute: (name: string) => Object.hasOwn(config.federation.staticRoutes, name) }),
+      ...(options.fetch ? { fetch: options.fetch } : {}),
+    });
+    const roomService = await RoomService.open({
+      signingKey,
+      store: new RoomStore(kv),
+      keys: keyRing,
+      ...(options.extensions ? { extensions: options.extensions } : {}),
+      onListenerError: (error) => log.error("an event subscriber failed", { error }),
+    });
+    const client = new FederationClient({
+      signingKey,
+      resolver,
+      ...(options.fetch ? { fetch: options.fetch } : {}),
+    });
+    // The queue and delivery report to the hub link, which needs them to exist first.
+    const late: { hubLink?: HubLink } = {};
+    const queue = await OutboundQueue.open(kv, {
+      maxDepth: limits.queueMaxDepth,
+      maxAgeMs: limits.queueMaxAgeMs,
+      maxDeadLetters: limits.deadLettersPerDestination,
+      onDeadLetter: (destination, items, why) => late.hubLink?.onDeadLetter(destination, items, why),
+    });
+    const delivery = new OutboundDelivery(queue, {
+      send: (destination, txnId, body, signal) => sendTransaction(client, destination, txnId, body, signal),
+      onResults: (destination, _txnId, results: Record<string, PduResult>, pduIds) =>
+        late.hubLink!.onResults(destination, results, pduIds),
+      onError: (destination, error, info) =>
+        log.warn("delivery failed", { destination, error, attempt: info.attempt, retryInMs: info.retryInMs }),
+      backoff: {
+        baseMs: config.federation.retryBaseMs,
+        capMs: config.federation.retryMaxMs,
+        ...options.backoff,
+      },
+      deadLetterAfterRefusals: limits.queueRefusalsBeforeDeadLetter,
+      maxRetryAfterMs: config.federation.retryAfterMaxMs,
+      refusalMinSpanMs: limits.queueRefusalMinSpanMs,
+    });
+    const hubLink = new HubLink({ rooms: roomService, kv, queue, delivery, log: log.child("hub-link") });
+    late.hubLink = hubLink;
+    const transactions = new TransactionStore(kv, {
+      retentionMs: limits.transactionRetentionMs,
+      maxAnswers: limits.transactionMaxAnswers,
+      log: log.child("transactions"),
+    });
+    const invites = new PendingInvites(kv, {
+      maxPerUser: limits.pendingInvitesPerUser,
+      maxTotal: limits.pendingInvitesTotal,
+      maxAgeMs: limits.pendingInviteMaxAgeMs,
+      maxStrippedStateBytes: limits.inviteRoomStateMaxBytes,
+      log: log.child("invites"),
+    });
+    const localSends = new RateLimiter({
+      ratePerSecond: limits.localSendsPerSecond,
+      burst: limits.localSendBurst,
+      maxKeys: limits.rateLimitMaxKeys,
+    });
+    const federationRequests = new RateLimiter({
+      ratePerSecond: limits.federationRequestsPerSecond,
+      burst: limits.federationRequestBurst,
+      maxKeys: limits.rateLimitMaxKeys,
+    });
+    const joining = new Map<string, string>();
+    let stopped = false;
+    const catchUp = new CatchUp({
+      rooms: roomService,
+      client,
+      ensureEventKeys: (event: FullyFormedEvent) => ensureEventKeys(keyRing, event),
+      log: log.child("catch-up"),
+      isStopped: () => stopped,
+    });
+    const inbound = new Inbound({
+      serverName: config.serverName,
+      rooms: roomService,
+      keyRing,
+      client,
+      transactions,
+      invites,
+      catchUp,
+      log: log.child("inbound"),
+      joiningHubOf: (roomId) => joining.get(roomId),
+    });
+    const rooms = new LocalRooms({
+      serverName: config.serverName,
+      signingKey,
+      kv,
+      rooms: roomService,
+      hubLink,
+      catchUp,
+      client,
+      invites,
+      log: log.child("rooms"),
+      admit: (userId) => localSends.check(userId),
+      setJoining: (roomId, hub) => (hub === undefined ? joining.delete(roomId) : joining.set(roomId, hub)),
+    });
+    roomService.addAppendHook(fanOutHook(config.serverName, queue, delivery));
+    roomService.subscribe(hubLink.onApplied);
+    const provider = new MimiProvider(
+      config,
+      signingKey,
+      kv,
+      roomService,
+      queue,
+      delivery,
+      keyRing,
+      rooms,
+      inbound,
+      catchUp,
+      hubLink,
+      log,
+    );
+    provider.admitFederation = (origin) => federationRequests.check(origin);
+    provider.background = [transactions, invites];
+    transactions.start();
+    invites.start();
+    provider.markStopped = () => {
+      stopped = true;
+    };
+    delivery.start();
+    await provider.listen();
+    log.info("provider started", {
+      federation: `${config.federation.bindAddress}:${provider.federationPort}`,
+      rooms: roomService.roomIds().length,
+      keyId: signingKey.keyId,
+    });
+    return provider;
+  }
+
+  private markStopped: () => void = () => undefined;
+  private admitFederation: (origin: string) => void = () => undefined;
+  private background: { stop(): Promise<void> }[] = [];
+
+  private async listen(): Promise<void> {
+    const app = createFederationApp({
+      handlers: this.inbound,
+      serverName: this.serverName,
+      signingKey: this.signingKey,
+      oldVerifyKeys: this.config.oldVerifyKeys,
+      keyRing: this.keyRing,
+      admit: (origin) => this.admitFederation(origin),
+    });
+    await new Promise<void>((resolve, reject) => {
+      const server = app.listen(this.config.federation.port, this.config.federation.bindAddress, () =>
+        resolve(),
+      );
+      server.on("error", reject);
+      this.httpServer = server;
+    });
+  }
+
+  get federationPort(): number {
+    const address = this.httpServer?.address();
+    return typeof address === "object" && address !== null ? address.port : this.config.federation.port;
+  }
+
+  /** A durable feed of every room's events for one consumer (e.g. the bridge). */
+  openFeed(consumer: string, options: EventFeedOptions = {}): Promise<EventFeed> {
+    return EventFeed.open(this.kv, this.roomService, consumer, options);
+  }
+
+  /** Operator view: rooms and delivery queues. */
+  readonly operator: OperatorView = {
+    status: async () => {
+      const queues: Record<string, number> = {};
+      for (const destination of this.queue.destinations())
+        queues[destination] = this.queue.depth(destination);
+      return { server_name: this.serverName, rooms: this.roomService.roomIds().length, queues };
+    },
+    deadLetters: (destination, limit) => this.queue.deadLetters(destination, limit),
+    retryDeadLetters: async (destination) => {
+      const requeued = await this.queue.retryDeadLetters(destination);
+      this.delivery.wake(destination);
+      return requeued;
+    },
+  };
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.markStopped();
+    await new Promise<void>((resolve) => {
+      if (this.httpServer === undefined) return resolve();
+      this.httpServer.close(() => resolve());
+      this.httpServer.closeAllConnections();
+    });
+    await this.delivery.stop();
+    await Promise.all(this.background.map((b) => b.stop()));
+    this.hubLink.close();
+    await this.catchUp.settle();
+    await this.kv.close();
+  }
+}
+
+async function sendTransaction(
+  client: FederationClient,
+  destination: string,
+  txnId: string,
+  body: SendBody,
+  signal: AbortSignal,
+): Promise<SendResponse> {
+  const path = `/_matrix/federation/v2/send/${encodeURIComponent(txnId)}`;
+  const payload = body.edus.length > 0 ? body : { pdus: body.pdus };
+  const answer = checkAnswer(
+    SEND_ANSWER,
+    await client.request(destination, "PUT", path, payload, { signal }),
+    destination,
+    "send",
+  );
+  return { pdus: answer.pdus ?? {}, failed_pdus: answer.failed_pdus ?? {} };
+}
+
+/** With `.well-known` discovery turned off, only servers in the static routes are reachable. */
+function staticRouteOnly(
+  routes: Record<string, string>,
+  serverName: string,
+  resolver: Resolver,
+): Promise<URL> {
+  if (!Object.hasOwn(routes, serverName)) {
+    return Promise.reject(
+      new FederationError(
+        404,
+        "M_NOT_FOUND",
+        `no route to ${serverName}: it is not in federation.static_routes and well_known is off`,
+      ),
+    );
+  }
+  return resolver.resolve(serverName);
+}

@@ -1,0 +1,111 @@
+import type { FullyFormedEvent, JsonObject } from "../events/types";
+
+/**
+ * The one interface for local users (the admin API and the Matrix bridge).
+ * Every mutating call carries an idempotency key (`txnId`, like Matrix's
+ * client-server `txnId`), scoped to the acting user: a call repeated with the
+ * same user and key, even after a restart, returns the first call's result and
+ * makes no second event. Errors are the room layer's `MimiError`s (errcode +
+ * message, `RoomError` / `AuthRejection` / identifier and event errors), never
+ * HTTP errors; `errcode` decides the HTTP status at the edge.
+ */
+export interface RoomsApi {
+  /** Creates a room with this provider as its hub; `creator` is a local user. */
+  createRoom(request: CreateRoomRequest): Promise<{ roomId: string }>;
+  /** Sends an event as a local user: sequenced here when we are the hub, else relayed to the hub. */
+  send(request: SendRequest): Promise<{ eventId: string }>;
+  /** `sender` (local) invites `target` (any server). */
+  invite(request: InviteRequest): Promise<{ eventId: string }>;
+  /** A local user's own join, leave or knock; works for rooms this provider does not follow yet. */
+  changeOwnParticipation(request: OwnParticipationRequest): Promise<{ eventId: string }>;
+  /** `sender` (local) kicks (`leave`) or bans (`ban`) `target`. */
+  changeParticipationOf(request: OtherParticipationRequest): Promise<{ eventId: string }>;
+  /** Invites for a local user to rooms this provider does not follow yet. */
+  listInvites(userId: string): Promise<InviteInfo[]>;
+  listRooms(): string[];
+  /** Undefined for a room this provider is not in. */
+  roomInfo(roomId: string): RoomInfo | undefined;
+  /**
+   * One page of a room's linear history, oldest first, from `fromSeq` (1 = the
+   * create event). With `waitMs`, waits up to that long for an event at
+   * `fromSeq` when there is none yet (a long poll), then answers what there is.
+   */
+  history(roomId: string, page: { fromSeq: number; limit: number; waitMs?: number }): Promise<HistoryPage>;
+}
+
+export interface CreateRoomRequest {
+  creator: string;
+  txnId: string;
+  roomLocalpart?: string;
+}
+
+export interface SendRequest {
+  roomId: string;
+  sender: string;
+  type: string;
+  content: JsonObject;
+  stateKey?: string;
+  txnId: string;
+}
+
+export interface InviteRequest {
+  roomId: string;
+  sender: string;
+  target: string;
+  reason?: string;
+  txnId: string;
+}
+
+export interface OwnParticipationRequest {
+  roomId: string;
+  user: string;
+  change: "join" | "leave" | "knock";
+  reason?: string;
+  txnId: string;
+}
+
+export interface OtherParticipationRequest {
+  roomId: string;
+  sender: string;
+  target: string;
+  change: "leave" | "ban";
+  reason?: string;
+  txnId: string;
+}
+
+export interface InviteInfo {
+  roomId: string;
+  userId: string;
+  inviter: string;
+  hubServer: string;
+  roomVersion: string;
+  /** LM-04 §Stripped State: unverified context (name, topic, join rules...). */
+  strippedState: JsonObject[];
+  receivedTs: number;
+}
+
+export interface RoomInfo {
+  roomId: string;
+  roomVersion: string;
+  hubServer: string;
+  role: "hub" | "follower";
+  /** Sequence number and ID of the last event durably in the history. */
+  headSeq: number;
+  headEventId: string;
+  /** Participation of every user with an `m.room.user` state entry. */
+  participation: Record<string, string>;
+  /** Current state entries other than participation, by `type` then `state_key`. */
+  state: { type: string; stateKey: string; sender: string; content: JsonObject }[];
+}
+
+export interface HistoryEntry {
+  seq: number;
+  eventId: string;
+  event: FullyFormedEvent;
+}
+
+export interface HistoryPage {
+  events: HistoryEntry[];
+  /** The `fromSeq` of the next page, or undefined when this page reached the head. */
+  nextSeq: number | undefined;
+}
