@@ -219,7 +219,10 @@ export class LocalRooms implements RoomsApi {
           record.lpduHash,
           record.hubServer,
         );
-        await this.options.kv.commit([this.recordOp(key, { kind: "done", roomId: record.roomId, eventId })]);
+        // Only a shortcut for a retry (the "relayed" record finds the event again): neither synced nor awaited.
+        this.options.kv
+          .commit([this.recordOp(key, { kind: "done", roomId: record.roomId, eventId })], { durable: false })
+          .catch(() => undefined);
         return { eventId };
       }
       default:

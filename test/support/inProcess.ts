@@ -37,7 +37,7 @@ export async function startInProcess(
         "  retry_max_ms: 200",
         "  static_routes:",
         ...names.map((n, j) => `    ${n}: http://127.0.0.1:${ports[j]}`),
-        "database: { durability: os }",
+        `database: { durability: ${process.env.MIMI_TEST_DURABILITY ?? "os"} }`,
         `limits: ${limits}`,
         "logging: { level: error }",
       ].join("\n"),
