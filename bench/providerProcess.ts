@@ -48,7 +48,15 @@ export class BenchProvider {
   async start(): Promise<void> {
     const child = spawn(
       process.execPath,
-      ["--import", "tsx", join(this.root, "src/cli/main.ts"), "-c", join(this.dir, "config.yaml")],
+      [
+        // BENCH_NODE_ARGS adds Node options to every provider, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
+        ...(process.env.BENCH_NODE_ARGS ?? "").split(" ").filter((arg) => arg !== ""),
+        "--import",
+        "tsx",
+        join(this.root, "src/cli/main.ts"),
+        "-c",
+        join(this.dir, "config.yaml"),
+      ],
       { cwd: this.root, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, MIMI_LOG_LEVEL: "warn" } },
     );
     this.child = child;

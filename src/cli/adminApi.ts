@@ -1,6 +1,5 @@
 import { createHash, timingSafeEqual } from "node:crypto";
-import type { IncomingMessage, Server } from "node:http";
-import express, { type NextFunction, type Request, type Response } from "express";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { MimiError, type ErrorCode } from "../errors";
 import type { JsonObject } from "../events/types";
 import { httpStatusFor, isErrorCode } from "../federation/errors";
@@ -108,10 +107,13 @@ const PARAM_CHECKS: Record<string, ParamCheck> = {
   },
 };
 
+/** Query parameters: a repeated one has every value. */
+type Query = Record<string, string | string[]>;
+
 /** A parsed request: path parameters decoded and checked, the body a JSON object ({} without one). */
 interface Call {
   params: Record<string, string>;
-  query: Request["query"];
+  query: Query;
   body: Record<string, unknown>;
 }
 
@@ -162,7 +164,7 @@ function objectField(body: Record<string, unknown>, field: string): JsonObject {
 }
 
 function integerQuery(
-  query: Request["query"],
+  query: Query,
   field: string,
   range: { min: number; max: number; fallback: number },
 ): number {
@@ -175,7 +177,7 @@ function integerQuery(
   return Number(raw);
 }
 
-function optionalServerQuery(query: Request["query"], field: string): string | undefined {
+function optionalServerQuery(query: Query, field: string): string | undefined {
   const raw = query[field];
   if (raw === undefined) return undefined;
   if (typeof raw !== "string") throw invalidParam(field, "must be given at most once");
@@ -444,7 +446,10 @@ function readRaw(req: IncomingMessage, limit: number): Promise<Buffer> {
 const tooLarge = () =>
   new AdminRequestError(413, "M_TOO_LARGE", `the request body is larger than ${MAX_ADMIN_BODY_BYTES} bytes`);
 
-async function readJsonObject(req: Request, fields: readonly string[]): Promise<Record<string, unknown>> {
+async function readJsonObject(
+  req: IncomingMessage,
+  fields: readonly string[],
+): Promise<Record<string, unknown>> {
   const type = req.headers["content-type"];
   if (type === undefined) throw notJson("Content-Type must be application/json (none was given)");
   const [mediaType, ...parameters] = type.split(";").map((part) => part.trim().toLowerCase());
@@ -520,11 +525,26 @@ function logLevelFor(status: number): LogLevel {
   return status === 401 ? "warn" : "info";
 }
 
-function sendError(req: Request, res: Response, err: unknown): void {
+function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    ...headers,
+    "Content-Type": "application/json; charset=utf-8",
+    "Content-Length": Buffer.byteLength(text),
+  });
+  res.end(text);
+}
+
+function sendError(req: IncomingMessage, path: string, res: ServerResponse, err: unknown): void {
   const { status, body, headers } = answerFor(err);
   log[logLevelFor(status)](status >= 500 ? "admin request failed" : "admin request refused", {
     method: req.method,
-    path: req.path,
+    path,
     status,
     errcode: body.errcode,
     error: err,
@@ -534,8 +554,20 @@ function sendError(req: Request, res: Response, err: unknown): void {
     res.destroy();
     return;
   }
-  res.status(status).set(headers).json(body);
+  sendJson(res, status, body, headers);
 }
+
+function parseQuery(search: string): Query {
+  const query: Query = {};
+  for (const [name, value] of new URLSearchParams(search)) {
+    const seen = query[name];
+    query[name] = seen === undefined ? value : Array.isArray(seen) ? [...seen, value] : [seen, value];
+  }
+  return query;
+}
+
+/** A request listener for node:http. */
+export type AdminApp = (req: IncomingMessage, res: ServerResponse) => void;
 
 /**
  * A small HTTP API for operators and scripts, on its own loopback listener
@@ -543,34 +575,36 @@ function sendError(req: Request, res: Response, err: unknown): void {
  * checked before the body is read; the body is parsed strictly; nothing is
  * called until the whole request has been checked.
  */
-export function createAdminApp(deps: AdminDeps): express.Express {
+export function createAdminApp(deps: AdminDeps): AdminApp {
   if (deps.token === "") throw new Error("the admin token must not be empty");
   const expectedDigest = sha256(deps.token);
   const table = routes(deps.rooms, deps.operator);
-  const app = express();
-  app.disable("x-powered-by");
-  app.set("etag", false);
-  app.use(async (req: Request, res: Response) => {
+  const serve = async (req: IncomingMessage, res: ServerResponse) => {
+    const target = req.url ?? "/";
+    const queryAt = target.indexOf("?");
+    const path = queryAt === -1 ? target : target.slice(0, queryAt);
     try {
       checkToken(req.headers.authorization, expectedDigest);
-      const { route, values } = match(table, req.method, req.path);
+      const { route, values } = match(table, req.method ?? "", path);
       const params = decodeParams(route, values);
+      const query = queryAt === -1 ? {} : parseQuery(target.slice(queryAt + 1));
       const body = route.fields === undefined ? {} : await readJsonObject(req, route.fields);
-      const answer = await route.handle({ params, query: req.query, body });
-      res.status(200).json(answer);
+      const answer = await route.handle({ params, query, body });
+      sendJson(res, 200, answer);
     } catch (err) {
-      sendError(req, res, err);
+      sendError(req, path, res, err);
     }
-  });
-  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => sendError(req, res, err));
-  return app;
+  };
+  return (req, res) => void serve(req, res);
 }
 
-export async function listenAdmin(app: express.Express, host: string, port: number): Promise<Server> {
+export async function listenAdmin(app: AdminApp, host: string, port: number): Promise<Server> {
+  const server = createServer(app);
   return new Promise((resolve, reject) => {
-    // Express 5 calls this back with the error when listening fails.
-    const server = app.listen(port, host, (err?: Error) =>
-      err === undefined ? resolve(server) : reject(err),
-    );
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve(server);
+    });
   });
 }

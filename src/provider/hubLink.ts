@@ -175,7 +175,8 @@ export class HubLink {
       if (errcode === "M_NOT_FOUND" || errcode === "M_UNKNOWN_ROOM")
         await this.resendToJoining(destination, id);
     }
-    if (ops.length > 0) await this.options.kv.commit(ops);
+    // Not synced: written in order before the transaction's completion, and redone with it after a machine crash.
+    if (ops.length > 0) await this.options.kv.commit(ops, { durable: false });
   }
 
   private refusalOp(lpduHash: string, hubServer: string, errcode: string, error: string): BatchOp {

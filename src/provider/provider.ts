@@ -221,7 +221,7 @@ export class MimiProvider {
       log,
     );
     provider.admitFederation = (origin) => federationRequests.check(origin);
-    provider.background = [transactions, invites];
+    provider.background = [transactions, invites, { stop: async () => client.close() }];
     transactions.start();
     invites.start();
     provider.markStopped = () => {

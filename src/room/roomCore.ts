@@ -1,4 +1,10 @@
-import { formEvent, verifyFullyFormedEvent, verifyLimitedEvent, type FormedEvent } from "../events/pdu";
+import {
+  formEvent,
+  verifyFullyFormedEvent,
+  verifyLimitedEvent,
+  type FormedEvent,
+  type FullyFormedVerifyOptions,
+} from "../events/pdu";
 import { serverNameOf } from "../identifiers";
 import { MAX_EVENT_BYTES } from "../events/envelope";
 import { EventFormatError } from "../events/errors";
@@ -134,7 +140,11 @@ export class FollowerRoom {
     return new GapError(this.roomId, missing, this.state.headEventId, this.state.eventCount);
   }
 
-  apply(event: FullyFormedEvent, lookup: VerifyKeyLookup): SequencedEvent {
+  apply(
+    event: FullyFormedEvent,
+    lookup: VerifyKeyLookup,
+    options: FullyFormedVerifyOptions = {},
+  ): SequencedEvent {
     if (event.room_id !== this.roomId) {
       throw new RoomError("M_INVALID_PARAM", `event is for room ${event.room_id}, not ${this.roomId}`);
     }
@@ -145,7 +155,7 @@ export class FollowerRoom {
       );
     }
     if (this.placement(event) !== "next") throw this.gapFor(event);
-    const eventId = verifyFullyFormedEvent(event, lookup, this.version);
+    const eventId = verifyFullyFormedEvent(event, lookup, this.version, options);
     const auth = forAuth(event);
     const expected =
       event.type === this.version.createEventType ? [] : this.version.selectAuthEvents(this.state, auth);

@@ -1,5 +1,11 @@
 import { parseFullyFormedEvent, parseLimitedEvent } from "../events/envelope";
-import { createLimitedEvent, computeEventId, computeLpduHash } from "../events/pdu";
+import {
+  createLimitedEvent,
+  computeEventId,
+  computeLpduHash,
+  type FullyFormedVerifyOptions,
+  type OwnSignature,
+} from "../events/pdu";
 import { EventFormatError } from "../events/errors";
 import type { VerifyKeyLookup } from "../events/signatures";
 import type { ServerSigningKey } from "../events/signingKey";
@@ -17,6 +23,8 @@ import { RoomState } from "./roomState";
 const RECENT_CAPACITY = 100_000;
 /** Follow-ups of follow-ups are allowed, to this depth, so an extension cannot loop forever. */
 const MAX_FOLLOW_UP_DEPTH = 4;
+/** Signatures of our own LPDUs kept for their echo from the hub (about 150 bytes each). */
+const OWN_SIGNATURES_KEPT = 10_000;
 /** How far ahead of the hub's clock an LPDU's `origin_server_ts` may be. */
 export const MAX_CLOCK_SKEW_MS = 5 * 60_000;
 
@@ -273,7 +281,25 @@ export class RoomService {
       content,
       ...(stateKey === undefined ? {} : { state_key: stateKey }),
     };
-    return createLimitedEvent(template, this.options.signingKey, version);
+    const lpdu = createLimitedEvent(template, this.options.signingKey, version);
+    if (hubServer !== this.serverName) this.rememberOwnSignature(lpdu);
+    return lpdu;
+  }
+
+  /** Our LPDUs' signatures, so the hub's echo of one needs no signature check of ours (bounded, oldest out). */
+  private readonly ownSignatures = new Map<string, OwnSignature>();
+  private readonly verifyOptions: FullyFormedVerifyOptions = {
+    ownSignature: (lpduHash) => this.ownSignatures.get(lpduHash),
+  };
+
+  private rememberOwnSignature(lpdu: LimitedEvent): void {
+    const { keyId } = this.options.signingKey;
+    const signature = lpdu.signatures[this.serverName]?.[keyId];
+    if (signature === undefined) return;
+    this.ownSignatures.set(lpdu.hashes.lpdu.sha256, { keyId, signature });
+    if (this.ownSignatures.size > OWN_SIGNATURES_KEPT) {
+      this.ownSignatures.delete(this.ownSignatures.keys().next().value as string);
+    }
   }
 
   /**
@@ -785,7 +811,7 @@ export class RoomService {
         const mark = loaded.working.mark();
         const opsLength = batch.ops.length;
         try {
-          const sequenced = core.apply(event, this.options.keys);
+          const sequenced = core.apply(event, this.options.keys, this.verifyOptions);
           this.appendDecided(batch, loaded, sequenced);
           loaded.working.release(mark);
           this.rememberEvent(sequenced);

@@ -25,6 +25,13 @@ export interface KvStore {
    * others but not waited for on disk.
    */
   commit(ops: BatchOp[], options?: { durable?: boolean }): Promise<void>;
+  /**
+   * Where the backend offers it: `listener` is called with the operations of
+   * every batch that landed, in commit order, before that batch's commits
+   * resolve, so a cache of some keys can follow the store. Returns the
+   * unsubscribe function.
+   */
+  onCommitted?(listener: (ops: readonly BatchOp[]) => void): () => void;
   close(): Promise<void>;
 }
 

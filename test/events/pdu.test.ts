@@ -131,6 +131,58 @@ describe("fully-formed events (LM-04 §Events, §Hashes, §Signing)", () => {
     expect(() => verifyFullyFormedEvent(event, keys, MIMI_V1)).toThrow(message);
   });
 
+  describe("the echo of an LPDU this server signed", () => {
+    const signed = () => {
+      const lpdu = createLimitedEvent(template, origin, MIMI_V1);
+      const own = { keyId: "ed25519:1", signature: lpdu.signatures["origin.example"]!["ed25519:1"]! };
+      return { event: clone(formEvent(lpdu, AUTH, [PREV], hub, MIMI_V1).event), own };
+    };
+    // No origin key at all: only the shortcut can accept the origin signature.
+    const hubKeyOnly = lookupOf(hub);
+
+    it("needs no check of the origin signature when it carries the very signature we made", () => {
+      const { event, own } = signed();
+      const ownSignature = (hash: string) => (hash === event.hashes.lpdu.sha256 ? own : undefined);
+      expect(() => verifyFullyFormedEvent(event, hubKeyOnly, MIMI_V1)).toThrow(/origin signature/);
+      expect(verifyFullyFormedEvent(event, hubKeyOnly, MIMI_V1, { ownSignature })).toBe(
+        computeEventId(event, MIMI_V1),
+      );
+    });
+
+    it.each([
+      [
+        "another signature value",
+        (e: FullyFormedEvent) => (e.signatures["origin.example"]!["ed25519:1"] = "A".repeat(86)),
+      ],
+      [
+        "a second origin signature",
+        (e: FullyFormedEvent) => (e.signatures["origin.example"]!["ed25519:2"] = "A".repeat(86)),
+      ],
+    ])("checks the origin signature as usual when it carries %s", (_what, tamper) => {
+      const { event, own } = signed();
+      tamper(event);
+      const ownSignature = () => own;
+      expect(() => verifyFullyFormedEvent(event, hubKeyOnly, MIMI_V1, { ownSignature })).toThrow(
+        /origin signature/,
+      );
+    });
+
+    it("still checks the LPDU hash and the hub signature", () => {
+      const { event, own } = signed();
+      const ownSignature = () => own;
+      const altered = clone(event);
+      altered.content.name = "evil";
+      expect(() => verifyFullyFormedEvent(altered, keys, MIMI_V1, { ownSignature })).toThrow(
+        /hashes.lpdu.sha256 does not match/,
+      );
+      const resigned = clone(event);
+      resigned.signatures["hub.example"]!["ed25519:1"] = "A".repeat(86);
+      expect(() => verifyFullyFormedEvent(resigned, keys, MIMI_V1, { ownSignature })).toThrow(
+        /signature of hub.example/,
+      );
+    });
+  });
+
   it("detects a hub that re-hashes an altered event but cannot re-sign for the origin", () => {
     const lpdu = clone(createLimitedEvent(template, origin, MIMI_V1));
     lpdu.content.name = "rewritten by the hub";

@@ -37,4 +37,22 @@ describe("prefix scans on LevelDB", () => {
     await kv.close();
     removeDir(dir);
   });
+
+  it("tells listeners of each landed batch before its commits resolve; a throwing listener changes nothing", async () => {
+    const dir = tempDir("kv");
+    const kv = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    const seen: string[][] = [];
+    kv.onCommitted(() => {
+      throw new Error("a broken listener");
+    });
+    const unsubscribe = kv.onCommitted((ops) => seen.push(ops.map((op) => `${op.type} ${op.key}`)));
+    await kv.commit([{ type: "put", key: "a", value: "1" }]).then(() => seen.push(["resolved"]));
+    await kv.commit([{ type: "del", key: "a" }]);
+    unsubscribe();
+    await kv.commit([{ type: "put", key: "b", value: "2" }]);
+    expect(seen).toEqual([["put a"], ["resolved"], ["del a"]]);
+    expect(await kv.get("b")).toBe("2");
+    await kv.close();
+    removeDir(dir);
+  });
 });

@@ -4,7 +4,14 @@ import { parseServerName } from "../../identifiers";
 import { signRequest } from "../auth/requestAuth";
 import type { Resolver } from "../discovery/serverResolver";
 import { RemoteError } from "../errors";
-import { parseJsonBytes, RequestAbortedError, sendHttp, type FetchFn } from "./http";
+import {
+  fetchTransport,
+  NodeHttpTransport,
+  parseJsonBytes,
+  RequestAbortedError,
+  type FetchFn,
+  type HttpTransport,
+} from "./http";
 
 export const DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
@@ -13,6 +20,7 @@ export interface FederationClientOptions {
   /** Signs every request; its server name is our origin. */
   signingKey: ServerSigningKey;
   resolver: Resolver;
+  /** Sends through this instead of the built-in node:http transport (tests wrap it). */
   fetch?: FetchFn;
   timeoutMs?: number;
   maxResponseBytes?: number;
@@ -39,17 +47,24 @@ const METHOD = /^[A-Z]+$/;
  */
 export class FederationClient {
   readonly serverName: string;
-  private readonly fetchFn: FetchFn;
+  private readonly transport: HttpTransport;
+  private readonly ownTransport: NodeHttpTransport | undefined;
   private readonly timeoutMs: number;
   private readonly maxResponseBytes: number;
   private readonly now: () => number;
 
   constructor(private readonly options: FederationClientOptions) {
     this.serverName = options.signingKey.serverName;
-    this.fetchFn = options.fetch ?? fetch;
+    this.ownTransport = options.fetch === undefined ? new NodeHttpTransport() : undefined;
+    this.transport = options.fetch === undefined ? this.ownTransport!.send : fetchTransport(options.fetch);
     this.timeoutMs = options.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     this.maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
     this.now = options.now ?? Date.now;
+  }
+
+  /** Closes pooled connections; requests made afterwards open new ones. */
+  close(): void {
+    this.ownTransport?.close();
   }
 
   /**
@@ -91,10 +106,9 @@ export class FederationClient {
       headers["Content-Type"] = "application/json";
     }
 
-    const result = await sendHttp(
-      this.fetchFn,
+    const result = await this.transport(
       url,
-      { method, headers, body: payload, redirect: "manual" },
+      { method, headers, ...(payload === undefined ? {} : { body: payload }) },
       {
         destination,
         timeoutMs: options.timeoutMs ?? this.timeoutMs,

@@ -1,3 +1,10 @@
+import {
+  Agent as HttpAgent,
+  request as httpRequest,
+  type ClientRequest,
+  type IncomingHttpHeaders,
+} from "node:http";
+import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { MimiError } from "../../errors";
 import { FederationNetworkError } from "../errors";
 
@@ -31,9 +38,14 @@ export class RequestAbortedError extends MimiError {
   }
 }
 
+/** Response headers by lower-case name; repeated headers joined with ", ". */
+export interface HeaderLookup {
+  get(name: string): string | null;
+}
+
 export interface HttpResult {
   status: number;
-  headers: Headers;
+  headers: HeaderLookup;
   /** The URL of the final response (after redirects, if they were followed). */
   url: string;
   bytes: Buffer;
@@ -80,7 +92,7 @@ export async function sendHttp(
 
 function networkError(
   err: unknown,
-  timeout: AbortSignal,
+  timeout: { aborted: boolean },
   options: SendOptions,
 ): FederationNetworkError | RequestAbortedError {
   if (options.signal?.aborted === true) return new RequestAbortedError(options.destination, { cause: err });
@@ -131,4 +143,127 @@ export function parseJsonBytes(bytes: Uint8Array): { value: unknown } | undefine
   } catch {
     return undefined;
   }
+}
+
+export interface HttpRequestInit {
+  method: string;
+  headers: Record<string, string>;
+  body?: string;
+}
+
+/** Sends one request; the contract of `sendHttp`, without redirects followed. */
+export type HttpTransport = (url: URL, init: HttpRequestInit, options: SendOptions) => Promise<HttpResult>;
+
+/** Keep-alive connections are reused for this long when idle. */
+const IDLE_SOCKET_MS = 30_000;
+
+/**
+ * Requests over node:http and node:https with keep-alive connection pools:
+ * on loopback a round trip costs a fraction of `fetch`'s. Same limits and
+ * errors as `sendHttp`: one timeout for connect, headers and body; a body
+ * refused as soon as it exceeds `maxBytes`; transport failures as
+ * FederationNetworkError; the caller's signal as RequestAbortedError.
+ */
+export class NodeHttpTransport {
+  private readonly httpAgent = new HttpAgent({ keepAlive: true, timeout: IDLE_SOCKET_MS });
+  private readonly httpsAgent = new HttpsAgent({ keepAlive: true, timeout: IDLE_SOCKET_MS });
+
+  readonly send: HttpTransport = (url, init, options) => {
+    if (options.signal?.aborted === true) return Promise.reject(new RequestAbortedError(options.destination));
+    const https = url.protocol === "https:";
+    if (!https && url.protocol !== "http:") {
+      return Promise.reject(
+        new FederationNetworkError(options.destination, `unsupported URL scheme ${url.protocol}`),
+      );
+    }
+    return new Promise<HttpResult>((resolve, reject) => {
+      const timeout = { aborted: false };
+      let settled = false;
+      let request: ClientRequest | undefined;
+      const finish = (error: Error | undefined, result?: HttpResult) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        options.signal?.removeEventListener("abort", onAbort);
+        if (error !== undefined) {
+          request?.destroy();
+          reject(error);
+        } else resolve(result!);
+      };
+      const fail = (err: unknown) =>
+        finish(err instanceof ResponseTooLargeError ? err : networkError(err, timeout, options));
+      const headers: Record<string, string | number> = { ...init.headers };
+      if (init.body !== undefined) headers["Content-Length"] = Buffer.byteLength(init.body);
+      const timer = setTimeout(() => {
+        timeout.aborted = true;
+        fail(new Error("timeout"));
+      }, options.timeoutMs);
+      const onAbort = () => fail(new Error("aborted"));
+      options.signal?.addEventListener("abort", onAbort, { once: true });
+      try {
+        request = (https ? httpsRequest : httpRequest)(
+          url,
+          { method: init.method, headers, agent: https ? this.httpsAgent : this.httpAgent },
+          (response) => {
+            const declared = Number(response.headers["content-length"] ?? NaN);
+            if (declared > options.maxBytes) {
+              fail(new ResponseTooLargeError(options.destination, options.maxBytes));
+              return response.destroy();
+            }
+            const chunks: Buffer[] = [];
+            let total = 0;
+            response.on("data", (chunk: Buffer) => {
+              total += chunk.length;
+              if (total > options.maxBytes) {
+                fail(new ResponseTooLargeError(options.destination, options.maxBytes));
+                return response.destroy();
+              }
+              chunks.push(chunk);
+            });
+            response.on("error", fail);
+            response.on("aborted", () => fail(new Error("the connection closed before the body ended")));
+            response.on("end", () =>
+              finish(undefined, {
+                status: response.statusCode ?? 0,
+                headers: new NodeHeaders(response.headers),
+                url: url.href,
+                bytes: Buffer.concat(chunks, total),
+              }),
+            );
+          },
+        );
+      } catch (err) {
+        return fail(err);
+      }
+      request.on("error", fail);
+      request.end(init.body);
+    });
+  };
+
+  /** Closes the pooled connections. */
+  close(): void {
+    this.httpAgent.destroy();
+    this.httpsAgent.destroy();
+  }
+}
+
+class NodeHeaders implements HeaderLookup {
+  constructor(private readonly headers: IncomingHttpHeaders) {}
+
+  get(name: string): string | null {
+    const value = this.headers[name.toLowerCase()];
+    if (value === undefined) return null;
+    return Array.isArray(value) ? value.join(", ") : value;
+  }
+}
+
+/** `sendHttp` over an injected fetch, as an HttpTransport. */
+export function fetchTransport(fetchFn: FetchFn): HttpTransport {
+  return (url, init, options) =>
+    sendHttp(
+      fetchFn,
+      url,
+      { method: init.method, headers: init.headers, body: init.body, redirect: "manual" },
+      options,
+    );
 }

@@ -137,6 +137,69 @@ interface DestinationState {
   dead: number;
   /** Dead-letter changes run one at a time per destination. */
   lock: Promise<unknown>;
+  /**
+   * Every item of the destination in the store, by sequence number, while
+   * that is known (the store reports its batches and the backlog fits the
+   * cache); otherwise undefined and items are read from the store.
+   */
+  cache: ItemCache | undefined;
+  /** Batches landing while a read of the store may make the cache whole again. */
+  recording: ItemCache | undefined;
+}
+
+/** Stored item values by sequence number, with deletions seen (for a recording). */
+interface ItemCache {
+  values: Map<number, string>;
+  /** Only a recording keeps the deletions it saw. */
+  tracksDeletes: boolean;
+  deleted: Set<number>;
+  bytes: number;
+  /** Sequence numbers went in ascending order (the map's iteration order is theirs). */
+  ordered: boolean;
+  last: number;
+}
+
+/** A destination's cache holds at most this many items, and all caches together at most CACHE_MAX_BYTES. */
+const CACHE_MAX_ITEMS = 2_000;
+const CACHE_MAX_BYTES = 64 * 1024 * 1024;
+
+function newCache(tracksDeletes = false): ItemCache {
+  return { values: new Map(), tracksDeletes, deleted: new Set(), bytes: 0, ordered: true, last: -1 };
+}
+
+/** Applies one landed operation on an item; returns the change in the cache's bytes. */
+function applyToCache(cache: ItemCache, seq: number, op: BatchOp): number {
+  const before = cache.bytes;
+  const old = cache.values.get(seq);
+  if (old !== undefined) {
+    cache.values.delete(seq);
+    cache.bytes -= old.length;
+  }
+  if (op.type === "del") {
+    if (cache.tracksDeletes) cache.deleted.add(seq);
+  } else {
+    cache.deleted.delete(seq);
+    cache.values.set(seq, op.value);
+    cache.bytes += op.value.length;
+    if (seq < cache.last) cache.ordered = false;
+    cache.last = Math.max(cache.last, seq);
+  }
+  return cache.bytes - before;
+}
+
+/** The first items of `values` (in sequence order) that fit in one transaction. */
+function headOf(values: Map<number, string>, limits: TransactionLimits): Entry[] {
+  const entries: Entry[] = [];
+  let pdus = 0;
+  let edus = 0;
+  for (const [seq, value] of values) {
+    const entry = parseEntry(seq, value);
+    if (entry.item.kind === "pdu" ? pdus === limits.maxPdus : edus === limits.maxEdus) break;
+    if (entry.item.kind === "pdu") pdus++;
+    else edus++;
+    entries.push(entry);
+  }
+  return entries;
 }
 
 /** A stored item with its enqueue time. */
@@ -210,6 +273,9 @@ export class OutboundQueue {
   /** Items stored without an enqueue time are aged from here. */
   private readonly openedAt: number;
   private readonly onDeadLetter: OutboundQueueOptions["onDeadLetter"];
+  /** Whether the store reports its batches, so item caches can follow it. */
+  private readonly cached: boolean;
+  private cacheBytes = 0;
 
   private constructor(
     readonly kv: KvStore,
@@ -225,6 +291,33 @@ export class OutboundQueue {
     this.now = options.now ?? Date.now;
     this.openedAt = this.now();
     this.onDeadLetter = options.onDeadLetter;
+    this.cached = kv.onCommitted !== undefined;
+    kv.onCommitted?.((ops) => this.follow(ops));
+  }
+
+  /** Keeps each destination's item cache (and recording) in step with the batches that landed. */
+  private follow(ops: readonly BatchOp[]): void {
+    for (const op of ops) {
+      // Item keys are `q\0<destination>\0<seq>`; the queue's other records start `qn`, `qt`, `qd`.
+      if (op.key.charCodeAt(0) !== 0x71 || op.key.charCodeAt(1) !== 0) continue;
+      const state = this.states.get(destinationOfKey(ITEMS, op.key));
+      if (state === undefined) continue;
+      const seq = seqOfKey(op.key);
+      if (state.recording !== undefined) this.cacheBytes += applyToCache(state.recording, seq, op);
+      if (state.cache !== undefined) {
+        this.cacheBytes += applyToCache(state.cache, seq, op);
+        if (state.cache.values.size > CACHE_MAX_ITEMS || this.cacheBytes > CACHE_MAX_BYTES) {
+          this.dropCache(state, "cache");
+        }
+      }
+    }
+  }
+
+  private dropCache(state: DestinationState, which: "cache" | "recording"): void {
+    const cache = state[which];
+    if (cache === undefined) return;
+    this.cacheBytes -= cache.bytes;
+    state[which] = undefined;
   }
 
   /** Loads every destination's counter, in-flight transaction and dead-letter count. */
@@ -270,6 +363,7 @@ export class OutboundQueue {
     }
     for (const [destination, state] of queue.states) {
       if (!withItems.has(destination)) state.low = state.next;
+      else state.cache = undefined;
     }
     return queue;
   }
@@ -351,21 +445,10 @@ export class OutboundQueue {
     }
 
     const readStart = state.next;
-    const prefix = itemPrefix(destination);
-    const entries: Entry[] = [];
-    let pdus = 0;
-    let edus = 0;
-    for await (const [key, value] of this.kv.range({
-      gte: prefix,
-      lt: prefixEnd(prefix),
-      limit: limits.maxPdus + limits.maxEdus,
-    })) {
-      const entry = parseEntry(seqOfKey(key), value);
-      if (entry.item.kind === "pdu" ? pdus === limits.maxPdus : edus === limits.maxEdus) break;
-      if (entry.item.kind === "pdu") pdus++;
-      else edus++;
-      entries.push(entry);
-    }
+    const entries =
+      state.cache !== undefined
+        ? this.cachedHead(state.cache, limits)
+        : await this.storedHead(destination, state, limits);
     if (entries.length === 0) {
       state.low = readStart;
       return undefined;
@@ -379,6 +462,54 @@ export class OutboundQueue {
       .catch(() => undefined);
     state.txn = txn;
     return this.transaction(destination, txn.txnId, entries);
+  }
+
+  /** The oldest cached items, up to the limits. */
+  private cachedHead(cache: ItemCache, limits: TransactionLimits): Entry[] {
+    if (!cache.ordered) {
+      cache.values = new Map([...cache.values].sort((a, b) => a[0] - b[0]));
+      cache.ordered = true;
+    }
+    return headOf(cache.values, limits);
+  }
+
+  /**
+   * The oldest stored items, up to the limits. When the read saw every item
+   * of the destination, the cache is rebuilt from it and the batches that
+   * landed meanwhile (recorded from before the read began).
+   */
+  private async storedHead(
+    destination: string,
+    state: DestinationState,
+    limits: TransactionLimits,
+  ): Promise<Entry[]> {
+    const limit = limits.maxPdus + limits.maxEdus;
+    if (this.cached) {
+      this.dropCache(state, "recording");
+      state.recording = newCache(true);
+    }
+    const recording = state.recording;
+    const prefix = itemPrefix(destination);
+    const read = new Map<number, string>();
+    for await (const [key, value] of this.kv.range({ gte: prefix, lt: prefixEnd(prefix), limit })) {
+      read.set(seqOfKey(key), value);
+    }
+    if (recording !== undefined && state.recording === recording) {
+      this.dropCache(state, "recording");
+      if (read.size < limit && state.cache === undefined) {
+        const whole = newCache();
+        for (const [seq, value] of read) if (!recording.deleted.has(seq)) whole.values.set(seq, value);
+        for (const [seq, value] of recording.values) whole.values.set(seq, value);
+        whole.values = new Map([...whole.values].sort((a, b) => a[0] - b[0]));
+        for (const value of whole.values.values()) whole.bytes += value.length;
+        whole.last = Math.max(-1, ...whole.values.keys());
+        if (whole.values.size <= CACHE_MAX_ITEMS && this.cacheBytes + whole.bytes <= CACHE_MAX_BYTES) {
+          state.cache = whole;
+          this.cacheBytes += whole.bytes;
+        }
+      }
+    }
+    return headOf(read, limits);
   }
 
   /** Deletes an acknowledged transaction's items and its in-flight marker in one batch. */
@@ -530,6 +661,13 @@ export class OutboundQueue {
   }
 
   private async inFlightEntries(destination: string, txn: PersistedTxn): Promise<Entry[]> {
+    const cache = this.states.get(destination)?.cache;
+    if (cache !== undefined) {
+      return txn.seqs.flatMap((seq) => {
+        const value = cache.values.get(seq);
+        return value === undefined ? [] : [parseEntry(seq, value)];
+      });
+    }
     const values = await this.kv.getMany(txn.seqs.map((seq) => itemKey(destination, seq)));
     const entries: Entry[] = [];
     values.forEach((value, i) => {
@@ -634,7 +772,16 @@ export class OutboundQueue {
   private state(destination: string): DestinationState {
     let state = this.states.get(destination);
     if (state === undefined) {
-      state = { next: 1, low: 1, txn: undefined, dead: 0, lock: Promise.resolve() };
+      state = {
+        next: 1,
+        low: 1,
+        txn: undefined,
+        dead: 0,
+        lock: Promise.resolve(),
+        // A destination first seen now has nothing stored; open() clears this for those with items.
+        cache: this.cached ? newCache() : undefined,
+        recording: undefined,
+      };
       this.states.set(destination, state);
     }
     return state;

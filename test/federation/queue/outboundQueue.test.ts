@@ -4,6 +4,8 @@ import {
   type DeadLetterReason,
   type QueueItem,
 } from "../../../src/federation/queue";
+import type { BatchOp, KvStore } from "../../../src/store/kv";
+import type { LevelStore } from "../../../src/store/levelStore";
 import { Clock, CrashingStore, TempStore, edu, numbers, pdu } from "./helpers";
 
 const DEST = "b.example";
@@ -421,5 +423,138 @@ describe("OutboundQueue dead letters", () => {
     const queue = await OutboundQueue.open(temp.store);
     await expect(queue.deadLetters(DEST, 0)).rejects.toThrow(QueueError);
     await expect(queue.deadLetters(`b${SEP}x`)).rejects.toThrow(QueueError);
+  });
+});
+
+/** Forwards to a LevelStore, counting range reads, and can hold the next one until released. */
+class ObservedStore implements KvStore {
+  ranges = 0;
+  private hold: { reached: () => void; gate: Promise<void> } | undefined;
+
+  constructor(readonly inner: LevelStore) {}
+
+  holdNextRange(): { reached: Promise<void>; release: () => void } {
+    let reached!: () => void;
+    let release!: () => void;
+    const reachedPromise = new Promise<void>((r) => (reached = r));
+    const gate = new Promise<void>((r) => (release = r));
+    this.hold = { reached, gate };
+    return { reached: reachedPromise, release };
+  }
+
+  get(key: string) {
+    return this.inner.get(key);
+  }
+
+  getMany(keys: string[]) {
+    return this.inner.getMany(keys);
+  }
+
+  async *range(options: Parameters<KvStore["range"]>[0]): AsyncIterable<[string, string]> {
+    this.ranges++;
+    const hold = this.hold;
+    this.hold = undefined;
+    const entries: [string, string][] = [];
+    for await (const entry of this.inner.range(options)) entries.push(entry);
+    if (hold !== undefined) {
+      hold.reached();
+      await hold.gate;
+    }
+    yield* entries;
+  }
+
+  commit(ops: BatchOp[], options?: { durable?: boolean }) {
+    return this.inner.commit(ops, options);
+  }
+
+  onCommitted(listener: (ops: readonly BatchOp[]) => void) {
+    return this.inner.onCommitted(listener);
+  }
+
+  close() {
+    return this.inner.close();
+  }
+}
+
+describe("OutboundQueue item cache", () => {
+  const deliverAll = async (queue: OutboundQueue): Promise<number[]> => {
+    const seen: number[] = [];
+    for (;;) {
+      const txn = await queue.nextTransaction(DEST);
+      if (txn === undefined) return seen;
+      seen.push(...numbers(txn.pdus.map((i) => i.body)));
+      await queue.complete(txn);
+    }
+  };
+
+  it("serves a destination that started empty from memory, in order, with what the store holds", async () => {
+    const store = new ObservedStore(temp.store);
+    const queue = await OutboundQueue.open(store);
+    const opened = store.ranges;
+    await queue.enqueue(DEST, [pdu(1), pdu(2)]);
+    const later = queue.enqueueOps(DEST, [pdu(3)]);
+    const earlier = queue.enqueueOps(DEST, [pdu(4)]);
+    await store.commit(earlier);
+    await store.commit(later);
+
+    expect(await deliverAll(queue)).toEqual([1, 2, 3, 4]);
+    expect(store.ranges).toBe(opened);
+    expect(await temp.keys(`q${SEP}${DEST}${SEP}`)).toEqual([]);
+  });
+
+  it("never serves items whose batch has not landed", async () => {
+    const store = new ObservedStore(temp.store);
+    const queue = await OutboundQueue.open(store);
+    const ops = queue.enqueueOps(DEST, [pdu(1)]);
+    expect(await queue.nextTransaction(DEST)).toBeUndefined();
+    await store.commit(ops);
+    expect(numbers((await queue.nextTransaction(DEST))!.pdus.map((i) => i.body))).toEqual([1]);
+  });
+
+  it("reads from the store after a reopen with a backlog, then from memory once it is drained", async () => {
+    const first = await OutboundQueue.open(temp.store);
+    await first.enqueue(DEST, range(1, 60).map(pdu));
+    const store = new ObservedStore(await temp.reopen());
+    const queue = await OutboundQueue.open(store);
+    const opened = store.ranges;
+
+    expect(await deliverAll(queue)).toEqual(range(1, 60));
+    const readsToDrain = store.ranges;
+    expect(readsToDrain).toBeGreaterThan(opened);
+
+    await queue.enqueue(DEST, [pdu(61), pdu(62)]);
+    expect(await deliverAll(queue)).toEqual([61, 62]);
+    expect(store.ranges).toBe(readsToDrain);
+  });
+
+  it("falls back to the store when a backlog outgrows the cache, losing and repeating nothing", async () => {
+    const store = new ObservedStore(temp.store);
+    const queue = await OutboundQueue.open(store);
+    const opened = store.ranges;
+    for (let start = 1; start <= 2500; start += 500) {
+      await queue.enqueue(DEST, range(start, start + 499).map(pdu));
+    }
+    expect(await deliverAll(queue)).toEqual(range(1, 2500));
+    expect(store.ranges).toBeGreaterThan(opened);
+  });
+
+  it("keeps an item that lands while the store is being read", async () => {
+    const first = await OutboundQueue.open(temp.store);
+    await first.enqueue(DEST, [pdu(1)]);
+    const store = new ObservedStore(await temp.reopen());
+    const queue = await OutboundQueue.open(store);
+
+    const held = store.holdNextRange();
+    const reading = queue.nextTransaction(DEST);
+    await held.reached;
+    await queue.enqueue(DEST, [pdu(2)]);
+    held.release();
+    const txn = await reading;
+    expect(numbers(txn!.pdus.map((i) => i.body))).toEqual([1]);
+    await queue.complete(txn!);
+    const reads = store.ranges;
+    expect(await deliverAll(queue)).toEqual([2]);
+    // The read saw the whole backlog, so the cache is whole again: pdu 2 came from memory.
+    expect(store.ranges).toBe(reads);
   });
 });
