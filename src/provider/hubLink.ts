@@ -94,7 +94,12 @@ export class HubLink {
    * Waits until the event with this LPDU hash is in our history (its event ID)
    * or the hub refused it. Rejects after the timeout; the event stays queued.
    */
-  async awaitOutcome(roomId: string, lpduHash: string, hubServer: string): Promise<string> {
+  async awaitOutcome(
+    roomId: string,
+    lpduHash: string,
+    hubServer: string,
+    queuedNow = false,
+  ): Promise<string> {
     let timer: NodeJS.Timeout | undefined;
     let waiter: Waiter | undefined;
     const outcome = new Promise<string>((resolve, reject) => {
@@ -112,11 +117,14 @@ export class HubLink {
         );
       }, this.answerTimeoutMs);
     });
-    // Registered first, then looked up: an outcome that lands in between is not missed.
-    const [known, refused] = await Promise.all([
-      this.options.rooms.store.findByLpduHash(roomId, lpduHash),
-      this.options.kv.get(refusalKey(lpduHash)),
-    ]);
+    // Registered first, then looked up: an outcome that lands in between is not missed. An event
+    // queued by the caller just now, before its delivery was woken, has no outcome yet to look up.
+    const [known, refused] = queuedNow
+      ? [undefined, undefined]
+      : await Promise.all([
+          this.options.rooms.store.findByLpduHash(roomId, lpduHash),
+          this.options.kv.get(refusalKey(lpduHash)),
+        ]);
     if (known !== undefined) this.settle(lpduHash, (w) => w.resolve(known));
     else if (refused !== undefined) {
       const { hubServer: hub, errcode, error } = JSON.parse(refused) as Record<string, string>;
@@ -154,7 +162,11 @@ export class HubLink {
    * LM-04 lists only refused events (`failed_pdus`): a missing result is an
    * acceptance. Our waiters resolve when the event comes back applied.
    */
-  async onResults(destination: string, results: Record<string, PduResult>, pduIds: string[]): Promise<void> {
+  async onResults(
+    destination: string,
+    results: Record<string, PduResult>,
+    pduIds: string[],
+  ): Promise<BatchOp[]> {
     const hashes = await this.options.kv.getMany(pduIds.map(sentKey));
     const ops: BatchOp[] = [];
     for (const [i, id] of pduIds.entries()) {
@@ -175,8 +187,8 @@ export class HubLink {
       if (errcode === "M_NOT_FOUND" || errcode === "M_UNKNOWN_ROOM")
         await this.resendToJoining(destination, id);
     }
-    // Not synced: written in order before the transaction's completion, and redone with it after a machine crash.
-    if (ops.length > 0) await this.options.kv.commit(ops, { durable: false });
+    // Written with the transaction's completion, so after a crash both happened or this runs again.
+    return ops;
   }
 
   private refusalOp(lpduHash: string, hubServer: string, errcode: string, error: string): BatchOp {

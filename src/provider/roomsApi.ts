@@ -175,7 +175,7 @@ export class LocalRooms implements RoomsApi {
     content: JsonObject,
     stateKey?: string,
   ): Promise<{ eventId: string }> {
-    if (previous !== undefined) return this.outcomeOf(key, previous);
+    if (previous !== undefined) return this.outcomeOf(previous);
     const room = this.rooms.room(roomId);
     if (room === undefined)
       throw new RoomError("M_NOT_FOUND", `${this.options.serverName} is not in room ${roomId}`);
@@ -200,10 +200,11 @@ export class LocalRooms implements RoomsApi {
       this.recordOp(key, record),
     ]);
     this.options.hubLink.wake(room.record.hubServer);
-    return this.outcomeOf(key, record);
+    return this.outcomeOf(record, true);
   }
 
-  private async outcomeOf(key: string, record: TxnRecord): Promise<{ eventId: string }> {
+  /** `queuedNow`: the record was written by this call, so the hub cannot have answered yet. */
+  private async outcomeOf(record: TxnRecord, queuedNow = false): Promise<{ eventId: string }> {
     switch (record.kind) {
       case "done":
         return { eventId: record.eventId };
@@ -213,18 +214,16 @@ export class LocalRooms implements RoomsApi {
           throw new RoomError("M_UNKNOWN", "the event of this txnId is missing from the history");
         return { eventId };
       }
-      case "relayed": {
-        const eventId = await this.options.hubLink.awaitOutcome(
-          record.roomId,
-          record.lpduHash,
-          record.hubServer,
-        );
-        // Only a shortcut for a retry (the "relayed" record finds the event again): neither synced nor awaited.
-        this.options.kv
-          .commit([this.recordOp(key, { kind: "done", roomId: record.roomId, eventId })], { durable: false })
-          .catch(() => undefined);
-        return { eventId };
-      }
+      case "relayed":
+        // A retry finds the event again by its LPDU hash: no further record is needed.
+        return {
+          eventId: await this.options.hubLink.awaitOutcome(
+            record.roomId,
+            record.lpduHash,
+            record.hubServer,
+            queuedNow,
+          ),
+        };
       default:
         throw usedForAnother(record);
     }
@@ -283,7 +282,7 @@ export class LocalRooms implements RoomsApi {
     return this.once(user, request.txnId, async (key, previous) => {
       if (previous?.kind === "handshake")
         return this.handshake(key, previous, roomId, user, change, request.reason);
-      if (previous !== undefined) return this.outcomeOf(key, previous);
+      if (previous !== undefined) return this.outcomeOf(previous);
       const room = this.rooms.room(roomId);
       if (room === undefined) return this.handshake(key, undefined, roomId, user, change, request.reason);
       const membership = room.version.membership;

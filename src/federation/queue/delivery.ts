@@ -1,3 +1,4 @@
+import type { BatchOp } from "../../store/kv";
 import { DEFAULT_BACKOFF, backoffDelay, systemTimer, type BackoffPolicy, type Timer } from "./backoff";
 import {
   MAX_EDUS_PER_TXN,
@@ -59,15 +60,17 @@ export interface OutboundDeliveryOptions {
   send: SendFn;
   /**
    * The receiver's per-PDU results, called once it answered 2xx and before the
-   * items are deleted (so a crash in between calls it again). `pduIds` are the
-   * IDs sent; those missing from `results` were accepted or dropped.
+   * items are deleted. `pduIds` are the IDs sent; those missing from `results`
+   * were accepted or dropped. The operations it returns are written in the
+   * batch that deletes the items, so after a crash either both happened or it
+   * is called again.
    */
   onResults?: (
     destination: string,
     txnId: string,
     results: Record<string, PduResult>,
     pduIds: string[],
-  ) => void | Promise<void>;
+  ) => BatchOp[] | void | Promise<BatchOp[] | void>;
   /** Every failed attempt, so the operator sees destinations that are down or refuse us. */
   onError?: (destination: string, error: Error, info: DeliveryFailureInfo) => void;
   backoff?: Partial<BackoffPolicy>;
@@ -374,9 +377,9 @@ export class OutboundDelivery {
         }
         continue;
       }
-      await this.report(destination, txn, response);
+      const bookkeeping = await this.report(destination, txn, response);
       try {
-        await this.queue.complete(txn);
+        await this.queue.complete(txn, bookkeeping);
       } catch (err) {
         if (!this.running) return false;
         await this.failed(destination, worker, err, txn.txnId);
@@ -429,19 +432,24 @@ export class OutboundDelivery {
     }
   }
 
-  private async report(destination: string, txn: OutboundTransaction, response: SendResponse): Promise<void> {
-    if (this.options.onResults === undefined) return;
+  private async report(
+    destination: string,
+    txn: OutboundTransaction,
+    response: SendResponse,
+  ): Promise<BatchOp[]> {
+    if (this.options.onResults === undefined) return [];
     const results: Record<string, PduResult> = {};
     for (const map of [response?.pdus, response?.failed_pdus]) {
       if (typeof map === "object" && map !== null) Object.assign(results, map);
     }
     try {
-      await this.options.onResults(
+      const ops = await this.options.onResults(
         destination,
         txn.txnId,
         results,
         txn.pdus.map((i) => i.id),
       );
+      return ops ?? [];
     } catch (err) {
       this.notify(destination, asError(err), {
         txnId: txn.txnId,
@@ -449,6 +457,7 @@ export class OutboundDelivery {
         permanent: false,
         retryInMs: 0,
       });
+      return [];
     }
   }
 

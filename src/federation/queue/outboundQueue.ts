@@ -512,10 +512,14 @@ export class OutboundQueue {
     return headOf(read, limits);
   }
 
-  /** Deletes an acknowledged transaction's items and its in-flight marker in one batch. */
-  async complete(txn: OutboundTransaction): Promise<void> {
+  /**
+   * Deletes an acknowledged transaction's items and its in-flight marker in
+   * one batch, with the caller's `bookkeeping` operations.
+   */
+  async complete(txn: OutboundTransaction, bookkeeping: readonly BatchOp[] = []): Promise<void> {
     const state = this.inFlightState(txn);
-    const ops: BatchOp[] = txn.seqs.map((seq) => ({ type: "del", key: itemKey(txn.destination, seq) }));
+    const ops: BatchOp[] = [...bookkeeping];
+    for (const seq of txn.seqs) ops.push({ type: "del", key: itemKey(txn.destination, seq) });
     ops.push({ type: "del", key: txnKey(txn.destination) });
     // Not synced: items resurrected by a machine crash are delivered again and deduplicated by the receiver.
     await this.kv.commit(ops, { durable: false });

@@ -264,6 +264,20 @@ describe("OutboundDelivery", () => {
     expect(h.sender.calls.map((c) => numbers(c.pdus))).toEqual([[1], [2]]);
   });
 
+  it("writes the operations onResults returns in the batch that deletes the transaction's items", async () => {
+    const batches: string[][] = [];
+    temp.store.onCommitted((ops) => batches.push(ops.map((op) => `${op.type} ${op.key.split(SEP)[0]}`)));
+    const h = await harness({
+      onResults: (_destination, txnId) => [{ type: "put", key: `rec${SEP}${txnId}`, value: "seen" }],
+    });
+    await h.queue.enqueue(DEST, [pdu(1)]);
+    h.delivery.start();
+    await eventually(idle(h));
+    const txnId = h.sender.calls[0]!.txnId;
+    expect(await temp.store.get(`rec${SEP}${txnId}`)).toBe("seen");
+    expect(batches).toContainEqual(["put rec", "del q", "del qt"]);
+  });
+
   it("keeps delivering when onResults throws, and reports it", async () => {
     const h = await harness({
       onResults: () => {
