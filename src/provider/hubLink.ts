@@ -19,6 +19,7 @@ const SEP = "\u0000";
 const sentKey = (id: string) => `hs${SEP}${id}`;
 /** `hr\0<LPDU hash>` -> the hub's refusal `{hubServer, errcode, error, ts}`, for a retried send. */
 const refusalKey = (lpduHash: string) => `hr${SEP}${lpduHash}`;
+const SENT_KEPT = 100_000;
 
 /** The hub refused one of our users' limited events; errcode and reason are the hub's. */
 export class HubRefusal extends RoomError {
@@ -68,6 +69,8 @@ export class HubLink {
   /** Waiting senders by LPDU hash. */
   private readonly waiters = new Map<string, Waiter[]>();
   private readonly resends = new Map<string, number>();
+  /** The `hs` records written by this process, by queue item ID (bounded; the store has them all). */
+  private readonly sent = new Map<string, string>();
   private readonly answerTimeoutMs: number;
   private readonly maxResends: number;
 
@@ -80,6 +83,7 @@ export class HubLink {
   enqueueOps(hubServer: string, lpdu: LimitedEvent, version: RoomVersion): BatchOp[] {
     // LM-04 §Sending Events: the hub answers under the reference hash of the object it received.
     const id = computeEventId(lpdu as unknown as FullyFormedEvent, version);
+    this.rememberSent(id, lpdu.hashes.lpdu.sha256);
     return [
       ...this.options.queue.enqueueOps(hubServer, [{ kind: "pdu", id, body: lpdu }]),
       { type: "put", key: sentKey(id), value: lpdu.hashes.lpdu.sha256 },
@@ -167,7 +171,7 @@ export class HubLink {
     results: Record<string, PduResult>,
     pduIds: string[],
   ): Promise<BatchOp[]> {
-    const hashes = await this.options.kv.getMany(pduIds.map(sentKey));
+    const hashes = await this.sentHashes(pduIds);
     const ops: BatchOp[] = [];
     for (const [i, id] of pduIds.entries()) {
       const lpduHash = hashes[i];
@@ -189,6 +193,26 @@ export class HubLink {
     }
     // Written with the transaction's completion, so after a crash both happened or this runs again.
     return ops;
+  }
+
+  /** The LPDU hash of each of our queue items, from memory or, after a restart, from the `hs` records. */
+  private async sentHashes(pduIds: string[]): Promise<(string | undefined)[]> {
+    const hashes = pduIds.map((id) => this.sent.get(id));
+    const unknown = pduIds.filter((_id, i) => hashes[i] === undefined);
+    if (unknown.length > 0) {
+      const stored = await this.options.kv.getMany(unknown.map(sentKey));
+      let next = 0;
+      hashes.forEach((hash, i) => {
+        if (hash === undefined) hashes[i] = stored[next++];
+      });
+    }
+    for (const id of pduIds) this.sent.delete(id);
+    return hashes;
+  }
+
+  private rememberSent(id: string, lpduHash: string): void {
+    this.sent.set(id, lpduHash);
+    if (this.sent.size > SENT_KEPT) this.sent.delete(this.sent.keys().next().value as string);
   }
 
   private refusalOp(lpduHash: string, hubServer: string, errcode: string, error: string): BatchOp {

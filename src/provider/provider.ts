@@ -1,3 +1,4 @@
+import { createServer } from "node:http";
 import type { Server } from "node:http";
 import type { ProviderConfig } from "../config/config";
 import { loadOrCreateSigningKey } from "../events/signingKeyFile";
@@ -251,8 +252,10 @@ export class MimiProvider {
       admit: (origin) => this.admitFederation(origin),
     });
     await new Promise<void>((resolve, reject) => {
-      const server = app.listen(this.config.federation.port, this.config.federation.bindAddress, () =>
-        resolve(),
+      const server = createServer(app).listen(
+        this.config.federation.port,
+        this.config.federation.bindAddress,
+        () => resolve(),
       );
       server.on("error", reject);
       this.httpServer = server;

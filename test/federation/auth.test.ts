@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { request as httpRequest } from "node:http";
 import express from "express";
-import { canonicalBytes } from "../../src/events/canonicalJson";
+import { canonicalBytes, canonicalJson } from "../../src/events/canonicalJson";
 import { decodeBase64 } from "../../src/events/base64";
 import { ServerSigningKey } from "../../src/events/signingKey";
 import {
@@ -225,6 +225,23 @@ describe("signRequest", () => {
     });
     expect(b.verifyKey().verify(signed, auth.sig)).toBe(true);
     expect(decodeBase64(auth.sig)).toHaveLength(64);
+  });
+
+  it("signs the same bytes when handed the body's canonical JSON as when it canonicalises the body", () => {
+    const content = {
+      pdus: [{ z: 'caf\u00e9 \ud83d\ude00 "q" \u2028', a: [1, 1e21, 0.5], m: { y: null, b: true } }],
+    };
+    const request = {
+      method: "PUT",
+      uri: "/_matrix/federation/v2/send/t%201",
+      origin: "b.example",
+      destination: "a.example",
+      content,
+    };
+    const fast = signRequest({ ...request, canonicalContent: canonicalJson(content) }, b);
+    expect(fast).toBe(signRequest(request, b));
+    const auth = parseAuthorizationHeader(fast);
+    expect(b.verifyKey().verify(canonicalBytes(request), auth.sig)).toBe(true);
   });
 
   it("signs content {} for a request without a body, as LM-04 says", () => {

@@ -12,6 +12,8 @@ export interface RequestToSign {
   destination: string;
   /** The JSON body; absent for requests without one. */
   content?: unknown;
+  /** `content` already in canonical JSON (what goes on the wire), so it is not canonicalised again. */
+  canonicalContent?: string;
 }
 
 /** What verifyRequest needs from the key ring. */
@@ -44,6 +46,22 @@ function signedRequestObject(request: RequestToSign, omitEmptyContent = false): 
   return object;
 }
 
+/**
+ * The canonical JSON of the signed object. With the body's canonical JSON at
+ * hand it is assembled around it: the object's keys in canonical order
+ * (content, destination, method, origin, uri), strings as JSON.stringify
+ * writes them, which is RFC 8785's form for strings.
+ */
+function signedRequestBytes(request: RequestToSign): Buffer {
+  if (request.canonicalContent === undefined) return canonicalBytes(signedRequestObject(request));
+  const field = (value: string) => JSON.stringify(value);
+  return Buffer.from(
+    `{"content":${request.canonicalContent},"destination":${field(request.destination)},` +
+      `"method":${field(request.method)},"origin":${field(request.origin)},"uri":${field(request.uri)}}`,
+    "utf8",
+  );
+}
+
 /** The `Authorization` header value for a request from `key`'s server. */
 export function signRequest(request: RequestToSign, key: ServerSigningKey): string {
   if (request.origin !== key.serverName) {
@@ -57,7 +75,7 @@ export function signRequest(request: RequestToSign, key: ServerSigningKey): stri
   if (!URI.test(request.uri)) {
     throw new Error(`uri ${JSON.stringify(request.uri)} must start with "/" and hold only visible ASCII`);
   }
-  const sig = key.sign(canonicalBytes(signedRequestObject(request)));
+  const sig = key.sign(signedRequestBytes(request));
   return formatAuthorizationHeader({
     origin: request.origin,
     destination: request.destination,

@@ -92,19 +92,23 @@ export class FederationClient {
       );
     }
     const content = body === undefined && BODY_METHODS.has(method) ? {} : body;
+    // Canonical JSON on the wire: the receiver's parse-and-canonicalise gives back exactly the signed bytes.
+    const payload = content === undefined ? undefined : canonicalJson(content);
     const headers: Record<string, string> = {
       Accept: "application/json",
       Authorization: signRequest(
-        { method, uri: path, origin: this.serverName, destination, content },
+        {
+          method,
+          uri: path,
+          origin: this.serverName,
+          destination,
+          content,
+          ...(payload === undefined ? {} : { canonicalContent: payload }),
+        },
         this.options.signingKey,
       ),
     };
-    let payload: string | undefined;
-    if (content !== undefined) {
-      // Canonical JSON on the wire: the receiver's parse-and-canonicalise gives back exactly the signed bytes.
-      payload = canonicalJson(content);
-      headers["Content-Type"] = "application/json";
-    }
+    if (payload !== undefined) headers["Content-Type"] = "application/json";
 
     const result = await this.transport(
       url,

@@ -1,9 +1,9 @@
-import express, { type NextFunction, type Request, type Response } from "express";
+import type { IncomingMessage, RequestListener, ServerResponse } from "node:http";
 import { isValidEventId, isValidRoomId, isValidUserId } from "../../identifiers";
 import { createLogger } from "../../logging";
 import type { ServerSigningKey } from "../../events/signingKey";
 import type { JsonObject } from "../../events/types";
-import { requireFederationAuth, type RequestKeySource } from "../auth";
+import { verifyRequest, type RequestKeySource } from "../auth/requestAuth";
 import { errorResponse, FederationError } from "../errors";
 import { ServerKeysPublisher, type OldVerifyKey } from "../keys";
 
@@ -52,45 +52,77 @@ export interface FederationAppOptions {
   admit?: (origin: string) => void;
 }
 
-type Handler = (req: Request, res: Response) => Promise<unknown> | unknown;
+/** A matched request: decoded path parameters, the query, and the parsed JSON body (if any). */
+interface Call {
+  origin: string;
+  params: Record<string, string>;
+  query: URLSearchParams;
+  body: unknown;
+}
+
+interface Route {
+  method: "GET" | "PUT" | "POST";
+  pattern: RegExp;
+  names: string[];
+  /** No request authentication (the key endpoint). */
+  open?: boolean;
+  /** LM-04 marks it "Rate-limited: Yes". */
+  limited: boolean;
+  handle(call: Call, res: ServerResponse): Promise<unknown> | unknown;
+}
+
+function compile(template: string): { pattern: RegExp; names: string[] } {
+  const names: string[] = [];
+  const source = template.replace(/:(\w+)/g, (_m, name: string) => {
+    names.push(name);
+    return "([^/]+)";
+  });
+  return { pattern: new RegExp(`^${source}$`), names };
+}
 
 /** Reads a request body of at most `limit` bytes; a larger one is refused as soon as it is known to be. */
-async function readBody(req: Request, limit: number): Promise<Buffer> {
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const tooLarge = () =>
     new FederationError(413, "M_TOO_LARGE", `the request body is larger than ${limit} bytes`);
   const declared = Number(req.headers["content-length"] ?? NaN);
-  if (declared > limit) throw tooLarge();
-  const chunks: Buffer[] = [];
-  let total = 0;
-  try {
-    for await (const chunk of req as AsyncIterable<Buffer>) {
+  if (declared > limit) return Promise.reject(tooLarge());
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    let settled = false;
+    const settle = (err: Error | undefined) => {
+      if (settled) return;
+      settled = true;
+      if (err === undefined) resolve(Buffer.concat(chunks, total));
+      else reject(err);
+    };
+    req.on("data", (chunk: Buffer) => {
       total += chunk.length;
-      if (total > limit) throw tooLarge();
-      chunks.push(chunk);
-    }
-  } catch (err) {
-    if (err instanceof FederationError) throw err;
-    throw new FederationError(400, "M_NOT_JSON", "the request body could not be read");
-  }
-  return Buffer.concat(chunks, total);
+      if (total > limit) settle(tooLarge());
+      else chunks.push(chunk);
+    });
+    req.on("end", () => settle(undefined));
+    req.on("error", () =>
+      settle(new FederationError(400, "M_NOT_JSON", "the request body could not be read")),
+    );
+    req.on("close", () => settle(new FederationError(400, "M_NOT_JSON", "the request body ended early")));
+  });
 }
 
-/** Runs a handler and answers its value as JSON, or its error as `{errcode, error}` with the right status. */
-function route(handler: Handler) {
-  return async (req: Request, res: Response) => {
+function decodeParams(route: Route, values: string[]): Record<string, string> {
+  const params: Record<string, string> = {};
+  route.names.forEach((name, i) => {
     try {
-      const answer = await handler(req, res);
-      res.status(200).json(answer ?? {});
-    } catch (err) {
-      const { status, body } = errorResponse(err);
-      if (status >= 500) log.error("request failed", { method: req.method, path: req.path, error: err });
-      res.status(status).json(body);
+      params[name] = decodeURIComponent(values[i]!);
+    } catch {
+      throw new FederationError(400, "M_INVALID_PARAM", `${name} is not valid percent-encoded UTF-8`);
     }
-  };
+  });
+  return params;
 }
 
-function param(req: Request, name: string, check: (v: string) => boolean, what: string): string {
-  const value = req.params[name];
+function param(call: Call, name: string, check: (v: string) => boolean, what: string): string {
+  const value = call.params[name];
   if (typeof value !== "string" || !check(value)) {
     throw new FederationError(
       400,
@@ -101,16 +133,32 @@ function param(req: Request, name: string, check: (v: string) => boolean, what: 
   return value;
 }
 
-function txnId(req: Request): string {
-  return param(req, "txnId", (v) => v.length > 0 && v.length <= 255, "transaction ID");
+function txnId(call: Call): string {
+  return param(call, "txnId", (v) => v.length > 0 && v.length <= 255, "transaction ID");
 }
 
-function queryString(req: Request, name: string): string {
-  const value = req.query[name];
-  if (typeof value !== "string" || value === "") {
+function queryString(call: Call, name: string): string {
+  const values = call.query.getAll(name);
+  const value = values.length === 1 ? values[0]! : undefined;
+  if (value === undefined || value === "") {
     throw new FederationError(400, "M_MISSING_PARAM", `query parameter ${name} is required`);
   }
   return value;
+}
+
+function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    ...headers,
+    "Content-Type": "application/json",
+    "Content-Length": Buffer.byteLength(text),
+  });
+  res.end(text);
 }
 
 /**
@@ -118,192 +166,140 @@ function queryString(req: Request, name: string): string {
  * bodies are read raw, checked for type and size, parsed strictly, and
  * authenticated before any handler runs.
  */
-export function createFederationApp(options: FederationAppOptions): express.Express {
-  const app = express();
-  app.disable("x-powered-by");
-  app.set("strict routing", true);
-  app.set("case sensitive routing", true);
+export function createFederationApp(options: FederationAppOptions): RequestListener {
   const provider = options.handlers;
-  const verify = requireFederationAuth(options.keyRing, options.serverName);
-  // LM-04 marks every endpoint below "Rate-limited: Yes" except `PUT /send` and the key endpoints.
-  const authenticated =
-    (limited: boolean): express.RequestHandler =>
-    (req, res, next) => {
-      void verify(req, res, (err?: unknown) => {
-        if (err !== undefined) return next(err);
-        try {
-          if (limited) options.admit?.(res.locals.origin as string);
-        } catch (refusal) {
-          const { status, body } = errorResponse(refusal);
-          res.status(status).json(body);
-          return;
-        }
-        next();
-      });
-    };
-  const auth = authenticated(true);
-  const authNotLimited = authenticated(false);
-
   const publisher = new ServerKeysPublisher(options.signingKey, [...options.oldVerifyKeys]);
-
-  app.use((_req, res, next) => {
-    res.setHeader("Content-Type", "application/json");
-    next();
-  });
-
-  const knownPaths = [
-    "/_matrix/key/v2/server",
-    `/_matrix/federation/v2/send/:x`,
-    `/_matrix/federation/v3/invite/:x`,
-    `/_matrix/federation/v1/make_(join|leave|knock)/:x/:x`,
-    `/_matrix/federation/v3/send_(join|leave|knock)/:x`,
-    `/_matrix/federation/v2/event/:x`,
-    `/_matrix/federation/v1/state/:x`,
-    `/_matrix/federation/v1/state_ids/:x`,
-    `/_matrix/federation/v2/backfill/:x`,
-  ].map((template) => new RegExp("^" + template.replace(/:x/g, "[^/]+") + "$"));
-  const isKnownPath = (path: string) => knownPaths.some((pattern) => pattern.test(path));
-
-  // LM-04 §Requests and Responses: POST and PUT carry a JSON object (unknown paths get 404 below).
-  app.use((req: Request, _res: Response, next: NextFunction) => {
-    if ((req.method !== "POST" && req.method !== "PUT") || !isKnownPath(req.path)) return next();
-    const type = req.headers["content-type"] ?? "";
-    if (!/^application\/json\s*(;|$)/i.test(type)) {
-      return next(new FederationError(400, "M_NOT_JSON", "Content-Type must be application/json"));
-    }
-    next();
-  });
-  app.use((req: Request, res: Response, next: NextFunction) => {
-    if (!isKnownPath(req.path)) {
-      req.body = undefined;
-      return next();
-    }
-    readBody(req, MAX_REQUEST_BYTES).then(
-      (bytes) => {
-        if (bytes.length === 0) {
-          req.body = undefined;
-          if (req.method === "POST" || req.method === "PUT") {
-            return next(new FederationError(400, "M_NOT_JSON", "the request body is empty"));
-          }
-          return next();
-        }
-        try {
-          req.body = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
-        } catch {
-          return next(new FederationError(400, "M_NOT_JSON", "the request body is not UTF-8 JSON"));
-        }
-        next();
-      },
-      (err: unknown) => {
-        // The rest of an oversized body is not read: the connection is closed after the answer.
-        res.setHeader("Connection", "close");
-        next(err);
-      },
-    );
-  });
-
-  app.get("/_matrix/key/v2/server", publisher.handler());
-
   const v = "/_matrix/federation";
-  app.put(
+  const routes: Route[] = [];
+  const add = (
+    method: Route["method"],
+    template: string,
+    handle: Route["handle"],
+    flags: { limited?: boolean; open?: boolean } = {},
+  ) =>
+    routes.push({
+      method,
+      ...compile(template),
+      limited: flags.limited ?? true,
+      handle,
+      ...(flags.open ? { open: true } : {}),
+    });
+
+  add("GET", "/_matrix/key/v2/server", () => publisher.response(), { open: true, limited: false });
+  add(
+    "PUT",
     `${v}/v2/send/:txnId`,
-    authNotLimited,
-    route((req, res) => provider.onSendTransaction(res.locals.origin as string, txnId(req), req.body)),
+    (call) => provider.onSendTransaction(call.origin, txnId(call), call.body),
+    { limited: false },
   );
-  app.post(
-    `${v}/v3/invite/:txnId`,
-    auth,
-    route((req, res) => provider.onInvite(res.locals.origin as string, txnId(req), req.body)),
-  );
+  add("POST", `${v}/v3/invite/:txnId`, (call) => provider.onInvite(call.origin, txnId(call), call.body));
   for (const change of ["join", "leave", "knock"] as Membership[]) {
-    app.get(
-      `${v}/v1/make_${change}/:roomId/:userId`,
-      auth,
-      route((req, res) => {
-        const raw = req.query.ver;
-        const versions = (Array.isArray(raw) ? raw : raw === undefined ? [] : [raw]).map(String);
-        return provider.onMakeMembership(
-          res.locals.origin as string,
-          change,
-          param(req, "roomId", isValidRoomId, "room ID"),
-          param(req, "userId", isValidUserId, "user ID"),
-          versions,
-        );
-      }),
-    );
-    app.post(
-      `${v}/v3/send_${change}/:txnId`,
-      auth,
-      route((req, res) =>
-        provider.onSendMembership(res.locals.origin as string, change, txnId(req), req.body),
+    add("GET", `${v}/v1/make_${change}/:roomId/:userId`, (call) =>
+      provider.onMakeMembership(
+        call.origin,
+        change,
+        param(call, "roomId", isValidRoomId, "room ID"),
+        param(call, "userId", isValidUserId, "user ID"),
+        call.query.getAll("ver"),
       ),
     );
+    add("POST", `${v}/v3/send_${change}/:txnId`, (call) =>
+      provider.onSendMembership(call.origin, change, txnId(call), call.body),
+    );
   }
-  app.get(
-    `${v}/v2/event/:eventId`,
-    auth,
-    route((req, res) =>
-      provider.onGetEvent(res.locals.origin as string, param(req, "eventId", isValidEventId, "event ID")),
-    ),
+  add("GET", `${v}/v2/event/:eventId`, (call) =>
+    provider.onGetEvent(call.origin, param(call, "eventId", isValidEventId, "event ID")),
   );
   for (const [path, idsOnly] of [
     ["state", false],
     ["state_ids", true],
   ] as const) {
-    app.get(
-      `${v}/v1/${path}/:roomId`,
-      auth,
-      route((req, res) => {
-        const eventId = queryString(req, "event_id");
-        if (!isValidEventId(eventId))
-          throw new FederationError(400, "M_INVALID_PARAM", "event_id is not a valid event ID");
-        return provider.onGetState(
-          res.locals.origin as string,
-          param(req, "roomId", isValidRoomId, "room ID"),
-          eventId,
-          idsOnly,
-        );
-      }),
-    );
-  }
-  app.get(
-    `${v}/v2/backfill/:roomId`,
-    auth,
-    route((req, res) => {
-      const from = queryString(req, "v");
-      if (!isValidEventId(from))
-        throw new FederationError(400, "M_INVALID_PARAM", "v is not a valid event ID");
-      const limit = Number(queryString(req, "limit"));
-      if (!Number.isSafeInteger(limit) || limit < 1) {
-        throw new FederationError(400, "M_INVALID_PARAM", "limit must be a positive integer");
-      }
-      return provider.onBackfill(
-        res.locals.origin as string,
-        param(req, "roomId", isValidRoomId, "room ID"),
-        from,
-        limit,
+    add("GET", `${v}/v1/${path}/:roomId`, (call) => {
+      const eventId = queryString(call, "event_id");
+      if (!isValidEventId(eventId))
+        throw new FederationError(400, "M_INVALID_PARAM", "event_id is not a valid event ID");
+      return provider.onGetState(
+        call.origin,
+        param(call, "roomId", isValidRoomId, "room ID"),
+        eventId,
+        idsOnly,
       );
-    }),
-  );
-
-  // LM-04 §Unsupported Endpoints: 404 for unknown paths, 405 for a known path with the wrong method.
-  app.use((req: Request, res: Response) => {
-    if (isKnownPath(req.path)) {
-      res
-        .status(405)
-        .json({ errcode: "M_UNRECOGNIZED", error: `method ${req.method} is not allowed on ${req.path}` });
-    } else {
-      res
-        .status(404)
-        .json({ errcode: "M_UNRECOGNIZED", error: `unknown endpoint ${req.method} ${req.path}` });
+    });
+  }
+  add("GET", `${v}/v2/backfill/:roomId`, (call) => {
+    const from = queryString(call, "v");
+    if (!isValidEventId(from)) throw new FederationError(400, "M_INVALID_PARAM", "v is not a valid event ID");
+    const limit = Number(queryString(call, "limit"));
+    if (!Number.isSafeInteger(limit) || limit < 1) {
+      throw new FederationError(400, "M_INVALID_PARAM", "limit must be a positive integer");
     }
+    return provider.onBackfill(call.origin, param(call, "roomId", isValidRoomId, "room ID"), from, limit);
   });
 
-  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
-    const failure = err;
-    const { status, body } = errorResponse(failure);
-    if (status >= 500) log.error("request failed", { method: req.method, path: req.path, error: err });
-    res.status(status).json(body);
-  });
-  return app;
+  const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const target = req.url ?? "/";
+    const queryAt = target.indexOf("?");
+    const path = queryAt === -1 ? target : target.slice(0, queryAt);
+    const method = req.method ?? "";
+    try {
+      // LM-04 §Unsupported Endpoints: 404 for unknown paths, 405 for a known path with the wrong method.
+      const matching = routes.filter((r) => r.pattern.test(path));
+      const route = matching.find((r) => r.method === method);
+      if (route === undefined) {
+        if (matching.length === 0)
+          throw new FederationError(404, "M_UNRECOGNIZED", `unknown endpoint ${method} ${path}`);
+        throw new FederationError(405, "M_UNRECOGNIZED", `method ${method} is not allowed on ${path}`);
+      }
+      // LM-04 §Requests and Responses: POST and PUT carry a JSON object.
+      const hasBody = method === "POST" || method === "PUT";
+      if (hasBody && !/^application\/json\s*(;|$)/i.test(req.headers["content-type"] ?? "")) {
+        throw new FederationError(400, "M_NOT_JSON", "Content-Type must be application/json");
+      }
+      let body: unknown;
+      let bytes: Buffer;
+      try {
+        bytes = await readBody(req, MAX_REQUEST_BYTES);
+      } catch (err) {
+        // The rest of an oversized body is not read: the connection is closed after the answer.
+        res.setHeader("Connection", "close");
+        throw err;
+      }
+      if (bytes.length === 0) {
+        if (hasBody) throw new FederationError(400, "M_NOT_JSON", "the request body is empty");
+      } else {
+        try {
+          body = JSON.parse(UTF8.decode(bytes));
+        } catch {
+          throw new FederationError(400, "M_NOT_JSON", "the request body is not UTF-8 JSON");
+        }
+      }
+      const params = decodeParams(route, route.pattern.exec(path)!.slice(1));
+      const query = new URLSearchParams(queryAt === -1 ? "" : target.slice(queryAt + 1));
+      let origin = "";
+      if (route.open !== true) {
+        origin = await verifyRequest({
+          method,
+          uri: target,
+          headers: req.headersDistinct,
+          body,
+          ourServerName: options.serverName,
+          keyRing: options.keyRing,
+        });
+        if (route.limited) options.admit?.(origin);
+      }
+      const answer = await route.handle({ origin, params, query, body }, res);
+      sendJson(res, 200, answer ?? {});
+    } catch (err) {
+      const { status, body } = errorResponse(err);
+      if (status >= 500) log.error("request failed", { method, path, error: err });
+      const headers: Record<string, string> = {};
+      const retryAfterMs = (body as { retry_after_ms?: unknown }).retry_after_ms;
+      if (typeof retryAfterMs === "number") headers["Retry-After"] = String(Math.ceil(retryAfterMs / 1000));
+      if (res.headersSent) res.destroy();
+      else sendJson(res, status, body, headers);
+    }
+  };
+  return (req, res) => void serve(req, res);
 }
+
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
