@@ -1,3 +1,4 @@
+import { keysHandler } from "../test/support/expressAuth";
 import type { Server } from "node:http";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -211,7 +212,7 @@ export async function fanOut(followers: number, events: number): Promise<FanOutR
   const routes: Record<string, string> = { "hub.example": hubUrl };
   for (let i = 0; i < followers; i++) {
     const app = express();
-    app.get("/_matrix/key/v2/server", new ServerKeysPublisher(keys[i]!).handler());
+    app.get("/_matrix/key/v2/server", keysHandler(new ServerKeysPublisher(keys[i]!)));
     app.put("/_matrix/federation/v2/send/:txnId", express.json({ limit: "8mb" }), (req, res) => {
       const now = performance.now();
       const pdus = (req.body as { pdus: { content: { n?: number } }[] }).pdus;

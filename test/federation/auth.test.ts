@@ -1,3 +1,4 @@
+import { requireFederationAuth } from "../support/expressAuth";
 import { createHash } from "node:crypto";
 import { request as httpRequest } from "node:http";
 import express from "express";
@@ -7,7 +8,6 @@ import { ServerSigningKey } from "../../src/events/signingKey";
 import {
   formatAuthorizationHeader,
   parseAuthorizationHeader,
-  requireFederationAuth,
   signRequest,
   verifyRequest,
   type XMatrixAuth,

@@ -1,3 +1,4 @@
+import { keysHandler } from "../support/expressAuth";
 import express from "express";
 import { signRequest, verifyRequest } from "../../src/federation/auth";
 import type { FetchFn } from "../../src/federation/client/http";
@@ -39,7 +40,7 @@ describe("requests from strangers", () => {
     store = await stores.openAt(stores.dir());
     fetched = [];
     const app = express();
-    app.get("/_matrix/key/v2/server", new ServerKeysPublisher(b, [], { now: clock.now }).handler());
+    app.get("/_matrix/key/v2/server", keysHandler(new ServerKeysPublisher(b, [], { now: clock.now })));
     keyServer = await listen(app);
   });
 

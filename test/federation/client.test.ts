@@ -1,7 +1,7 @@
+import { keysHandler, requireFederationAuth } from "../support/expressAuth";
 import { createHash } from "node:crypto";
 import express from "express";
 import { ServerSigningKey } from "../../src/events/signingKey";
-import { requireFederationAuth } from "../../src/federation/auth";
 import {
   FederationClient,
   RequestAbortedError,
@@ -48,7 +48,7 @@ describe("FederationClient", () => {
     hubRequests = 0;
     // b.example serves its keys; a.example authenticates b.example's requests with them.
     const originApp = express();
-    originApp.get("/_matrix/key/v2/server", new ServerKeysPublisher(bKey).handler());
+    originApp.get("/_matrix/key/v2/server", keysHandler(new ServerKeysPublisher(bKey)));
     origin = await listen(originApp);
 
     const ring = await KeyRing.open({

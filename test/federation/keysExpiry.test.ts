@@ -1,3 +1,4 @@
+import { keysHandler } from "../support/expressAuth";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import express from "express";
@@ -83,7 +84,7 @@ describe("keys rotated out verify only what they signed before they expired", ()
     ] as const) {
       const app = express();
       const publisher = new ServerKeysPublisher(current, rotatedOut(old), { now: clock.now });
-      app.get("/_matrix/key/v2/server", publisher.handler());
+      app.get("/_matrix/key/v2/server", keysHandler(publisher));
       const listening = await listen(app);
       keyServers.push(listening);
       routes[current.serverName] = listening.base;
@@ -332,7 +333,7 @@ describe("a provider refuses what a rotated-out key signed after it expired", ()
   beforeAll(async () => {
     const app = express();
     const old = [{ keyId: d1.keyId, publicKeyBase64: d1.publicKeyBase64, expiredTs: Date.now() - DAY }];
-    app.get("/_matrix/key/v2/server", new ServerKeysPublisher(d2, old).handler());
+    app.get("/_matrix/key/v2/server", keysHandler(new ServerKeysPublisher(d2, old)));
     keyServer = await listen(app);
     dir = tempDir("keys-expiry");
     mkdirSync(join(dir, "data"));

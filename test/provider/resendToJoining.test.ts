@@ -1,3 +1,4 @@
+import { keysHandler } from "../support/expressAuth";
 import type { Server } from "node:http";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -30,7 +31,7 @@ describe("the hub resends an event a joining server refused as unknown", () => {
     const received: string[] = [];
     let refusalsLeft = 2;
     const app = express();
-    app.get("/_matrix/key/v2/server", new ServerKeysPublisher(dKey).handler());
+    app.get("/_matrix/key/v2/server", keysHandler(new ServerKeysPublisher(dKey)));
     app.put("/_matrix/federation/v2/send/:txnId", express.json({ limit: "5mb" }), (req, res) => {
       const failed: Record<string, unknown> = {};
       for (const pdu of (req.body as { pdus: { type: string; content: { body?: string } }[] }).pdus) {

@@ -1,3 +1,4 @@
+import { keysHandler } from "./expressAuth";
 import type { Server } from "node:http";
 import express from "express";
 import { signRequest } from "../../src/federation/auth";
@@ -13,7 +14,7 @@ export interface FakeServer {
 
 export async function startFakeServer(key: ServerSigningKey, port: number): Promise<FakeServer> {
   const app = express();
-  app.get("/_matrix/key/v2/server", new ServerKeysPublisher(key).handler());
+  app.get("/_matrix/key/v2/server", keysHandler(new ServerKeysPublisher(key)));
   const server: Server = await new Promise((resolve) => {
     const s = app.listen(port, "127.0.0.1", () => resolve(s));
   });

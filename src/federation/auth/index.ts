@@ -6,4 +6,3 @@ export {
   type RequestToSign,
   type RequestToVerify,
 } from "./requestAuth";
-export { requireFederationAuth } from "./middleware";

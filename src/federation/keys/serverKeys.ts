@@ -1,4 +1,3 @@
-import type { RequestHandler } from "express";
 import { MimiError, type ErrorCode } from "../../errors";
 import { canonicalBytes } from "../../events/canonicalJson";
 import { VerifyKey, type ServerSigningKey } from "../../events/signingKey";
@@ -204,13 +203,6 @@ export class ServerKeysPublisher {
       this.cached = buildServerKeysResponse(this.key, this.oldKeys, now + this.validityMs);
     }
     return this.cached;
-  }
-
-  /** An express handler for `GET /_matrix/key/v2/server` (no authentication, LM-04 §GET /_matrix/key/v2/server). */
-  handler(): RequestHandler {
-    return (_req, res) => {
-      res.json(this.response());
-    };
   }
 }
 

@@ -1,10 +1,11 @@
 import type { RequestHandler } from "express";
-import { parseJsonBytes } from "../client/http";
-import { errorResponse, FederationError } from "../errors";
-import { verifyRequest, type RequestKeySource } from "./requestAuth";
+import { verifyRequest, type RequestKeySource } from "../../src/federation/auth/requestAuth";
+import { parseJsonBytes } from "../../src/federation/client/http";
+import { errorResponse, FederationError } from "../../src/federation/errors";
+import type { ServerKeysPublisher } from "../../src/federation/keys";
 
 /**
- * Express middleware for endpoints that need request authentication. It must
+ * For test servers built on Express: middleware for endpoints that need request authentication. It must
  * run after a body parser: `req.body` is either the JSON parsed from the raw
  * bytes (express.json) or the raw bytes themselves (express.raw), which it
  * parses. On success `res.locals.origin` is the authenticated server name;
@@ -39,4 +40,11 @@ function bodyJson(body: unknown): unknown {
   if (parsed === undefined)
     throw new FederationError(400, "M_NOT_JSON", "the request body is not UTF-8 JSON");
   return parsed.value;
+}
+
+/** An Express handler for `GET /_matrix/key/v2/server` serving `publisher`'s keys. */
+export function keysHandler(publisher: ServerKeysPublisher): RequestHandler {
+  return (_req, res) => {
+    res.json(publisher.response());
+  };
 }
