@@ -20,7 +20,7 @@ import {
 } from "./stateBuilder";
 
 const ALLOWED = { allowed: true };
-const COMMIT: JsonObject = { message: "AAEC", group_info: "AwQF" };
+const COMMIT: JsonObject = { message: "AAEC", public_group_state: "AwQF" };
 const ENCRYPTED: JsonObject = {
   algorithm: "m.mls.v1.dhkemx25519-aes128gcm-sha256-ed25519",
   ciphertext: "BgcI",

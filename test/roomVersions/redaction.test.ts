@@ -18,8 +18,8 @@ const cases: [string, JsonObject, JsonObject][] = [
   [EventType.Roles, ROLES_CONTENT, { roles: ROLES_CONTENT.roles }],
   [
     EventType.MlsCommit,
-    { message: "AAEC", group_info: "AwQF", prev_commit_event_id: fakeEventId(1), extra: "x" },
-    { message: "AAEC", group_info: "AwQF", prev_commit_event_id: fakeEventId(1) },
+    { message: "AAEC", public_group_state: "AwQF", prev_commit_event_id: fakeEventId(1), extra: "x" },
+    { message: "AAEC", public_group_state: "AwQF", prev_commit_event_id: fakeEventId(1) },
   ],
   [
     EventType.Encrypted,
@@ -41,9 +41,9 @@ describe("content redaction (LM-04 §Event Redactions, this version's types)", (
   });
 
   it("a commit without prev_commit_event_id gains no such field", () => {
-    expect(redactContent(EventType.MlsCommit, { message: "AAEC", group_info: "AwQF" })).toEqual({
+    expect(redactContent(EventType.MlsCommit, { message: "AAEC", public_group_state: "AwQF" })).toEqual({
       message: "AAEC",
-      group_info: "AwQF",
+      public_group_state: "AwQF",
     });
   });
 

@@ -221,7 +221,7 @@ function validateRoles(content: JsonObject): string | undefined {
 function validateMlsCommit(content: JsonObject): string | undefined {
   return (
     requireBase64(content, "message") ??
-    requireBase64(content, "group_info") ??
+    requireBase64(content, "public_group_state") ??
     (Object.hasOwn(content, "prev_commit_event_id")
       ? requireEventId(content, "prev_commit_event_id")
       : undefined)

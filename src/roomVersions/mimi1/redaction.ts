@@ -12,7 +12,7 @@ const KEPT_CONTENT_FIELDS: Readonly<Record<string, readonly string[] | "all">> =
   [EventType.User]: ["participation"],
   [EventType.JoinRules]: ["rule"],
   [EventType.Roles]: ["roles"],
-  [EventType.MlsCommit]: ["message", "group_info", "prev_commit_event_id"],
+  [EventType.MlsCommit]: ["message", "public_group_state", "prev_commit_event_id"],
   [EventType.Encrypted]: ["algorithm", "commit_event_id"],
 };
 
