@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: throughput and latency figures. Pass section names to run
- * only some (e.g. `npm run bench -- room`): room, federation, multiprocess.
+ * only some (e.g. `npm run bench -- room`): room, federation, multiprocess, mls.
  * BENCH_BASELINE=<git rev> picks the multiprocess section's baseline checkout
  * (`none` skips it).
  */
@@ -37,6 +37,7 @@ const SECTIONS: Record<string, () => Promise<void>> = {
   room: roomSection,
   federation: async () => (await import("./federation.js")).federationSection(),
   multiprocess: () => multiprocessSection(core),
+  mls: async () => (await import("./mls.js")).mlsSection(),
 };
 
 async function main(): Promise<void> {

@@ -22,7 +22,30 @@ export type ErrorCode =
   | "M_MISSING_EVENT"
   | "M_NOT_LINEAR"
   | "M_WRONG_HUB"
-  | "M_UNKNOWN_ROOM";
+  | "M_UNKNOWN_ROOM"
+  // MLS refusals (docs/protocol.md §12), namespaced as Matrix asks of custom codes.
+  /** Bytes that do not decode as the expected MLS structure, or with bytes left over. */
+  | "IO.MIMI_APPSERVICE.MLS_MALFORMED"
+  /** Only MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 and protocol version mls10 are supported. */
+  | "IO.MIMI_APPSERVICE.MLS_UNSUPPORTED"
+  /** The message names another group. */
+  | "IO.MIMI_APPSERVICE.MLS_WRONG_GROUP"
+  /** The message is for another epoch than the group's current one (`MlsWrongEpochError`). */
+  | "IO.MIMI_APPSERVICE.MLS_WRONG_EPOCH"
+  /** The sender is not a current member (or not a listed external sender). */
+  | "IO.MIMI_APPSERVICE.MLS_NOT_MEMBER"
+  /** A signature over the message, a leaf node or a KeyPackage does not verify. */
+  | "IO.MIMI_APPSERVICE.MLS_BAD_SIGNATURE"
+  /** A proposal, or the list of proposals a commit covers, is invalid (RFC 9420 §12.1, §12.2). */
+  | "IO.MIMI_APPSERVICE.MLS_BAD_PROPOSAL"
+  /** The commit's UpdatePath is missing where required, or invalid (RFC 9420 §7.5, §7.9, §12.4.2). */
+  | "IO.MIMI_APPSERVICE.MLS_BAD_PATH"
+  /** A ratchet tree does not match its GroupContext or is not a valid tree (RFC 9420 §12.4.3.1). */
+  | "IO.MIMI_APPSERVICE.MLS_BAD_TREE"
+  /** The GroupInfo published with a commit does not describe the state the commit leads to. */
+  | "IO.MIMI_APPSERVICE.MLS_GROUPINFO_MISMATCH"
+  /** The caller's policy refused the committer or a client to be added. */
+  | "IO.MIMI_APPSERVICE.MLS_FORBIDDEN";
 
 /** Base class: every error that can reach a peer carries an errcode. */
 export class MimiError extends Error {

@@ -20,6 +20,7 @@ import {
 import { createFederationApp } from "../federation/server/app";
 import { TransactionStore } from "../federation/transactionStore";
 import { createLogger, setLogLevel, type Logger } from "../logging";
+import { RoomGroupExtension } from "../mls/roomGroup";
 import type { RoomExtension } from "../room/extension";
 import { RoomService } from "../room/roomService";
 import type { KvStore } from "../store/kv";
@@ -40,7 +41,7 @@ export interface ProviderOptions {
   fetch?: FetchFn;
   /** Delivery backoff base and cap in ms (tests shorten them). */
   backoff?: { baseMs?: number; capMs?: number };
-  /** Per-room extensions of the hub and follower cores (e.g. the MLS group). */
+  /** Per-room extensions of the hub and follower cores, after the MLS group's own. */
   extensions?: readonly RoomExtension[];
 }
 
@@ -117,7 +118,8 @@ export class MimiProvider {
       signingKey,
       store: new RoomStore(kv),
       keys: keyRing,
-      ...(options.extensions ? { extensions: options.extensions } : {}),
+      // The room's MLS group comes first: other extensions see only events it accepted.
+      extensions: [new RoomGroupExtension(kv), ...(options.extensions ?? [])],
       onListenerError: (error) => log.error("an event subscriber failed", { error }),
     });
     const client = new FederationClient({
