@@ -62,7 +62,10 @@ describe("content schemas: valid content", () => {
     [EventType.Topic, { topic: "plans" }],
     [EventType.Avatar, { url: "mxc://hub.example/abc" }],
     [EventType.MlsCommit, { message: "AAEC", public_group_state: "AwQFBg" }],
-    [EventType.MlsCommit, { message: "AAEC", public_group_state: "AwQ", prev_commit_event_id: fakeEventId(3) }],
+    [
+      EventType.MlsCommit,
+      { message: "AAEC", public_group_state: "AwQ", prev_commit_event_id: fakeEventId(3) },
+    ],
     [
       EventType.Encrypted,
       { algorithm: DEFAULT_ENCRYPTION_ALGORITHM, ciphertext: "AA", commit_event_id: fakeEventId(4) },
@@ -198,9 +201,24 @@ describe("content schemas: invalid content", () => {
     ["avatar: missing url", EventType.Avatar, { uri: "mxc://a/b" }, /url must be a string/],
     ["commit: no message", EventType.MlsCommit, { public_group_state: "AAEC" }, /message/],
     ["commit: empty message", EventType.MlsCommit, { message: "", public_group_state: "AAEC" }, /message/],
-    ["commit: padded message", EventType.MlsCommit, { message: "AA==", public_group_state: "AAEC" }, /message/],
-    ["commit: URL-safe message", EventType.MlsCommit, { message: "AA-_", public_group_state: "AAEC" }, /message/],
-    ["commit: impossible length", EventType.MlsCommit, { message: "AAECA", public_group_state: "AAEC" }, /message/],
+    [
+      "commit: padded message",
+      EventType.MlsCommit,
+      { message: "AA==", public_group_state: "AAEC" },
+      /message/,
+    ],
+    [
+      "commit: URL-safe message",
+      EventType.MlsCommit,
+      { message: "AA-_", public_group_state: "AAEC" },
+      /message/,
+    ],
+    [
+      "commit: impossible length",
+      EventType.MlsCommit,
+      { message: "AAECA", public_group_state: "AAEC" },
+      /message/,
+    ],
     ["commit: no public_group_state", EventType.MlsCommit, { message: "AAEC" }, /public_group_state/],
     [
       "commit: prev_commit_event_id not an event ID",
