@@ -27,6 +27,8 @@ export { decodeExternalSendersExtension } from "ts-mls/externalSender.js";
 export { decodeExternalPub, encodeExternalPub } from "ts-mls/createCommit.js";
 export { decodeUpdatePath, encodeUpdatePath } from "ts-mls/updatePath.js";
 export { encodeFramedContent } from "ts-mls/framedContent.js";
+// Decrypts a PrivateMessage and says which leaf sent it; the public processPrivateMessage does not.
+export { unprotectPrivateMessage } from "ts-mls/messageProtection.js";
 export { decodeCredential, encodeCredential } from "ts-mls/credential.js";
 export { encodeParentHashInput } from "ts-mls/parentHash.js";
 export { encodeTreeHashInput } from "ts-mls/treeHash.js";
