@@ -1,4 +1,5 @@
 import { createHash, timingSafeEqual } from "node:crypto";
+import { sendJson } from "../util/httpJson";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { MimiError, type ErrorCode } from "../errors";
 import type { JsonObject } from "../events/types";
@@ -8,6 +9,7 @@ import { createLogger, type LogLevel } from "../logging";
 import type { InviteInfo, RoomInfo, RoomsApi } from "../provider/roomsApiTypes";
 
 const log = createLogger("admin");
+const ADMIN_JSON = "application/json; charset=utf-8";
 
 export const ADMIN_BASE_PATH = "/_mimi/admin/v1";
 /** Largest request body read: 1 MiB. */
@@ -525,21 +527,6 @@ function logLevelFor(status: number): LogLevel {
   return status === 401 ? "warn" : "info";
 }
 
-function sendJson(
-  res: ServerResponse,
-  status: number,
-  body: unknown,
-  headers: Record<string, string> = {},
-): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, {
-    ...headers,
-    "Content-Type": "application/json; charset=utf-8",
-    "Content-Length": Buffer.byteLength(text),
-  });
-  res.end(text);
-}
-
 function sendError(req: IncomingMessage, path: string, res: ServerResponse, err: unknown): void {
   const { status, body, headers } = answerFor(err);
   log[logLevelFor(status)](status >= 500 ? "admin request failed" : "admin request refused", {
@@ -554,7 +541,7 @@ function sendError(req: IncomingMessage, path: string, res: ServerResponse, err:
     res.destroy();
     return;
   }
-  sendJson(res, status, body, headers);
+  sendJson(res, status, body, headers, ADMIN_JSON);
 }
 
 function parseQuery(search: string): Query {
@@ -590,7 +577,7 @@ export function createAdminApp(deps: AdminDeps): AdminApp {
       const query = queryAt === -1 ? {} : parseQuery(target.slice(queryAt + 1));
       const body = route.fields === undefined ? {} : await readJsonObject(req, route.fields);
       const answer = await route.handle({ params, query, body });
-      sendJson(res, 200, answer);
+      sendJson(res, 200, answer, {}, ADMIN_JSON);
     } catch (err) {
       sendError(req, path, res, err);
     }

@@ -1,4 +1,5 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from "node:http";
+import { sendJson } from "../../util/httpJson";
 import { isValidEventId, isValidRoomId, isValidUserId } from "../../identifiers";
 import { createLogger } from "../../logging";
 import type { ServerSigningKey } from "../../events/signingKey";
@@ -144,21 +145,6 @@ function queryString(call: Call, name: string): string {
     throw new FederationError(400, "M_MISSING_PARAM", `query parameter ${name} is required`);
   }
   return value;
-}
-
-function sendJson(
-  res: ServerResponse,
-  status: number,
-  body: unknown,
-  headers: Record<string, string> = {},
-): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, {
-    ...headers,
-    "Content-Type": "application/json",
-    "Content-Length": Buffer.byteLength(text),
-  });
-  res.end(text);
 }
 
 /**

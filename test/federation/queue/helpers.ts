@@ -154,12 +154,22 @@ export async function eventually(condition: () => boolean | Promise<boolean>, ms
 
 /**
  * Passes everything to a real store; `holdNextRange` lets a test act between a
- * range read's snapshot and the moment its reader sees the result.
+ * range read's snapshot and the moment its reader sees the result, and
+ * `ranges` counts the range reads. With `followCommits` it also reports the
+ * inner store's landed batches (so a queue on it keeps its item cache).
  */
 export class HoldingStore implements KvStore {
+  ranges = 0;
   private hold: { reached: () => void; gate: Promise<void> } | undefined;
+  readonly onCommitted?: (listener: (ops: readonly BatchOp[]) => void) => () => void;
 
-  constructor(readonly inner: KvStore) {}
+  constructor(
+    readonly inner: KvStore,
+    options: { followCommits?: boolean } = {},
+  ) {
+    const follow = inner.onCommitted?.bind(inner);
+    if (options.followCommits === true && follow !== undefined) this.onCommitted = follow;
+  }
 
   holdNextRange(): { reached: Promise<void>; release: () => void } {
     let reached!: () => void;
@@ -179,6 +189,7 @@ export class HoldingStore implements KvStore {
   }
 
   async *range(options: Parameters<KvStore["range"]>[0]): AsyncIterable<[string, string]> {
+    this.ranges++;
     const hold = this.hold;
     this.hold = undefined;
     const entries: [string, string][] = [];
@@ -190,8 +201,8 @@ export class HoldingStore implements KvStore {
     yield* entries;
   }
 
-  commit(ops: BatchOp[]): Promise<void> {
-    return this.inner.commit(ops);
+  commit(ops: BatchOp[], options?: { durable?: boolean }): Promise<void> {
+    return this.inner.commit(ops, options);
   }
 
   close(): Promise<void> {

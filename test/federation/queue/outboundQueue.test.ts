@@ -4,9 +4,7 @@ import {
   type DeadLetterReason,
   type QueueItem,
 } from "../../../src/federation/queue";
-import type { BatchOp, KvStore } from "../../../src/store/kv";
-import type { LevelStore } from "../../../src/store/levelStore";
-import { Clock, CrashingStore, TempStore, edu, numbers, pdu } from "./helpers";
+import { Clock, CrashingStore, HoldingStore, TempStore, edu, numbers, pdu } from "./helpers";
 
 const DEST = "b.example";
 const SEP = "\u0000";
@@ -426,56 +424,6 @@ describe("OutboundQueue dead letters", () => {
   });
 });
 
-/** Forwards to a LevelStore, counting range reads, and can hold the next one until released. */
-class ObservedStore implements KvStore {
-  ranges = 0;
-  private hold: { reached: () => void; gate: Promise<void> } | undefined;
-
-  constructor(readonly inner: LevelStore) {}
-
-  holdNextRange(): { reached: Promise<void>; release: () => void } {
-    let reached!: () => void;
-    let release!: () => void;
-    const reachedPromise = new Promise<void>((r) => (reached = r));
-    const gate = new Promise<void>((r) => (release = r));
-    this.hold = { reached, gate };
-    return { reached: reachedPromise, release };
-  }
-
-  get(key: string) {
-    return this.inner.get(key);
-  }
-
-  getMany(keys: string[]) {
-    return this.inner.getMany(keys);
-  }
-
-  async *range(options: Parameters<KvStore["range"]>[0]): AsyncIterable<[string, string]> {
-    this.ranges++;
-    const hold = this.hold;
-    this.hold = undefined;
-    const entries: [string, string][] = [];
-    for await (const entry of this.inner.range(options)) entries.push(entry);
-    if (hold !== undefined) {
-      hold.reached();
-      await hold.gate;
-    }
-    yield* entries;
-  }
-
-  commit(ops: BatchOp[], options?: { durable?: boolean }) {
-    return this.inner.commit(ops, options);
-  }
-
-  onCommitted(listener: (ops: readonly BatchOp[]) => void) {
-    return this.inner.onCommitted(listener);
-  }
-
-  close() {
-    return this.inner.close();
-  }
-}
-
 describe("OutboundQueue item cache", () => {
   const deliverAll = async (queue: OutboundQueue): Promise<number[]> => {
     const seen: number[] = [];
@@ -488,7 +436,7 @@ describe("OutboundQueue item cache", () => {
   };
 
   it("serves a destination that started empty from memory, in order, with what the store holds", async () => {
-    const store = new ObservedStore(temp.store);
+    const store = new HoldingStore(temp.store, { followCommits: true });
     const queue = await OutboundQueue.open(store);
     const opened = store.ranges;
     await queue.enqueue(DEST, [pdu(1), pdu(2)]);
@@ -503,7 +451,7 @@ describe("OutboundQueue item cache", () => {
   });
 
   it("never serves items whose batch has not landed", async () => {
-    const store = new ObservedStore(temp.store);
+    const store = new HoldingStore(temp.store, { followCommits: true });
     const queue = await OutboundQueue.open(store);
     const ops = queue.enqueueOps(DEST, [pdu(1)]);
     expect(await queue.nextTransaction(DEST)).toBeUndefined();
@@ -514,7 +462,7 @@ describe("OutboundQueue item cache", () => {
   it("reads from the store after a reopen with a backlog, then from memory once it is drained", async () => {
     const first = await OutboundQueue.open(temp.store);
     await first.enqueue(DEST, range(1, 60).map(pdu));
-    const store = new ObservedStore(await temp.reopen());
+    const store = new HoldingStore(await temp.reopen(), { followCommits: true });
     const queue = await OutboundQueue.open(store);
     const opened = store.ranges;
 
@@ -528,7 +476,7 @@ describe("OutboundQueue item cache", () => {
   });
 
   it("falls back to the store when a backlog outgrows the cache, losing and repeating nothing", async () => {
-    const store = new ObservedStore(temp.store);
+    const store = new HoldingStore(temp.store, { followCommits: true });
     const queue = await OutboundQueue.open(store);
     const opened = store.ranges;
     for (let start = 1; start <= 2500; start += 500) {
@@ -541,7 +489,7 @@ describe("OutboundQueue item cache", () => {
   it("keeps an item that lands while the store is being read", async () => {
     const first = await OutboundQueue.open(temp.store);
     await first.enqueue(DEST, [pdu(1)]);
-    const store = new ObservedStore(await temp.reopen());
+    const store = new HoldingStore(await temp.reopen(), { followCommits: true });
     const queue = await OutboundQueue.open(store);
 
     const held = store.holdNextRange();
