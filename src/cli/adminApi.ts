@@ -6,7 +6,7 @@ import type { JsonObject } from "../events/types";
 import { httpStatusFor, isErrorCode } from "../federation/errors";
 import { IdentifierError, parseRoomId, parseServerName, parseUserId } from "../identifiers";
 import { createLogger, type LogLevel } from "../logging";
-import type { InviteInfo, RoomInfo, RoomsApi } from "../provider/roomsApiTypes";
+import type { InviteInfo, ReceivedMessage, RoomInfo, RoomsApi } from "../provider/roomsApiTypes";
 
 const log = createLogger("admin");
 const ADMIN_JSON = "application/json; charset=utf-8";
@@ -186,6 +186,26 @@ function optionalServerQuery(query: Query, field: string): string | undefined {
   return identifier(field, () => parseServerName(raw)).raw;
 }
 
+function userQuery(query: Query, field: string): string {
+  const raw = query[field];
+  if (raw === undefined) throw invalidParam(field, "is required");
+  if (typeof raw !== "string") throw invalidParam(field, "must be given at most once");
+  return identifier(field, () => parseUserId(raw)).raw;
+}
+
+function messageJson(message: ReceivedMessage): Record<string, unknown> {
+  return {
+    seq: message.seq,
+    event_id: message.eventId,
+    sender: message.sender,
+    epoch: message.epoch,
+    status: message.status,
+    ...(message.type === undefined ? {} : { type: message.type }),
+    ...(message.content === undefined ? {} : { content: message.content }),
+    ...(message.reason === undefined ? {} : { reason: message.reason }),
+  };
+}
+
 function withReason<T extends object>(request: T, reason: string | undefined): T & { reason?: string } {
   return reason === undefined ? request : { ...request, reason };
 }
@@ -251,6 +271,21 @@ function routes(rooms: RoomsApi, operator: OperatorApi): Route[] {
           type: params.eventType!,
           content,
           ...(stateKey === undefined ? {} : { stateKey }),
+          txnId: params.txnId!,
+        });
+        return { event_id: eventId };
+      },
+    },
+    {
+      method: "PUT",
+      path: "/rooms/:roomId/messages/:txnId",
+      fields: ["sender", "type", "content"],
+      handle: async ({ params, body }) => {
+        const { eventId } = await rooms.sendMessage({
+          roomId: params.roomId!,
+          sender: userField(body, "sender"),
+          type: optionalString(body, "type") ?? "m.room.message",
+          content: objectField(body, "content"),
           txnId: params.txnId!,
         });
         return { event_id: eventId };
@@ -339,6 +374,34 @@ function routes(rooms: RoomsApi, operator: OperatorApi): Route[] {
           events: events.map((e) => ({ seq: e.seq, event_id: e.eventId, ...e.event })),
           ...(nextSeq === undefined ? {} : { next_seq: nextSeq }),
         };
+      },
+    },
+    {
+      method: "GET",
+      path: "/rooms/:roomId/messages",
+      handle: async ({ params, query }) => {
+        const user = userQuery(query, "user");
+        const page = {
+          fromSeq: integerQuery(query, "from", { min: 1, max: Number.MAX_SAFE_INTEGER, fallback: 1 }),
+          limit: integerQuery(query, "limit", {
+            min: 1,
+            max: HISTORY_MAX_LIMIT,
+            fallback: HISTORY_DEFAULT_LIMIT,
+          }),
+        };
+        const messages = await rooms.messages(params.roomId!, user, page);
+        return { messages: messages.map(messageJson) };
+      },
+    },
+    {
+      method: "GET",
+      path: "/rooms/:roomId/mls",
+      handle: async ({ params, query }) => {
+        const view = await rooms.clientGroup(params.roomId!, userQuery(query, "user"));
+        if (view === undefined) {
+          throw new AdminRequestError(404, "M_NOT_FOUND", `the user has no MLS client in ${params.roomId}`);
+        }
+        return view;
       },
     },
     {

@@ -28,6 +28,16 @@ export interface ProviderConfig {
   oldVerifyKeys: { keyId: string; publicKeyBase64: string; expiredTs: number }[];
   admin: { bindAddress: string; port: number; token: string } | undefined;
   logging: { level: "debug" | "info" | "warn" | "error" };
+  mls: {
+    /**
+     * Local users get hosted MLS clients that follow every room's group, establish it, join it,
+     * remove departed users and encrypt and decrypt messages. Off: this provider sequences and
+     * relays rooms' events but takes part in no group, and sends no messages of its users.
+     */
+    hostedClients: boolean;
+    /** How long a message waits for its sender's client to be in the room's group. */
+    joinWaitMs: number;
+  };
 }
 
 /** Bounds on what peers and local users can make this server hold or do; see config.sample.yaml. */
@@ -108,6 +118,7 @@ interface RawConfig {
   old_verify_keys?: Record<string, { key: string; expired_ts: number }>;
   admin_api?: { bind_address?: string; port: number; token: string };
   logging?: { level?: "debug" | "info" | "warn" | "error" };
+  mls?: { hosted_clients?: boolean; join_wait_ms?: number };
 }
 
 type RawLimitKey =
@@ -242,6 +253,10 @@ export function parseConfig(text: string, baseDir: string): ProviderConfig {
             token: raw.admin_api.token,
           },
     logging: { level: raw.logging?.level ?? "info" },
+    mls: {
+      hostedClients: raw.mls?.hosted_clients ?? true,
+      joinWaitMs: raw.mls?.join_wait_ms ?? 15_000,
+    },
   };
 }
 

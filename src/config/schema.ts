@@ -79,6 +79,14 @@ export const CONFIG_SCHEMA = {
         token: { type: "string", minLength: 16 },
       },
     },
+    mls: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        hosted_clients: { type: "boolean" },
+        join_wait_ms: ms(0, 600_000),
+      },
+    },
     logging: {
       type: "object",
       additionalProperties: false,

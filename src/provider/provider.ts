@@ -20,6 +20,7 @@ import {
 import { createFederationApp } from "../federation/server/app";
 import { TransactionStore } from "../federation/transactionStore";
 import { createLogger, setLogLevel, type Logger } from "../logging";
+import { GroupAgent } from "../mls/agent/groupAgent";
 import { RoomGroupExtension } from "../mls/roomGroup";
 import type { RoomExtension } from "../room/extension";
 import { RoomService } from "../room/roomService";
@@ -78,6 +79,8 @@ export class MimiProvider {
     private readonly inbound: Inbound,
     private readonly catchUp: CatchUp,
     private readonly hubLink: HubLink,
+    /** The hosted MLS clients of local users. */
+    readonly mls: GroupAgent,
     log: Logger,
   ) {
     this.log = log;
@@ -114,12 +117,13 @@ export class MimiProvider {
         : { canRoute: (name: string) => Object.hasOwn(config.federation.staticRoutes, name) }),
       ...(options.fetch ? { fetch: options.fetch } : {}),
     });
+    const groupExtension = new RoomGroupExtension(kv);
     const roomService = await RoomService.open({
       signingKey,
       store: new RoomStore(kv),
       keys: keyRing,
       // The room's MLS group comes first: other extensions see only events it accepted.
-      extensions: [new RoomGroupExtension(kv), ...(options.extensions ?? [])],
+      extensions: [groupExtension, ...(options.extensions ?? [])],
       onListenerError: (error) => log.error("an event subscriber failed", { error }),
     });
     const client = new FederationClient({
@@ -209,6 +213,16 @@ export class MimiProvider {
     });
     roomService.addAppendHook(fanOutHook(config.serverName, queue, delivery));
     roomService.subscribe(hubLink.onApplied);
+    const agent = new GroupAgent({
+      serverName: config.serverName,
+      kv,
+      rooms: roomService,
+      groups: groupExtension,
+      port: rooms,
+      log: log.child("mls"),
+      joinWaitMs: config.mls.joinWaitMs,
+    });
+    if (config.mls.hostedClients) rooms.agent = agent;
     const provider = new MimiProvider(
       config,
       signingKey,
@@ -221,6 +235,7 @@ export class MimiProvider {
       inbound,
       catchUp,
       hubLink,
+      agent,
       log,
     );
     provider.admitFederation = (origin) => federationRequests.check(origin);
@@ -232,6 +247,7 @@ export class MimiProvider {
     };
     delivery.start();
     await provider.listen();
+    if (config.mls.hostedClients) agent.start();
     log.info("provider started", {
       federation: `${config.federation.bindAddress}:${provider.federationPort}`,
       rooms: roomService.roomIds().length,
@@ -294,6 +310,7 @@ export class MimiProvider {
     if (this.stopped) return;
     this.stopped = true;
     this.markStopped();
+    await this.mls.stop();
     await new Promise<void>((resolve) => {
       if (this.httpServer === undefined) return resolve();
       this.httpServer.close(() => resolve());

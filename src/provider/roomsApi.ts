@@ -16,16 +16,21 @@ import type { HubLink } from "./hubLink";
 import { askInvitee, isInviteOfOutsider, lpduTxnId } from "./invites";
 import { checkAnswer, EVENT_ID_ANSWER, MAKE_ANSWER, PeerAnswerError, SEND_JOIN_ANSWER } from "./peerAnswers";
 import type {
+  ClientGroupView,
   CreateRoomRequest,
   HistoryPage,
   InviteInfo,
   InviteRequest,
+  MessageRequest,
   OtherParticipationRequest,
   OwnParticipationRequest,
   RoomInfo,
+  ReceivedMessage,
   RoomsApi,
   SendRequest,
 } from "./roomsApiTypes";
+import type { GroupAgent } from "../mls/agent/groupAgent";
+import { MLS_COMMIT, MLS_ENCRYPTED } from "../mls/roomGroup";
 
 const SEP = "\u0000";
 /** Idempotency records: `x\0<acting user>\0<txnId>` -> the first call's outcome. */
@@ -74,6 +79,8 @@ export class LocalRooms implements RoomsApi {
   private readonly running = new Map<string, Promise<unknown>>();
   private readonly waiters = new Map<string, Set<() => void>>();
   private readonly now: () => number;
+  /** The hosted MLS clients, which encrypt and decrypt users' messages (set once wired). */
+  agent: GroupAgent | undefined;
 
   constructor(private readonly options: RoomsApiOptions) {
     this.now = options.now ?? Date.now;
@@ -151,6 +158,22 @@ export class LocalRooms implements RoomsApi {
   async send(request: SendRequest): Promise<{ eventId: string }> {
     this.requireLocalUser(request.sender, "sender");
     parseRoomId(request.roomId);
+    if (request.type === MLS_COMMIT || request.type === MLS_ENCRYPTED) {
+      throw new RoomError(
+        "M_INVALID_PARAM",
+        `${request.type} events are made by the user's hosted MLS client; send a message with sendMessage`,
+      );
+    }
+    // A user's message is always encrypted (LM-04 §m.room.encrypted).
+    if (request.type === "m.room.message" && request.stateKey === undefined) {
+      return this.sendMessage({
+        roomId: request.roomId,
+        sender: request.sender,
+        type: request.type,
+        content: request.content,
+        txnId: request.txnId,
+      });
+    }
     this.options.admit?.(request.sender);
     return this.once(request.sender, request.txnId, (key, previous) =>
       this.sendOnce(
@@ -201,6 +224,121 @@ export class LocalRooms implements RoomsApi {
     ]);
     this.options.hubLink.wake(room.record.hubServer);
     return this.outcomeOf(record, true);
+  }
+
+  /**
+   * The provider's own MLS clients send through here: an event of a local user, with the
+   * operations `extraOps(lpduHash)` in the batch that makes it durable (the one that sequences it
+   * when we are the hub, the one that queues it for the hub otherwise). Resolves once that batch
+   * is durable; `outcome` then gives the event ID, or the hub's refusal. A refusal at our own hub
+   * is thrown here, and nothing is written.
+   */
+  async submitOwn(input: {
+    roomId: string;
+    sender: string;
+    type: string;
+    content: JsonObject;
+    extraOps: (lpduHash: string, role: "hub" | "follower") => BatchOp[];
+  }): Promise<{ lpduHash: string; outcome: Promise<string> }> {
+    const room = this.rooms.room(input.roomId);
+    if (room === undefined)
+      throw new RoomError("M_NOT_FOUND", `${this.options.serverName} is not in room ${input.roomId}`);
+    const lpdu = this.rooms.buildLimitedEvent(input.roomId, input.sender, input.type, input.content);
+    const lpduHash = lpdu.hashes.lpdu.sha256;
+    if (room.record.role === "hub") {
+      const [outcome] = await this.rooms.submitLimitedEvents([
+        {
+          lpdu,
+          origin: this.options.serverName,
+          builtHere: true,
+          extraOps: input.extraOps(lpduHash, "hub"),
+        },
+      ]);
+      if (!outcome!.ok) throw outcome!.error;
+      return { lpduHash, outcome: Promise.resolve(outcome!.value.eventId) };
+    }
+    await this.options.kv.commit([
+      ...this.options.hubLink.enqueueOps(room.record.hubServer, lpdu, room.version),
+      ...input.extraOps(lpduHash, "follower"),
+    ]);
+    this.options.hubLink.wake(room.record.hubServer);
+    const outcome = this.options.hubLink.awaitOutcome(input.roomId, lpduHash, room.record.hubServer, true);
+    outcome.catch(() => undefined);
+    return { lpduHash, outcome };
+  }
+
+  /** The outcome of an event `submitOwn` queued for the hub, e.g. after a restart. */
+  awaitOwn(roomId: string, lpduHash: string): Promise<string> {
+    const room = this.rooms.room(roomId);
+    if (room === undefined)
+      return Promise.reject(
+        new RoomError("M_NOT_FOUND", `${this.options.serverName} is not in room ${roomId}`),
+      );
+    return this.options.hubLink.awaitOutcome(roomId, lpduHash, room.record.hubServer);
+  }
+
+  /** The idempotency record of an event `submitOwn` makes durable, for `once`. */
+  ownRecordOp(key: string, roomId: string, lpduHash: string, role: "hub" | "follower"): BatchOp {
+    const room = this.rooms.room(roomId);
+    const record: TxnRecord =
+      role === "hub"
+        ? { kind: "sequenced", roomId, lpduHash }
+        : { kind: "relayed", roomId, hubServer: room!.record.hubServer, lpduHash };
+    return this.recordOp(key, record);
+  }
+
+  async sendMessage(request: MessageRequest): Promise<{ eventId: string }> {
+    this.requireLocalUser(request.sender, "sender");
+    parseRoomId(request.roomId);
+    if (typeof request.type !== "string" || request.type.length === 0 || request.type.length > 255) {
+      throw new RoomError("M_INVALID_PARAM", "type must be 1 to 255 characters");
+    }
+    const agent = this.requireAgent();
+    this.options.admit?.(request.sender);
+    return this.once(request.sender, request.txnId, async (key, previous) => {
+      if (previous !== undefined) return this.outcomeOf(previous);
+      if (this.rooms.room(request.roomId) === undefined) {
+        throw new RoomError("M_NOT_FOUND", `${this.options.serverName} is not in room ${request.roomId}`);
+      }
+      const outcome = await agent.sendMessage(
+        request.roomId,
+        request.sender,
+        { type: request.type, content: request.content },
+        (lpduHash, role) => [this.ownRecordOp(key, request.roomId, lpduHash, role)],
+      );
+      return { eventId: await outcome };
+    });
+  }
+
+  async messages(
+    roomId: string,
+    userId: string,
+    page: { fromSeq: number; limit: number },
+  ): Promise<ReceivedMessage[]> {
+    this.requireLocalUser(userId, "user");
+    parseRoomId(roomId);
+    if (!Number.isSafeInteger(page.fromSeq) || page.fromSeq < 1) {
+      throw new RoomError("M_INVALID_PARAM", "from must be a positive integer");
+    }
+    if (!Number.isSafeInteger(page.limit) || page.limit < 1 || page.limit > MAX_HISTORY_PAGE) {
+      throw new RoomError("M_INVALID_PARAM", `limit must be 1 to ${MAX_HISTORY_PAGE}`);
+    }
+    if (this.rooms.room(roomId) === undefined)
+      throw new RoomError("M_NOT_FOUND", `${this.options.serverName} is not in room ${roomId}`);
+    return this.requireAgent().messages(roomId, userId, page.fromSeq, page.limit);
+  }
+
+  async clientGroup(roomId: string, userId: string): Promise<ClientGroupView | undefined> {
+    this.requireLocalUser(userId, "user");
+    parseRoomId(roomId);
+    if (this.rooms.room(roomId) === undefined)
+      throw new RoomError("M_NOT_FOUND", `${this.options.serverName} is not in room ${roomId}`);
+    return this.requireAgent().clientView(roomId, userId);
+  }
+
+  private requireAgent(): GroupAgent {
+    if (this.agent === undefined) throw new RoomError("M_UNKNOWN", "the hosted MLS clients are not running");
+    return this.agent;
   }
 
   /** `queuedNow`: the record was written by this call, so the hub cannot have answered yet. */

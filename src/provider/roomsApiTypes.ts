@@ -1,4 +1,7 @@
 import type { FullyFormedEvent, JsonObject } from "../events/types";
+import type { ReceivedMessage } from "../mls/agent/groupAgent";
+
+export type { ReceivedMessage };
 
 /**
  * The one interface for local users (the admin API and the Matrix bridge).
@@ -14,6 +17,20 @@ export interface RoomsApi {
   createRoom(request: CreateRoomRequest): Promise<{ roomId: string }>;
   /** Sends an event as a local user: sequenced here when we are the hub, else relayed to the hub. */
   send(request: SendRequest): Promise<{ eventId: string }>;
+  /**
+   * Sends a local user's message, end-to-end encrypted: the user's hosted MLS client encrypts
+   * `{type, content}` and the room gets an `m.room.encrypted` event (LM-04 §m.room.encrypted).
+   * Waits (up to a bound) for the user's client to be in the room's group.
+   */
+  sendMessage(request: MessageRequest): Promise<{ eventId: string }>;
+  /** The messages of a room as a local user's client received them (decrypted), oldest first. */
+  messages(
+    roomId: string,
+    userId: string,
+    page: { fromSeq: number; limit: number },
+  ): Promise<ReceivedMessage[]>;
+  /** A local user's MLS client in a room's group: its epoch and the members it sees; undefined if it has none. */
+  clientGroup(roomId: string, userId: string): Promise<ClientGroupView | undefined>;
   /** `sender` (local) invites `target` (any server). */
   invite(request: InviteRequest): Promise<{ eventId: string }>;
   /** A local user's own join, leave or knock; works for rooms this provider does not follow yet. */
@@ -45,6 +62,26 @@ export interface SendRequest {
   type: string;
   content: JsonObject;
   stateKey?: string;
+  txnId: string;
+}
+
+export interface ClientGroupView {
+  /** The client's MLS epoch (decimal). */
+  epoch: string;
+  /** The user ID of each leaf's client, by leaf index. */
+  members: string[];
+  /** False once the client was removed from the group. */
+  active: boolean;
+  /** The GroupContext's tree hash (unpadded base64): equal clients agree on the whole tree. */
+  treeHash: string;
+}
+
+export interface MessageRequest {
+  roomId: string;
+  sender: string;
+  /** The message's own type, inside the ciphertext (e.g. `m.room.message`). */
+  type: string;
+  content: JsonObject;
   txnId: string;
 }
 

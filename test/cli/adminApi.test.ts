@@ -6,12 +6,15 @@ import { RemoteError } from "../../src/federation/errors";
 import { parseUserId } from "../../src/identifiers";
 import { setLogLevel } from "../../src/logging";
 import type {
+  ClientGroupView,
   CreateRoomRequest,
   HistoryPage,
   InviteInfo,
   InviteRequest,
+  MessageRequest,
   OtherParticipationRequest,
   OwnParticipationRequest,
+  ReceivedMessage,
   RoomInfo,
   RoomsApi,
   SendRequest,
@@ -34,6 +37,8 @@ class Fakes implements RoomsApi, OperatorApi {
   info: RoomInfo | undefined = undefined;
   page: HistoryPage = { events: [], nextSeq: undefined };
   inviteList: InviteInfo[] = [];
+  received: ReceivedMessage[] = [];
+  group: ClientGroupView | undefined = undefined;
 
   private record<T>(call: Call, value: T): T {
     this.calls.push(call);
@@ -46,6 +51,15 @@ class Fakes implements RoomsApi, OperatorApi {
   }
   async send(r: SendRequest) {
     return this.record(["send", r], { eventId: "$sent" });
+  }
+  async sendMessage(r: MessageRequest) {
+    return this.record(["sendMessage", r], { eventId: "$message" });
+  }
+  async messages(roomId: string, userId: string, page: { fromSeq: number; limit: number }) {
+    return this.record(["messages", roomId, userId, page], this.received);
+  }
+  async clientGroup(roomId: string, userId: string) {
+    return this.record(["clientGroup", roomId, userId], this.group);
   }
   async invite(r: InviteRequest) {
     return this.record(["invite", r], { eventId: "$invite" });
@@ -133,6 +147,8 @@ describe("admin API", () => {
     fakes.info = undefined;
     fakes.page = { events: [], nextSeq: undefined };
     fakes.inviteList = [];
+    fakes.received = [];
+    fakes.group = undefined;
     logLines.length = 0;
   });
 
@@ -855,6 +871,63 @@ describe("admin API", () => {
       expect(fakes.calls).toEqual([
         ["history", ROOM, { fromSeq: 1, limit: 100, waitMs: 0 }],
         ["history", ROOM, { fromSeq: 7, limit: 1000, waitMs: 30000 }],
+      ]);
+    });
+
+    it("PUT /rooms/:roomId/messages/:txnId, GET /rooms/:roomId/messages and GET /rooms/:roomId/mls", async () => {
+      expect(
+        (await call("PUT", `/rooms/${R}/messages/m1`, { sender: ALICE, content: { body: "hi" } })).body,
+      ).toEqual({ event_id: "$message" });
+      await call("PUT", `/rooms/${R}/messages/m2`, { sender: ALICE, type: "org.example.note", content: {} });
+      fakes.received = [
+        {
+          seq: 9,
+          eventId: "$e",
+          sender: BOB,
+          epoch: "3",
+          status: "decrypted",
+          type: "m.room.message",
+          content: { body: "yo" },
+        },
+        { seq: 10, eventId: "$f", sender: BOB, epoch: "3", status: "undecryptable", reason: "no keys" },
+      ];
+      expect(
+        (await call("GET", `/rooms/${R}/messages?user=${encodeURIComponent(ALICE)}&from=9&limit=5`)).body,
+      ).toEqual({
+        messages: [
+          {
+            seq: 9,
+            event_id: "$e",
+            sender: BOB,
+            epoch: "3",
+            status: "decrypted",
+            type: "m.room.message",
+            content: { body: "yo" },
+          },
+          { seq: 10, event_id: "$f", sender: BOB, epoch: "3", status: "undecryptable", reason: "no keys" },
+        ],
+      });
+      expectJsonError(
+        await call("GET", `/rooms/${R}/mls?user=${encodeURIComponent(ALICE)}`),
+        404,
+        "M_NOT_FOUND",
+      );
+      fakes.group = { epoch: "4", members: [ALICE, BOB], active: true, treeHash: "aGFzaA" };
+      expect((await call("GET", `/rooms/${R}/mls?user=${encodeURIComponent(ALICE)}`)).body).toEqual(
+        fakes.group,
+      );
+      expectJsonError(await call("GET", `/rooms/${R}/messages`), 400, "M_INVALID_PARAM");
+      expectJsonError(await call("GET", `/rooms/${R}/messages?user=alice`), 400, "M_INVALID_PARAM");
+      expectJsonError(await call("PUT", `/rooms/${R}/messages/m3`, { sender: ALICE }), 400, "M_BAD_JSON");
+      expect(fakes.calls).toEqual([
+        [
+          "sendMessage",
+          { roomId: ROOM, sender: ALICE, type: "m.room.message", content: { body: "hi" }, txnId: "m1" },
+        ],
+        ["sendMessage", { roomId: ROOM, sender: ALICE, type: "org.example.note", content: {}, txnId: "m2" }],
+        ["messages", ROOM, ALICE, { fromSeq: 9, limit: 5 }],
+        ["clientGroup", ROOM, ALICE],
+        ["clientGroup", ROOM, ALICE],
       ]);
     });
 

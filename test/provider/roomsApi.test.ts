@@ -25,7 +25,8 @@ describe("the rooms API", () => {
   const b = () => set.providers[1]!;
 
   beforeAll(async () => {
-    set = await startInProcess(["a.example", "b.example"]);
+    // These tests count the room layer's events; the hosted MLS clients (which add commits) have tests of their own.
+    set = await startInProcess(["a.example", "b.example"], {}, undefined, false);
     ({ roomId } = await a().rooms.createRoom({ creator: ALICE, txnId: "create-1" }));
     await a().rooms.send({
       roomId,

@@ -18,6 +18,7 @@ export async function startInProcess(
   names: string[],
   options: ProviderOptions = {},
   limits = "{ local_sends_per_second: 100000, local_send_burst: 100000 }",
+  hostedClients = true,
 ): Promise<InProcessSet> {
   const ports = await Promise.all(names.map(() => freePort()));
   const dirs = names.map((name) => {
@@ -39,7 +40,8 @@ export async function startInProcess(
         ...names.map((n, j) => `    ${n}: http://127.0.0.1:${ports[j]}`),
         `database: { durability: ${process.env.MIMI_TEST_DURABILITY ?? "os"} }`,
         `limits: ${limits}`,
-        "logging: { level: error }",
+        `logging: { level: ${process.env.MIMI_LOG_LEVEL ?? "error"} }`,
+        `mls: { hosted_clients: ${hostedClients} }`,
       ].join("\n"),
       dirs[i]!,
     );

@@ -120,6 +120,37 @@ export class ProviderProcess {
     return (await this.put<{ event_id: string }>(path, body)).event_id;
   }
 
+  /** Sends a user's message, encrypted by the user's hosted MLS client; answers its event ID. */
+  async sendMessage(
+    roomId: string,
+    sender: string,
+    body: string,
+    txnId: string = freshTxnId(),
+  ): Promise<string> {
+    const path = `${roomPath(roomId)}/messages/${txnId}`;
+    return (await this.put<{ event_id: string }>(path, { sender, content: { body } })).event_id;
+  }
+
+  /** The messages of a room as the user's client received them. */
+  async messages(roomId: string, user: string): Promise<MessageJson[]> {
+    const query = `user=${encodeURIComponent(user)}&limit=1000`;
+    return (await this.admin<{ messages: MessageJson[] }>("GET", `${roomPath(roomId)}/messages?${query}`))
+      .messages;
+  }
+
+  /** The user's MLS client in the room's group, or undefined if it has none. */
+  async mls(
+    roomId: string,
+    user: string,
+  ): Promise<{ epoch: string; members: string[]; active: boolean } | undefined> {
+    try {
+      return await this.admin("GET", `${roomPath(roomId)}/mls?user=${encodeURIComponent(user)}`);
+    } catch (err) {
+      if ((err as { status?: number }).status === 404) return undefined;
+      throw err;
+    }
+  }
+
   invite(roomId: string, sender: string, target: string, options: ActionOptions = {}): Promise<string> {
     return this.act(roomId, "invite", { sender, target }, options);
   }
@@ -209,6 +240,17 @@ export interface HistoryEvent {
   [field: string]: unknown;
 }
 
+export interface MessageJson {
+  seq: number;
+  event_id: string;
+  sender: string;
+  epoch: string;
+  status: "decrypted" | "sent" | "undecryptable" | "dropped";
+  type?: string;
+  content?: { body?: string; [field: string]: unknown };
+  reason?: string;
+}
+
 export interface InviteJson {
   room_id: string;
   user_id: string;
@@ -236,12 +278,19 @@ export function freshTxnId(): string {
 export async function startProviders(
   names: string[],
   extraRoutes: Record<string, string> = {},
+  options: {
+    /** The URL other providers reach `name` at (e.g. a recording proxy); default: its own port. */
+    routeOf?: (name: string, url: string) => Promise<string> | string;
+    /** Hosted MLS clients (config `mls.hosted_clients`); default on. */
+    hostedClients?: boolean;
+  } = {},
 ): Promise<ProviderProcess[]> {
   const ports = await Promise.all(names.map(async () => [await freePort(), await freePort()] as const));
-  const routes = {
-    ...extraRoutes,
-    ...Object.fromEntries(names.map((name, i) => [name, `http://127.0.0.1:${ports[i]![0]}`])),
-  };
+  const routes: Record<string, string> = { ...extraRoutes };
+  for (const [i, name] of names.entries()) {
+    const url = `http://127.0.0.1:${ports[i]![0]}`;
+    routes[name] = options.routeOf === undefined ? url : await options.routeOf(name, url);
+  }
   const providers = names.map((name, i) => {
     const dir = tempDir(name.replace(/\W/g, "-"));
     mkdirSync(join(dir, "data"), { recursive: true });
@@ -261,6 +310,7 @@ export async function startProviders(
       signing_key_path: "data/signing.key",
       admin_api: { bind_address: "127.0.0.1", port: ports[i]![1], token: TOKEN },
       logging: { level: "warn" },
+      mls: { hosted_clients: options.hostedClients ?? true },
     };
     writeFileSync(join(dir, "config.yaml"), yaml.dump(config));
     return new ProviderProcess(name, dir, ports[i]![0], ports[i]![1]);

@@ -382,6 +382,8 @@ export async function joinByExternalCommit(input: {
   ratchetTree?: Uint8Array;
   policy: CredentialPolicy;
   now?: number;
+  /** Replace the user's client already in the tree (RFC 9420 §12.4.3.2 resync: a Remove of its leaf). */
+  resync?: boolean;
 }): Promise<Omit<CreatedCommit, "welcome">> {
   const { groupInfo } = decodeMlsMessageOf(input.groupInfo, "mls_group_info");
   const groupId = groupIdOf(input.roomId);
@@ -400,7 +402,7 @@ export async function joinByExternalCommit(input: {
   });
   const { config, auth } = clientConfigFor(groupId, input.policy);
   const joined = await guarded(auth, "IO.MIMI_APPSERVICE.MLS_BAD_TREE", "external.join", () =>
-    joinGroupExternal(groupInfo, publicPackage, privatePackage, false, cs, tree, config),
+    joinGroupExternal(groupInfo, publicPackage, privatePackage, input.resync === true, cs, tree, config),
   );
   const commit = encodeMlsMessage({
     version: "mls10",

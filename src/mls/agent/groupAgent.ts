@@ -1,0 +1,756 @@
+import { canonicalJson } from "../../events/canonicalJson";
+import type { FullyFormedEvent, JsonObject } from "../../events/types";
+import { serverNameOf } from "../../identifiers";
+import type { Logger } from "../../logging";
+import { HubRefusal } from "../../provider/hubLink";
+import type { RoomService } from "../../room/roomService";
+import type { Participation, RoomVersion } from "../../roomVersions/types";
+import { prefixEnd, type BatchOp, type KvStore } from "../../store/kv";
+import {
+  commitAccepted,
+  commitRefused,
+  createCommit,
+  createHostedGroup,
+  decryptMessage,
+  encryptMessage,
+  ensureClientIdentity,
+  joinByExternalCommit,
+  loadHostedGroup,
+  membersOf,
+  processCommit,
+  requireClientIdentity,
+  type CredentialPolicy,
+  type HostedGroup,
+} from "../clients";
+import { SUPPORTED_ALGORITHM, loadSuite, suiteForAlgorithm } from "../clients/suite";
+import { encodeUnpaddedBase64 } from "../../events/base64";
+import { fromBase64, sameBytes } from "../clients/wire";
+import { MlsError } from "../errors";
+import { MLS_COMMIT, MLS_ENCRYPTED, type RoomGroupExtension } from "../roomGroup";
+import { cursorKey, inboxKey, inboxPrefix, outboxKey, pendingLpduKey } from "./storeKeys";
+
+/** A message as a local user's client received it. */
+export interface ReceivedMessage {
+  seq: number;
+  eventId: string;
+  /** The event's sender. */
+  sender: string;
+  /** The MLS epoch the message was encrypted in (decimal). */
+  epoch: string;
+  /**
+   * `decrypted`: read by the user's client; `sent`: the user's own message; `undecryptable`: the
+   * client could not read it; `dropped`: it decrypted, but its MLS sender is not the event's
+   * sender, so it is treated as cryptographically invalid (McMillion §Policy Enforcement).
+   */
+  status: "decrypted" | "sent" | "undecryptable" | "dropped";
+  type?: string;
+  content?: JsonObject;
+  reason?: string;
+}
+
+export interface GroupView {
+  /** The MLS epoch (decimal). */
+  epoch: string;
+  /** The user ID of each member's credential, in leaf order. */
+  members: string[];
+  /** False once the client was removed from the group. */
+  active: boolean;
+  /** The GroupContext's tree hash (unpadded base64). */
+  treeHash: string;
+}
+
+/** The application message inside a PrivateMessage: `{type, content}` as canonical JSON in UTF-8. */
+export interface PlainMessage {
+  type: string;
+  content: JsonObject;
+}
+
+/** How the agent sends its clients' events (the rooms API implements it). */
+export interface OwnEventPort {
+  submitOwn(input: {
+    roomId: string;
+    sender: string;
+    type: string;
+    content: JsonObject;
+    extraOps: (lpduHash: string, role: "hub" | "follower") => BatchOp[];
+  }): Promise<{ lpduHash: string; outcome: Promise<string> }>;
+  awaitOwn(roomId: string, lpduHash: string): Promise<string>;
+}
+
+export interface GroupAgentOptions {
+  serverName: string;
+  kv: KvStore;
+  rooms: RoomService;
+  groups: RoomGroupExtension;
+  port: OwnEventPort;
+  log: Logger;
+  /** How long a message waits for its sender's client to be in the group (default 15 s). */
+  joinWaitMs?: number;
+  now?: () => number;
+}
+
+interface RoomProgress {
+  readonly roomId: string;
+  readonly version: RoomVersion;
+  /** The last event processed (durably: the cursor is written with its effects). */
+  cursor: number;
+  /** Participation as of the cursor. */
+  readonly participation: Map<string, Participation>;
+  /** Local users' clients in the room's group. */
+  groups: Map<string, HostedGroup>;
+  /** Local users whose commit is on its way to the hub: its LPDU hash. */
+  readonly inFlight: Map<string, string>;
+  queue: Promise<unknown>;
+  scheduled: boolean;
+  failures: number;
+  retryTimer: NodeJS.Timeout | undefined;
+  readonly listeners: Set<() => void>;
+}
+
+const PAGE = 64;
+const MAX_BACKOFF_MS = 30_000;
+const utf8 = new TextEncoder();
+const fromUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * The provider's hosted MLS clients at work (LM-04 §MLS Considerations, the bridge trust model):
+ * for each room it reads the linear history in order and makes every local user's client follow
+ * it (processing each m.mls.commit, decrypting each m.room.encrypted into the user's inbox), and
+ * it keeps the group in line with the room's participation:
+ *
+ * - the room's creator, when local, establishes the group with the room's first m.mls.commit;
+ * - a local user joined to the room whose client is not in the group joins it by an external
+ *   commit from the latest m.mls.commit's `public_group_state` (RFC 9420 §12.4.3.2);
+ * - a local member removes the clients of users who are no longer joined (LM-04 §Updating Group
+ *   State: anyone may remove them).
+ *
+ * Every effect of an event is written in one batch with the agent's cursor past it, so after a
+ * crash the agent goes on from the cursor and nothing is applied twice or lost. A commit that
+ * loses its epoch to another is dropped when the winner arrives, and the agent tries again from
+ * the new epoch. Work for one room runs one step at a time.
+ */
+export class GroupAgent {
+  private readonly progress = new Map<string, Promise<RoomProgress>>();
+  private stopped = false;
+  private unsubscribe: () => void = () => undefined;
+  private readonly now: () => number;
+
+  constructor(private readonly options: GroupAgentOptions) {
+    this.now = options.now ?? Date.now;
+  }
+
+  start(): void {
+    this.unsubscribe = this.options.rooms.subscribe((notice) => this.schedule(notice.roomId));
+    for (const roomId of this.options.rooms.roomIds()) this.schedule(roomId);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.unsubscribe();
+    const all = await Promise.allSettled([...this.progress.values()]);
+    for (const settled of all) {
+      if (settled.status !== "fulfilled") continue;
+      clearTimeout(settled.value.retryTimer);
+      await settled.value.queue.catch(() => undefined);
+    }
+  }
+
+  /** Sends a local user's message as an m.room.encrypted event; resolves once durable, to its outcome. */
+  async sendMessage(
+    roomId: string,
+    sender: string,
+    message: PlainMessage,
+    recordOps: (lpduHash: string, role: "hub" | "follower") => BatchOp[],
+  ): Promise<Promise<string>> {
+    const progress = await this.progressOf(roomId);
+    const plaintext = utf8.encode(canonicalJson({ type: message.type, content: message.content }));
+    const deadline = this.now() + (this.options.joinWaitMs ?? 15_000);
+    for (;;) {
+      const outcome = await this.inQueue(progress, async () => {
+        await this.catchUp(progress);
+        const group = progress.groups.get(sender);
+        if (group === undefined || !isActive(group) || group.commitEventId === undefined) return undefined;
+        const encrypted = await encryptMessage(group, plaintext);
+        const submitted = await this.options.port.submitOwn({
+          roomId,
+          sender,
+          type: MLS_ENCRYPTED,
+          content: {
+            algorithm: SUPPORTED_ALGORITHM,
+            ciphertext: encodeUnpaddedBase64(encrypted.ciphertext),
+            commit_event_id: encrypted.commitEventId,
+          },
+          extraOps: (lpduHash, role) => [
+            ...encrypted.ops,
+            {
+              type: "put",
+              key: outboxKey(roomId, lpduHash),
+              value: JSON.stringify({ epoch: encrypted.epoch.toString(), ...message }),
+            },
+            ...recordOps(lpduHash, role),
+          ],
+        });
+        progress.groups.set(sender, encrypted.group);
+        return submitted.outcome;
+      });
+      if (outcome !== undefined) return outcome;
+      const left = deadline - this.now();
+      if (left <= 0 || this.stopped) {
+        throw new MlsError(
+          "IO.MIMI_APPSERVICE.MLS_NOT_MEMBER",
+          "send.not_in_group",
+          `${sender}'s MLS client is not in the group of ${roomId}: the user must be joined, and its client's join must have reached the hub`,
+        );
+      }
+      this.schedule(roomId);
+      await this.changed(progress, left);
+    }
+  }
+
+  /** The messages a local user's client received in a room, oldest first, from `fromSeq`. */
+  async messages(roomId: string, userId: string, fromSeq: number, limit: number): Promise<ReceivedMessage[]> {
+    const progress = await this.progressOf(roomId);
+    await this.inQueue(progress, () => this.catchUp(progress));
+    const prefix = inboxPrefix(roomId, userId);
+    const out: ReceivedMessage[] = [];
+    for await (const [, value] of this.options.kv.range({
+      gte: inboxKey(roomId, userId, fromSeq),
+      lt: prefixEnd(prefix),
+      limit,
+    })) {
+      out.push(JSON.parse(value) as ReceivedMessage);
+    }
+    return out;
+  }
+
+  /** The epoch and tree of a local user's client, for operators and tests. */
+  async clientView(roomId: string, userId: string): Promise<GroupView | undefined> {
+    const progress = await this.progressOf(roomId);
+    await this.inQueue(progress, () => this.catchUp(progress));
+    const group = progress.groups.get(userId);
+    if (group?.state === undefined) return undefined;
+    return {
+      epoch: group.state.groupContext.epoch.toString(),
+      members: membersOf(group).map((m) => m.userId ?? "?"),
+      active: isActive(group),
+      treeHash: encodeUnpaddedBase64(group.state.groupContext.treeHash),
+    };
+  }
+
+  /** The room's group as this provider's observer tracks it (every provider checks every commit). */
+  observerView(roomId: string): Omit<GroupView, "active"> | undefined {
+    const observer = this.options.rooms.extensionState(roomId, this.options.groups)?.observer;
+    if (observer === undefined) return undefined;
+    return {
+      epoch: observer.epoch.toString(),
+      members: observer.members().map((m) => identityText(m.identity) ?? "?"),
+      treeHash: encodeUnpaddedBase64(observer.treeHash),
+    };
+  }
+
+  /** Resolves once the room's work queue is empty and nothing is left to do or in flight. */
+  async settled(roomId: string, timeoutMs = 30_000): Promise<void> {
+    const progress = await this.progressOf(roomId);
+    const deadline = this.now() + timeoutMs;
+    while (this.now() < deadline) {
+      await progress.queue.catch(() => undefined);
+      const head = this.options.rooms.room(roomId)?.record.headSeq ?? 0;
+      if (!progress.scheduled && progress.inFlight.size === 0 && progress.cursor >= head) return;
+      await this.changed(progress, Math.min(200, deadline - this.now()));
+    }
+  }
+
+  // ---- scheduling ----
+
+  private schedule(roomId: string, delayMs = 0): void {
+    if (this.stopped) return;
+    void this.progressOf(roomId).then(
+      (progress) => {
+        if (delayMs > 0) {
+          if (progress.retryTimer !== undefined) return;
+          progress.retryTimer = setTimeout(() => {
+            progress.retryTimer = undefined;
+            this.schedule(roomId);
+          }, delayMs);
+          return;
+        }
+        if (progress.scheduled) return;
+        progress.scheduled = true;
+        void this.inQueue(progress, async () => {
+          progress.scheduled = false;
+          if (this.stopped) return;
+          await this.catchUp(progress);
+          await this.reconcile(progress);
+        }).catch((error: unknown) => {
+          progress.failures += 1;
+          this.options.log.warn("MLS group work failed; retrying", {
+            roomId,
+            error,
+            attempt: progress.failures,
+          });
+          this.schedule(roomId, this.backoff(progress));
+        });
+      },
+      (error: unknown) => this.options.log.warn("cannot load the room's MLS clients", { roomId, error }),
+    );
+  }
+
+  private backoff(progress: RoomProgress): number {
+    return Math.min(MAX_BACKOFF_MS, 100 * 2 ** Math.min(progress.failures, 10));
+  }
+
+  private inQueue<T>(progress: RoomProgress, work: () => Promise<T>): Promise<T> {
+    const run = progress.queue.then(work, work);
+    progress.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private changed(progress: RoomProgress, waitMs: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        progress.listeners.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, Math.max(0, waitMs));
+      progress.listeners.add(done);
+    });
+  }
+
+  private notify(progress: RoomProgress): void {
+    for (const listener of [...progress.listeners]) listener();
+  }
+
+  // ---- loading ----
+
+  private progressOf(roomId: string): Promise<RoomProgress> {
+    let loading = this.progress.get(roomId);
+    if (loading === undefined) {
+      loading = this.load(roomId);
+      this.progress.set(roomId, loading);
+      loading.catch(() => this.progress.delete(roomId));
+    }
+    return loading;
+  }
+
+  private async load(roomId: string): Promise<RoomProgress> {
+    const { rooms, kv, serverName } = this.options;
+    const room = rooms.room(roomId);
+    if (room === undefined)
+      throw new MlsError("M_NOT_FOUND", "agent.room", `${serverName} is not in ${roomId}`);
+    const stored = await kv.get(cursorKey(roomId));
+    const cursor = stored === undefined ? 0 : Number(stored);
+    const participation = new Map<string, Participation>();
+    if (cursor > 0) {
+      for (const entry of await rooms.store.stateAt(roomId, cursor + 1)) {
+        if (entry.type !== room.version.membership.eventType) continue;
+        const value = room.version.membership.participationIn(entry.content);
+        if (value !== undefined) participation.set(entry.stateKey, value);
+      }
+    }
+    const progress: RoomProgress = {
+      roomId,
+      version: room.version,
+      cursor,
+      participation,
+      groups: new Map(),
+      inFlight: new Map(),
+      queue: Promise.resolve(),
+      scheduled: false,
+      failures: 0,
+      retryTimer: undefined,
+      listeners: new Set(),
+    };
+    // Every local user who has been in the room may have a client there.
+    for (const entry of room.state.allEntries()) {
+      if (entry.type !== room.version.membership.eventType || !this.isLocal(entry.stateKey)) continue;
+      const group = await loadHostedGroup(kv, entry.stateKey, roomId, this.policyFor(progress));
+      if (group === undefined) continue;
+      progress.groups.set(entry.stateKey, group);
+      if (group.pending === undefined) continue;
+      const lpduHash = await kv.get(pendingLpduKey(roomId, entry.stateKey));
+      if (lpduHash === undefined) continue;
+      progress.inFlight.set(entry.stateKey, lpduHash);
+      this.watch(progress, entry.stateKey, lpduHash, this.options.port.awaitOwn(roomId, lpduHash));
+    }
+    return progress;
+  }
+
+  /**
+   * Who may have a client in the group, as the hosted clients' authentication service asks: a
+   * user who is or was joined to the room (a user who left stays in the tree until a member
+   * commits the removal). Adds are for joined users only: the hub checks that on every commit.
+   */
+  private policyFor(progress: RoomProgress): CredentialPolicy {
+    return (userId) => {
+      const participation = progress.participation.get(userId);
+      return participation === "join" || participation === "leave" || participation === "ban";
+    };
+  }
+
+  private isLocal(userId: string): boolean {
+    try {
+      return serverNameOf(userId) === this.options.serverName;
+    } catch {
+      return false;
+    }
+  }
+
+  // ---- following the history ----
+
+  private async catchUp(progress: RoomProgress): Promise<void> {
+    const { rooms, kv } = this.options;
+    for (;;) {
+      const head = rooms.room(progress.roomId)?.record.headSeq ?? 0;
+      if (progress.cursor >= head) return;
+      const page = await rooms.getEvents(progress.roomId, progress.cursor + 1, PAGE);
+      if (page.length === 0) return;
+      const groups = new Map(progress.groups);
+      const ops: BatchOp[] = [];
+      for (const stored of page) {
+        const event = JSON.parse(stored.json) as FullyFormedEvent;
+        await this.processEvent(progress, groups, stored.seq, stored.eventId, event, ops);
+      }
+      const last = page[page.length - 1]!.seq;
+      ops.push({ type: "put", key: cursorKey(progress.roomId), value: String(last) });
+      await kv.commit(dedupe(ops));
+      progress.cursor = last;
+      progress.groups = groups;
+      this.notify(progress);
+    }
+  }
+
+  private async processEvent(
+    progress: RoomProgress,
+    groups: Map<string, HostedGroup>,
+    seq: number,
+    eventId: string,
+    event: FullyFormedEvent,
+    ops: BatchOp[],
+  ): Promise<void> {
+    const membership = progress.version.membership;
+    if (event.type === membership.eventType && event.state_key !== undefined) {
+      const participation = membership.participationIn(event.content);
+      if (participation !== undefined) progress.participation.set(event.state_key, participation);
+      return;
+    }
+    if (event.type === MLS_COMMIT) {
+      const message = fromBase64(event.content.message as string);
+      for (const [user, group] of groups) {
+        groups.set(user, await this.followCommit(progress, user, group, message, eventId, ops));
+      }
+      return;
+    }
+    if (event.type === MLS_ENCRYPTED) await this.receive(progress, groups, seq, eventId, event, ops);
+  }
+
+  private async followCommit(
+    progress: RoomProgress,
+    user: string,
+    group: HostedGroup,
+    message: Uint8Array,
+    eventId: string,
+    ops: BatchOp[],
+  ): Promise<HostedGroup> {
+    const clearPending = () => {
+      ops.push({ type: "del", key: pendingLpduKey(progress.roomId, user) });
+      progress.inFlight.delete(user);
+    };
+    if (group.pending !== undefined && sameBytes(group.pending.message, message)) {
+      const accepted = commitAccepted(group, eventId);
+      ops.push(...accepted.ops);
+      clearPending();
+      progress.failures = 0;
+      return accepted.group;
+    }
+    if (!isActive(group)) {
+      if (group.pending === undefined) return group;
+      // An external join that lost its epoch: try again from the new one.
+      const refused = commitRefused(group);
+      ops.push(...refused.ops);
+      clearPending();
+      return refused.group;
+    }
+    if (group.pending !== undefined) clearPending();
+    try {
+      const processed = await processCommit(group, message, eventId);
+      ops.push(...processed.ops);
+      if (processed.removed) {
+        this.options.log.info("a local client was removed from the group", { roomId: progress.roomId, user });
+      }
+      return processed.group;
+    } catch (err) {
+      if (!(err instanceof MlsError)) throw err;
+      // The client cannot follow this commit; it rejoins by an external commit (reconcile).
+      this.options.log.warn("a local client could not process a commit", {
+        roomId: progress.roomId,
+        user,
+        eventId,
+        error: err.message,
+      });
+      return group.pending === undefined ? group : commitRefused(group).group;
+    }
+  }
+
+  private async receive(
+    progress: RoomProgress,
+    groups: Map<string, HostedGroup>,
+    seq: number,
+    eventId: string,
+    event: FullyFormedEvent,
+    ops: BatchOp[],
+  ): Promise<void> {
+    const roomId = progress.roomId;
+    const base = { seq, eventId, sender: event.sender };
+    if (this.isLocal(event.sender)) {
+      const key = outboxKey(roomId, event.hashes.lpdu.sha256);
+      const sent = await this.options.kv.get(key);
+      if (sent !== undefined) {
+        const { epoch, type, content } = JSON.parse(sent) as PlainMessage & { epoch: string };
+        const record: ReceivedMessage = { ...base, epoch, status: "sent", type, content };
+        ops.push({ type: "del", key }, inboxOp(roomId, event.sender, record));
+      }
+    }
+    const ciphertext = fromBase64(event.content.ciphertext as string);
+    for (const [user, group] of groups) {
+      if (user === event.sender || group.state === undefined) continue;
+      let record: ReceivedMessage;
+      try {
+        const decrypted = await decryptMessage(group, ciphertext);
+        groups.set(user, decrypted.group);
+        ops.push(...decrypted.ops);
+        const epoch = decrypted.epoch.toString();
+        const plain = parsePlain(decrypted.plaintext);
+        if (decrypted.senderUserId !== event.sender) {
+          record = {
+            ...base,
+            epoch,
+            status: "dropped",
+            reason: `the MLS sender ${decrypted.senderUserId} is not the event's sender`,
+          };
+        } else if (plain === undefined) {
+          record = {
+            ...base,
+            epoch,
+            status: "undecryptable",
+            reason: "the plaintext is not a {type, content} object",
+          };
+        } else {
+          record = { ...base, epoch, status: "decrypted", type: plain.type, content: plain.content };
+        }
+      } catch (err) {
+        if (!(err instanceof MlsError)) throw err;
+        record = { ...base, epoch: "?", status: "undecryptable", reason: err.message };
+      }
+      ops.push(inboxOp(roomId, user, record));
+    }
+  }
+
+  // ---- keeping the group in line with the room ----
+
+  private async reconcile(progress: RoomProgress): Promise<void> {
+    if (progress.inFlight.size > 0 || this.stopped) return;
+    const { rooms, groups: groupExtension } = this.options;
+    const room = rooms.room(progress.roomId);
+    if (room === undefined || progress.cursor < room.record.headSeq) return;
+    const joined = [...progress.participation]
+      .filter(([user, participation]) => participation === "join" && this.isLocal(user))
+      .map(([user]) => user);
+    if (joined.length === 0) return;
+    const groupState = rooms.extensionState(progress.roomId, groupExtension);
+    const observer = groupState?.observer;
+    if (observer === undefined || groupState?.headCommit === undefined) {
+      const creator = room.state.get(room.version.createEventType, "")?.sender;
+      if (creator !== undefined && joined.includes(creator)) await this.establish(progress, creator);
+      return;
+    }
+    const current = (group: HostedGroup | undefined): group is HostedGroup =>
+      group !== undefined && isActive(group) && group.state!.groupContext.epoch === observer.epoch;
+    const committer = joined.find((user) => current(progress.groups.get(user)));
+    if (committer !== undefined) {
+      const group = progress.groups.get(committer)!;
+      const stale = membersOf(group)
+        .filter(
+          (member) => member.userId === undefined || progress.participation.get(member.userId) !== "join",
+        )
+        .map((member) => member.leafIndex);
+      if (stale.length > 0) {
+        const commit = await createCommit(group, { remove: stale });
+        await this.submitCommit(
+          progress,
+          committer,
+          commit.group,
+          commit.commit,
+          commit.groupInfo,
+          commit.ops,
+        );
+        return;
+      }
+    }
+    const joiner = joined.find((user) => !current(progress.groups.get(user)));
+    if (joiner !== undefined) await this.joinExternally(progress, joiner, groupState.headCommit, observer);
+  }
+
+  private async establish(progress: RoomProgress, creator: string): Promise<void> {
+    const room = this.options.rooms.room(progress.roomId)!;
+    const algorithm = room.state.get(room.version.createEventType, "")?.content.encryption_algorithm;
+    const cs = await loadSuite(suiteForAlgorithm(algorithm));
+    const { identity, ops: identityOps } = await ensureClientIdentity(this.options.kv, creator, cs);
+    const created = await createHostedGroup({
+      identity,
+      roomId: progress.roomId,
+      encryptionAlgorithm: algorithm,
+      policy: this.policyFor(progress),
+      now: this.now(),
+    });
+    const commit = await createCommit(created.group);
+    await this.submitCommit(progress, creator, commit.group, commit.commit, commit.groupInfo, [
+      ...identityOps,
+      ...created.ops,
+      ...commit.ops,
+    ]);
+  }
+
+  private async joinExternally(
+    progress: RoomProgress,
+    user: string,
+    headCommit: string,
+    observer: { members(): { identity: Uint8Array }[] },
+  ): Promise<void> {
+    const stored = await this.options.rooms.getEvent(headCommit);
+    if (stored === undefined) return;
+    const event = JSON.parse(stored.json) as FullyFormedEvent;
+    const cs = await loadSuite(suiteForAlgorithm(SUPPORTED_ALGORITHM));
+    const ensured = await ensureClientIdentity(this.options.kv, user, cs);
+    const identity =
+      ensured.ops.length > 0 ? ensured.identity : await requireClientIdentity(this.options.kv, user);
+    // A client of the user still in the tree (its state lost or behind) is replaced: RFC 9420 §12.2 resync.
+    const resync = observer.members().some((member) => identityText(member.identity) === user);
+    const joined = await joinByExternalCommit({
+      identity,
+      roomId: progress.roomId,
+      groupInfo: fromBase64(event.content.public_group_state as string),
+      policy: this.policyFor(progress),
+      now: this.now(),
+      resync,
+    });
+    await this.submitCommit(progress, user, joined.group, joined.commit, joined.groupInfo, [
+      ...ensured.ops,
+      ...joined.ops,
+    ]);
+  }
+
+  private async submitCommit(
+    progress: RoomProgress,
+    user: string,
+    group: HostedGroup,
+    commit: Uint8Array,
+    groupInfo: Uint8Array,
+    ops: BatchOp[],
+  ): Promise<void> {
+    // LM-04 §m.mls.commit: prev_commit_event_id names the commit this one builds on.
+    const previous = this.options.rooms.extensionState(progress.roomId, this.options.groups)?.headCommit;
+    const content: JsonObject = {
+      message: encodeUnpaddedBase64(commit),
+      public_group_state: encodeUnpaddedBase64(groupInfo),
+      ...(previous === undefined ? {} : { prev_commit_event_id: previous }),
+    };
+    const { lpduHash, outcome } = await this.options.port.submitOwn({
+      roomId: progress.roomId,
+      sender: user,
+      type: MLS_COMMIT,
+      content,
+      extraOps: (hash) => [...ops, { type: "put", key: pendingLpduKey(progress.roomId, user), value: hash }],
+    });
+    progress.groups.set(user, group);
+    progress.inFlight.set(user, lpduHash);
+    this.watch(progress, user, lpduHash, outcome);
+  }
+
+  /** Waits for the hub's answer to a commit: a refusal drops it so the agent can try again. */
+  private watch(progress: RoomProgress, user: string, lpduHash: string, outcome: Promise<string>): void {
+    outcome.then(
+      () => this.schedule(progress.roomId),
+      (err: unknown) => {
+        if (this.stopped) return;
+        if (!(err instanceof HubRefusal)) {
+          // No answer yet: the commit stays queued; ask again later.
+          setTimeout(() => {
+            if (!this.stopped && progress.inFlight.get(user) === lpduHash) {
+              this.watch(progress, user, lpduHash, this.options.port.awaitOwn(progress.roomId, lpduHash));
+            }
+          }, 1000).unref();
+          return;
+        }
+        void this.inQueue(progress, () => this.refused(progress, user, lpduHash, err)).catch(
+          (error: unknown) =>
+            this.options.log.warn("cannot drop a refused commit", { roomId: progress.roomId, error }),
+        );
+      },
+    );
+  }
+
+  private async refused(
+    progress: RoomProgress,
+    user: string,
+    lpduHash: string,
+    err: HubRefusal,
+  ): Promise<void> {
+    if (progress.inFlight.get(user) !== lpduHash) return;
+    this.options.log.info("the hub refused a commit of a local client; trying again", {
+      roomId: progress.roomId,
+      user,
+      errcode: err.remoteErrcode,
+      error: err.message,
+    });
+    const group = progress.groups.get(user);
+    const dropped = group?.pending === undefined ? undefined : commitRefused(group);
+    await this.options.kv.commit([
+      { type: "del", key: pendingLpduKey(progress.roomId, user) },
+      ...(dropped?.ops ?? []),
+    ]);
+    progress.inFlight.delete(user);
+    if (dropped !== undefined) progress.groups.set(user, dropped.group);
+    progress.failures += 1;
+    this.schedule(
+      progress.roomId,
+      err.remoteErrcode === "IO.MIMI_APPSERVICE.MLS_WRONG_EPOCH" ? 1 : this.backoff(progress),
+    );
+  }
+}
+
+function isActive(group: HostedGroup): boolean {
+  return group.state !== undefined && group.state.groupActiveState.kind === "active";
+}
+
+function identityText(identity: Uint8Array): string | undefined {
+  try {
+    return fromUtf8.decode(identity);
+  } catch {
+    return undefined;
+  }
+}
+
+function parsePlain(bytes: Uint8Array): PlainMessage | undefined {
+  try {
+    const value = JSON.parse(fromUtf8.decode(bytes)) as unknown;
+    if (typeof value !== "object" || value === null) return undefined;
+    const { type, content } = value as { type?: unknown; content?: unknown };
+    if (typeof type !== "string" || typeof content !== "object" || content === null || Array.isArray(content))
+      return undefined;
+    return { type, content: content as JsonObject };
+  } catch {
+    return undefined;
+  }
+}
+
+function inboxOp(roomId: string, userId: string, record: ReceivedMessage): BatchOp {
+  return { type: "put", key: inboxKey(roomId, userId, record.seq), value: JSON.stringify(record) };
+}
+
+/** Keeps the last operation on each key: a page may rewrite one client's state many times. */
+function dedupe(ops: BatchOp[]): BatchOp[] {
+  const last = new Map<string, number>();
+  ops.forEach((op, i) => last.set(op.key, i));
+  return ops.filter((op, i) => last.get(op.key) === i);
+}

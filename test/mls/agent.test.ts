@@ -1,0 +1,214 @@
+import type { MimiProvider } from "../../src/provider/provider";
+import { removeDir } from "../support/services";
+import { startInProcess, type InProcessSet } from "../support/inProcess";
+import { eventually } from "../support/providers";
+
+const ALICE = "@alice:a.example";
+const BOB = "@bob:b.example";
+const CAROL = "@carol:c.example";
+
+const ROLES = {
+  roles: {
+    admin: {
+      order: 100,
+      permissions: { add: true, kick: true, ban: true, roles: ["admin", "member"] },
+      assignees: [ALICE],
+    },
+    member: { order: 10, permissions: { add: true }, assignees: [BOB, CAROL] },
+  },
+};
+
+let txn = 0;
+const txnId = () => `t${++txn}`;
+
+describe("hosted MLS clients in three providers (in one process)", () => {
+  let set: InProcessSet;
+  let a: MimiProvider, b: MimiProvider, c: MimiProvider;
+  beforeAll(async () => {
+    set = await startInProcess(["a.example", "b.example", "c.example"]);
+    [a, b, c] = set.providers as [MimiProvider, MimiProvider, MimiProvider];
+  }, 60_000);
+  afterAll(async () => {
+    await Promise.all(set.providers.map((p) => p.stop()));
+    set.dirs.forEach(removeDir);
+  });
+
+  async function join(p: MimiProvider, roomId: string, user: string): Promise<void> {
+    await a.rooms.invite({ roomId, sender: ALICE, target: user, txnId: txnId() });
+    await eventually(async () =>
+      expect((await p.rooms.listInvites(user)).map((i) => i.roomId)).toContain(roomId),
+    );
+    await p.rooms.changeOwnParticipation({ roomId, user, change: "join", txnId: txnId() });
+  }
+
+  it("establishes the group, joins by external commit and exchanges messages", async () => {
+    const { roomId } = await a.rooms.createRoom({ creator: ALICE, txnId: txnId() });
+    await join(b, roomId, BOB);
+    await join(c, roomId, CAROL);
+    await eventually(async () => {
+      const views = await Promise.all([
+        a.mls.clientView(roomId, ALICE),
+        b.mls.clientView(roomId, BOB),
+        c.mls.clientView(roomId, CAROL),
+      ]);
+      expect(views.map((v) => v?.members.length)).toEqual([3, 3, 3]);
+      expect(new Set(views.map((v) => v?.epoch)).size).toBe(1);
+    });
+    await a.rooms.sendMessage({
+      roomId,
+      sender: ALICE,
+      type: "m.room.message",
+      content: { body: "hi all" },
+      txnId: txnId(),
+    });
+    await b.rooms.sendMessage({
+      roomId,
+      sender: BOB,
+      type: "m.room.message",
+      content: { body: "hello from b" },
+      txnId: txnId(),
+    });
+    await c.rooms.sendMessage({
+      roomId,
+      sender: CAROL,
+      type: "m.room.message",
+      content: { body: "and c" },
+      txnId: txnId(),
+    });
+    for (const [p, user] of [
+      [a, ALICE],
+      [b, BOB],
+      [c, CAROL],
+    ] as const) {
+      await eventually(async () => {
+        const seen = await p.rooms.messages(roomId, user, { fromSeq: 1, limit: 100 });
+        const bodies = seen.filter((m) => m.status !== "undecryptable").map((m) => m.content?.body);
+        expect(bodies).toEqual(["hi all", "hello from b", "and c"]);
+      });
+    }
+    const views = await Promise.all([
+      a.mls.clientView(roomId, ALICE),
+      b.mls.clientView(roomId, BOB),
+      c.mls.clientView(roomId, CAROL),
+    ]);
+    expect(new Set(views.map((v) => v?.epoch)).size).toBe(1);
+  }, 60_000);
+
+  /** A room on a with bob and carol joined, every client in the group at one epoch. */
+  async function roomOfThree(): Promise<string> {
+    const { roomId } = await a.rooms.createRoom({ creator: ALICE, txnId: txnId() });
+    await a.rooms.send({
+      roomId,
+      sender: ALICE,
+      type: "m.room.roles",
+      content: ROLES,
+      stateKey: "",
+      txnId: txnId(),
+    });
+    // Both join at once: their external commits race for one epoch, and the loser rebases.
+    await Promise.all([join(b, roomId, BOB), join(c, roomId, CAROL)]);
+    await agree(roomId, [ALICE, BOB, CAROL]);
+    return roomId;
+  }
+
+  const clientOf: Record<string, () => MimiProvider> = { [ALICE]: () => a, [BOB]: () => b, [CAROL]: () => c };
+
+  /** The listed users' clients and every provider's observer: one epoch, one tree hash, these members. */
+  async function agree(roomId: string, users: string[]): Promise<void> {
+    await eventually(async () => {
+      const views = await Promise.all(users.map((u) => clientOf[u]!().rooms.clientGroup(roomId, u)));
+      // Every provider with a joined user follows the room, and checks every commit as the hub does.
+      const observers = users.map((u) => clientOf[u]!().mls.observerView(roomId));
+      for (const view of [...views, ...observers]) {
+        expect([...view!.members].sort()).toEqual([...users].sort());
+        expect(view!.epoch).toBe(views[0]!.epoch);
+        expect(view!.treeHash).toBe(views[0]!.treeHash);
+      }
+    }, 30_000);
+  }
+
+  it("converges when two providers commit in the same epoch at once", async () => {
+    const roomId = await roomOfThree();
+    const history = (await a.rooms.history(roomId, { fromSeq: 1, limit: 1000 })).events;
+    const commits = history.filter((e) => e.event.type === "m.mls.commit");
+    // The creator's, then bob's and carol's joins, one epoch each.
+    expect(commits).toHaveLength(3);
+    expect(commits.map((e) => e.event.content.prev_commit_event_id)).toEqual([
+      undefined,
+      commits[0]!.eventId,
+      commits[1]!.eventId,
+    ]);
+  }, 60_000);
+
+  it("sends m.room.message encrypted, once per txnId, and keeps m.mls.commit and m.room.encrypted for its clients", async () => {
+    const roomId = await roomOfThree();
+    const request = {
+      roomId,
+      sender: BOB,
+      type: "m.room.message",
+      content: { body: "once" },
+      txnId: txnId(),
+    };
+    const [one, two] = await Promise.all([b.rooms.send(request), b.rooms.send(request)]);
+    expect(two.eventId).toBe(one.eventId);
+    expect((await b.rooms.sendMessage(request)).eventId).toBe(one.eventId);
+    const history = (await a.rooms.history(roomId, { fromSeq: 1, limit: 1000 })).events;
+    const sent = history.filter((e) => e.eventId === one.eventId);
+    expect(sent.map((e) => e.event.type)).toEqual(["m.room.encrypted"]);
+    expect(JSON.stringify(sent[0]!.event)).not.toContain("once");
+    expect(history.filter((e) => e.event.type === "m.room.encrypted")).toHaveLength(1);
+    await eventually(async () => {
+      const seen = await c.rooms.messages(roomId, CAROL, { fromSeq: 1, limit: 100 });
+      expect(seen.map((m) => [m.eventId, m.status, m.content?.body])).toEqual([
+        [one.eventId, "decrypted", "once"],
+      ]);
+    });
+    for (const type of ["m.mls.commit", "m.room.encrypted"]) {
+      await expect(
+        a.rooms.send({ roomId, sender: ALICE, type, content: {}, txnId: txnId() }),
+      ).rejects.toMatchObject({ errcode: "M_INVALID_PARAM" });
+    }
+  }, 60_000);
+
+  it("removes the clients of users who leave, are kicked or banned; they read nothing after", async () => {
+    const roomId = await roomOfThree();
+    await c.rooms.changeOwnParticipation({ roomId, user: CAROL, change: "leave", txnId: txnId() });
+    await agree(roomId, [ALICE, BOB]);
+    await a.rooms.sendMessage({
+      roomId,
+      sender: ALICE,
+      type: "m.room.message",
+      content: { body: "after leave" },
+      txnId: txnId(),
+    });
+    await eventually(async () => {
+      const seen = await b.rooms.messages(roomId, BOB, { fromSeq: 1, limit: 100 });
+      expect(seen.map((m) => m.content?.body)).toContain("after leave");
+    });
+    expect(
+      (await c.rooms.messages(roomId, CAROL, { fromSeq: 1, limit: 100 })).map((m) => m.content?.body),
+    ).not.toContain("after leave");
+    await a.rooms.changeParticipationOf({
+      roomId,
+      sender: ALICE,
+      target: BOB,
+      change: "ban",
+      txnId: txnId(),
+    });
+    await agree(roomId, [ALICE]);
+    await a.rooms.sendMessage({
+      roomId,
+      sender: ALICE,
+      type: "m.room.message",
+      content: { body: "alone" },
+      txnId: txnId(),
+    });
+    await eventually(async () => {
+      const mine = await a.rooms.messages(roomId, ALICE, { fromSeq: 1, limit: 100 });
+      expect(mine.filter((m) => m.status === "sent").map((m) => m.content?.body)).toContain("alone");
+    });
+    expect(
+      (await b.rooms.messages(roomId, BOB, { fromSeq: 1, limit: 100 })).map((m) => m.content?.body),
+    ).not.toContain("alone");
+  }, 60_000);
+});
