@@ -1,7 +1,9 @@
 /**
  * `npm run demo`: three MIMI providers on 127.0.0.1 talk over real HTTP with
- * on-disk LevelDB, play a short conversation, and print each room's linear
- * history as every provider sees it.
+ * on-disk LevelDB, play a short conversation in an MLS-encrypted room, and
+ * print each room's linear history as every provider sees it (with the MLS
+ * epoch of each event), one message as it crossed the wire, and what each
+ * user's hosted MLS client decrypted.
  */
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -9,6 +11,7 @@ import { join } from "node:path";
 import { parseConfig } from "../src/config/config";
 import type { FullyFormedEvent, JsonObject } from "../src/events/types";
 import { MimiProvider } from "../src/provider/provider";
+import { decodeMlsMessageOf, fromBase64 } from "../src/mls/clients/wire";
 import type { HistoryEntry } from "../src/provider/roomsApiTypes";
 import { freePort } from "../src/util/freePort";
 
@@ -17,9 +20,19 @@ const ALICE = "@alice:a.example";
 const BOB = "@bob:b.example";
 const CAROL = "@carol:c.example";
 
+/** The epoch an m.mls.commit begins: its GroupInfo says so in the clear. */
+function commitEpoch(event: FullyFormedEvent): bigint {
+  const bytes = fromBase64(event.content.public_group_state as string);
+  return decodeMlsMessageOf(bytes, "mls_group_info").groupInfo.groupContext.epoch;
+}
+
 function summary(event: FullyFormedEvent): string {
   const c = event.content as Record<string, unknown>;
   switch (event.type) {
+    case "m.mls.commit":
+      return `MLS commit -> epoch ${commitEpoch(event)} (${Math.round((c.message as string).length * 0.75)} bytes)`;
+    case "m.room.encrypted":
+      return `ciphertext ${(c.ciphertext as string).slice(0, 24)}… (commit ${(c.commit_event_id as string).slice(0, 9)}…)`;
     case "m.room.create":
       return `room created (policy ${String(c.policy_id)})`;
     case "m.room.user":
@@ -87,10 +100,27 @@ async function main(): Promise<void> {
     await a.rooms.invite({ roomId, sender: ALICE, target: CAROL, txnId: txnId() });
     await c.rooms.changeOwnParticipation({ roomId, user: CAROL, change: "join", txnId: txnId() });
     step("alice lets carol in; carol joins");
-    await send(b, BOB, "org.example.message", { body: "Hello from b.example!" });
-    await send(c, CAROL, "org.example.message", { body: "And hello from c.example." });
-    await send(a, ALICE, "org.example.message", { body: "Welcome, both of you." });
-    step("all three send messages (followers' events go through the hub)");
+    await inOneGroup([
+      [a, ALICE],
+      [b, BOB],
+      [c, CAROL],
+    ]);
+    step("each joiner's provider joined the room's MLS group by an external commit");
+    const sentBodies: string[] = [];
+    const message = (p: MimiProvider, sender: string, body: string) => {
+      sentBodies.push(body);
+      return p.rooms.sendMessage({
+        roomId,
+        sender,
+        type: "m.room.message",
+        content: { body },
+        txnId: txnId(),
+      });
+    };
+    const { eventId: bobsMessage } = await message(b, BOB, "Hello from b.example!");
+    await message(c, CAROL, "And hello from c.example.");
+    await message(a, ALICE, "Welcome, both of you.");
+    step("all three send messages, encrypted by their hosted MLS clients (followers' go through the hub)");
     await c.rooms.changeOwnParticipation({
       roomId,
       user: CAROL,
@@ -98,7 +128,13 @@ async function main(): Promise<void> {
       reason: "off to lunch",
       txnId: txnId(),
     });
-    step("carol leaves");
+    await inOneGroup([
+      [a, ALICE],
+      [b, BOB],
+    ]);
+    step("carol leaves; a member's client commits her removal from the group");
+    await message(b, BOB, "Carol cannot read this one.");
+    step("bob sends one more message");
 
     // Let the last fan-out land everywhere.
     const hubHistory = await historyOf(a, roomId);
@@ -112,24 +148,75 @@ async function main(): Promise<void> {
       const history = await historyOf(provider, roomId);
       const role = provider.rooms.roomInfo(roomId)?.role ?? "-";
       console.log(`\nRoom ${roomId} as seen by ${provider.serverName} (${role}), ${history.length} events:`);
+      console.log("  seq  event ID        epoch  sender             type                 content");
+      let epoch = "-";
       for (const { seq, eventId, event } of history) {
+        if (event.type === "m.mls.commit") epoch = String(commitEpoch(event));
         console.log(
-          `  ${String(seq).padStart(2)}  ${eventId.slice(0, 13)}…  ${event.sender.padEnd(18)} ${event.type.padEnd(20)} ${summary(event)}`,
+          `  ${String(seq).padStart(3)}  ${eventId.slice(0, 13)}…  ${epoch.padStart(5)}  ${event.sender.padEnd(18)} ${event.type.padEnd(20)} ${summary(event)}`,
         );
       }
     }
-    const views = await Promise.all(
-      providers.map(async (p) => (await historyOf(p, roomId)).map((e) => e.eventId).join()),
-    );
+    const wire = (await historyOf(a, roomId)).find((e) => e.eventId === bobsMessage)!;
+    console.log(`\nBob's first message as it crossed the wire (b.example -> a.example -> c.example):`);
     console.log(
-      views.every((v) => v === views[0])
-        ? "\nAll three providers hold the same linear history (same event IDs, same order)."
+      JSON.stringify(
+        { type: wire.event.type, sender: wire.event.sender, content: wire.event.content },
+        null,
+        2,
+      )
+        .split("\n")
+        .map((line) => `  ${line.length > 110 ? `${line.slice(0, 107)}...` : line}`)
+        .join("\n"),
+    );
+    for (const [provider, user] of [
+      [a, ALICE],
+      [b, BOB],
+      [c, CAROL],
+    ] as const) {
+      const seen = await provider.rooms.messages(roomId, user, { fromSeq: 1, limit: 1000 });
+      const group = await provider.rooms.clientGroup(roomId, user);
+      console.log(`\nWhat ${user}'s MLS client decrypted (it is at epoch ${group?.epoch}):`);
+      for (const m of seen) {
+        const text =
+          m.content?.body === undefined ? `(${m.reason ?? m.status})` : `"${String(m.content.body)}"`;
+        console.log(
+          `  ${String(m.seq).padStart(3)}  epoch ${m.epoch.padStart(2)}  ${m.status.padEnd(9)}  ${m.sender.padEnd(18)} ${text}`,
+        );
+      }
+    }
+    // c.example has no joined user after carol leaves: it holds the history up to her leave.
+    const ids = await Promise.all(
+      providers.map(async (p) => (await historyOf(p, roomId)).map((e) => e.eventId)),
+    );
+    const prefixes = ids.every((list) => list.every((id, i) => id === ids[0]![i]));
+    console.log(
+      prefixes
+        ? "\nAll three providers hold the same linear history (same event IDs, same order; c.example's ends at carol's leave)."
         : "\nThe providers' histories differ!",
+    );
+    const everything = JSON.stringify(await historyOf(a, roomId));
+    console.log(
+      sentBodies.some((body) => everything.includes(body))
+        ? "A message's plaintext is in the history!"
+        : "No message's plaintext is in any event: each message crossed federation as an m.room.encrypted event.",
     );
   } finally {
     await Promise.all(providers.map((p) => p.stop()));
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Waits until these users' clients are in one group at one epoch, with no one else in it. */
+async function inOneGroup(users: (readonly [MimiProvider, string])[]): Promise<void> {
+  const roomId = "!demo:a.example";
+  for (let i = 0; i < 400; i++) {
+    const views = await Promise.all(users.map(([p, user]) => p.rooms.clientGroup(roomId, user)));
+    const epochs = new Set(views.map((v) => v?.epoch));
+    if (epochs.size === 1 && views.every((v) => v?.active && v.members.length === users.length)) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error("the clients did not reach one group");
 }
 
 /** The whole history of a room, page by page. */
