@@ -12,6 +12,8 @@ import { parseConfig } from "../src/config/config";
 import type { FullyFormedEvent, JsonObject } from "../src/events/types";
 import { MimiProvider } from "../src/provider/provider";
 import { decodeMlsMessageOf, fromBase64 } from "../src/mls/clients/wire";
+import { addedUsers } from "../src/mls/federation/welcomes";
+import { decodePublicMessageMessage } from "../src/mls/observer/wire";
 import type { HistoryEntry } from "../src/provider/roomsApiTypes";
 import { freePort } from "../src/util/freePort";
 
@@ -26,11 +28,24 @@ function commitEpoch(event: FullyFormedEvent): bigint {
   return decodeMlsMessageOf(bytes, "mls_group_info").groupInfo.groupContext.epoch;
 }
 
+/** What a commit does, from its PublicMessage (the hub and every provider can read it). */
+function describeCommit(event: FullyFormedEvent): string {
+  const content = decodePublicMessageMessage(fromBase64(event.content.message as string), "commit").content;
+  if (content.contentType !== "commit") return "?";
+  if (content.sender.senderType === "new_member_commit") return "external join";
+  const parts = addedUsers(fromBase64(event.content.message as string)).map((a) => `add ${a.userId}`);
+  const removes = content.commit.proposals.filter(
+    (p) => p.proposalOrRefType === "proposal" && p.proposal.proposalType === "remove",
+  ).length;
+  if (removes > 0) parts.push(`remove ${removes} client${removes > 1 ? "s" : ""}`);
+  return parts.length > 0 ? parts.join(", ") : "new group (first commit)";
+}
+
 function summary(event: FullyFormedEvent): string {
   const c = event.content as Record<string, unknown>;
   switch (event.type) {
     case "m.mls.commit":
-      return `MLS commit -> epoch ${commitEpoch(event)} (${Math.round((c.message as string).length * 0.75)} bytes)`;
+      return `MLS commit -> epoch ${commitEpoch(event)}: ${describeCommit(event)}`;
     case "m.room.encrypted":
       return `ciphertext ${(c.ciphertext as string).slice(0, 24)}… (commit ${(c.commit_event_id as string).slice(0, 9)}…)`;
     case "m.room.create":
@@ -105,7 +120,10 @@ async function main(): Promise<void> {
       [b, BOB],
       [c, CAROL],
     ]);
-    step("each joiner's provider joined the room's MLS group by an external commit");
+    step(
+      "alice's client added bob's and carol's to the room's MLS group: KeyPackages claimed from b.example " +
+        "and c.example, each Welcome passed on by the hub",
+    );
     const sentBodies: string[] = [];
     const message = (p: MimiProvider, sender: string, body: string) => {
       sentBodies.push(body);

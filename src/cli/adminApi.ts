@@ -29,6 +29,10 @@ export interface OperatorApi {
   deadLetters(destination: string | undefined, limit: number): Promise<unknown[]>;
   /** Puts a destination's dead letters back in its queue; answers how many. */
   retryDeadLetters(destination: string): Promise<number>;
+  /** The KeyPackage bearer tokens issued for a local user (McMillion §Key Packages). */
+  keyPackageTokens(userId: string): Promise<unknown[]>;
+  /** Revokes one of them (by ID) or all; answers how many were revoked. */
+  revokeKeyPackageTokens(userId: string, tokenId: string | undefined): Promise<number>;
 }
 
 export interface AdminDeps {
@@ -422,6 +426,24 @@ function routes(rooms: RoomsApi, operator: OperatorApi): Route[] {
         });
         return { dead_letters: await operator.deadLetters(destination, limit) };
       },
+    },
+    {
+      method: "GET",
+      path: "/users/:userId/key_package_tokens",
+      handle: async ({ params }) => ({
+        tokens: await operator.keyPackageTokens(identifier("userId", () => parseUserId(params.userId!)).raw),
+      }),
+    },
+    {
+      method: "POST",
+      path: "/users/:userId/key_package_tokens/revoke",
+      fields: ["token_id"],
+      handle: async ({ params, body }) => ({
+        revoked: await operator.revokeKeyPackageTokens(
+          identifier("userId", () => parseUserId(params.userId!)).raw,
+          optionalString(body, "token_id"),
+        ),
+      }),
     },
     {
       method: "POST",

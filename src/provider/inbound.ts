@@ -37,6 +37,8 @@ export interface InboundOptions {
   log: Logger;
   /** Rooms whose send_join is under way, by hub: events the hub sends meanwhile start the catch-up. */
   joiningHubOf: (roomId: string) => string | undefined;
+  /** Each EDU of an accepted transaction, once (LM-04 §EDUs); failures are the handler's to log. */
+  onEdu?: (origin: string, edu: unknown) => Promise<void>;
   now?: () => number;
 }
 
@@ -74,7 +76,7 @@ export class Inbound implements FederationHandlers {
    */
   onSendTransaction(origin: string, txnId: string, body: unknown): Promise<SendTransactionAnswer> {
     return this.options.transactions.once(origin, "send", txnId, async () => {
-      const { pdus } = checkTransactionBody(body);
+      const { pdus, edus } = checkTransactionBody(body);
       const answer: SendTransactionAnswer = { pdus: {}, failed_pdus: {} };
       const refuse = (id: string, err: unknown) => {
         const failure = failureOf(err);
@@ -117,6 +119,8 @@ export class Inbound implements FederationHandlers {
         this.sequenceLimited(origin, limited, answer, refuse),
         ...[...followed].map(([roomId, list]) => this.applyFollowed(origin, roomId, list, answer, refuse)),
       ]);
+      // After the PDUs: a Welcome's commit may be among them.
+      for (const edu of edus) await this.options.onEdu?.(origin, edu);
       // Keep the answer in the order of the request, as a reader of the JSON expects.
       const ordered: SendTransactionAnswer = { pdus: {}, failed_pdus: {} };
       for (const id of ids) {

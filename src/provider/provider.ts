@@ -20,7 +20,11 @@ import {
 import { createFederationApp } from "../federation/server/app";
 import { TransactionStore } from "../federation/transactionStore";
 import { createLogger, setLogLevel, type Logger } from "../logging";
+import { randomBytes } from "node:crypto";
 import { GroupAgent } from "../mls/agent/groupAgent";
+import { KeyPackageApi, KeyPackageClient, MLS_FEDERATION_PREFIX } from "../mls/federation/keyPackageApi";
+import { WelcomeRouter, type EduPort } from "../mls/federation/welcomes";
+import { BearerTokens, KeyPackagePool, KeyPackageService } from "../mls/keyPackages";
 import { RoomGroupExtension } from "../mls/roomGroup";
 import type { RoomExtension } from "../room/extension";
 import { RoomService } from "../room/roomService";
@@ -51,6 +55,8 @@ export interface OperatorView {
   status(): Promise<Record<string, unknown>>;
   deadLetters(destination: string | undefined, limit: number): Promise<unknown[]>;
   retryDeadLetters(destination: string): Promise<number>;
+  keyPackageTokens(userId: string): Promise<unknown[]>;
+  revokeKeyPackageTokens(userId: string, tokenId: string | undefined): Promise<number>;
 }
 
 /**
@@ -187,6 +193,30 @@ export class MimiProvider {
       log: log.child("catch-up"),
       isStopped: () => stopped,
     });
+    const pool = new KeyPackagePool(kv);
+    const tokens = new BearerTokens(kv);
+    const keyPackageApi = new KeyPackageApi({
+      serverName: config.serverName,
+      pool,
+      tokens,
+      service: new KeyPackageService(pool, tokens),
+      log: log.child("key-packages"),
+    });
+    const lateAgent: { agent?: GroupAgent } = {};
+    // Our EDUs (Welcomes) go through the same durable queues as PDUs.
+    const edus: EduPort = {
+      eduOps: (destination, edu) =>
+        queue.enqueueOps(destination, [{ kind: "edu", id: randomBytes(12).toString("hex"), body: edu }]),
+      wake: (destination) => delivery.wake(destination),
+    };
+    const welcomeRouter = new WelcomeRouter({
+      serverName: config.serverName,
+      kv,
+      rooms: roomService,
+      edus,
+      log: log.child("welcomes"),
+      onStored: (userId, commitEventId) => lateAgent.agent?.welcomeStored(userId, commitEventId),
+    });
     const inbound = new Inbound({
       serverName: config.serverName,
       rooms: roomService,
@@ -197,6 +227,7 @@ export class MimiProvider {
       catchUp,
       log: log.child("inbound"),
       joiningHubOf: (roomId) => joining.get(roomId),
+      onEdu: (origin, edu) => welcomeRouter.onEdu(origin, edu),
     });
     const rooms = new LocalRooms({
       serverName: config.serverName,
@@ -221,7 +252,14 @@ export class MimiProvider {
       port: rooms,
       log: log.child("mls"),
       joinWaitMs: config.mls.joinWaitMs,
+      welcomes: {
+        pool,
+        claims: new KeyPackageClient({ serverName: config.serverName, client, pool }),
+        router: welcomeRouter,
+        edus,
+      },
     });
+    lateAgent.agent = agent;
     if (config.mls.hostedClients) rooms.agent = agent;
     const provider = new MimiProvider(
       config,
@@ -239,6 +277,8 @@ export class MimiProvider {
       log,
     );
     provider.admitFederation = (origin) => federationRequests.check(origin);
+    provider.keyPackageApi = keyPackageApi;
+    provider.keyPackageTokens = tokens;
     provider.background = [transactions, invites, { stop: async () => client.close() }];
     transactions.start();
     invites.start();
@@ -258,6 +298,8 @@ export class MimiProvider {
 
   private markStopped: () => void = () => undefined;
   private admitFederation: (origin: string) => void = () => undefined;
+  private keyPackageApi: KeyPackageApi | undefined;
+  private keyPackageTokens: BearerTokens | undefined;
   private background: { stop(): Promise<void> }[] = [];
 
   private async listen(): Promise<void> {
@@ -268,6 +310,15 @@ export class MimiProvider {
       oldVerifyKeys: this.config.oldVerifyKeys,
       keyRing: this.keyRing,
       admit: (origin) => this.admitFederation(origin),
+      ...(this.keyPackageApi === undefined
+        ? {}
+        : {
+            mls: {
+              prefix: MLS_FEDERATION_PREFIX,
+              onDiscover: (origin: string, body: unknown) => this.keyPackageApi!.onDiscover(origin, body),
+              onClaim: (origin: string, body: unknown) => this.keyPackageApi!.onClaim(origin, body),
+            },
+          }),
     });
     await new Promise<void>((resolve, reject) => {
       const server = createServer(app).listen(
@@ -303,6 +354,20 @@ export class MimiProvider {
       const requeued = await this.queue.retryDeadLetters(destination);
       this.delivery.wake(destination);
       return requeued;
+    },
+    keyPackageTokens: async (userId) =>
+      (await this.keyPackageTokens!.list(userId)).map((t) => ({
+        token_id: t.id,
+        requester: t.requester,
+        issued_ts: t.issuedAt,
+        expires_ts: t.expiresAt,
+        revoked: t.revoked,
+      })),
+    revokeKeyPackageTokens: async (userId, tokenId) => {
+      const tokens = this.keyPackageTokens!;
+      if (tokenId === undefined) return tokens.revokeAll(userId);
+      const owned = (await tokens.list(userId)).some((t) => t.id === tokenId && !t.revoked);
+      return owned && (await tokens.revokeById(tokenId)) ? 1 : 0;
     },
   };
 

@@ -91,6 +91,12 @@ class Fakes implements RoomsApi, OperatorApi {
   async retryDeadLetters(destination: string) {
     return this.record(["retryDeadLetters", destination], 3);
   }
+  async keyPackageTokens(userId: string) {
+    return this.record(["keyPackageTokens", userId], [{ token_id: "ab", requester: "b.example" }]);
+  }
+  async revokeKeyPackageTokens(userId: string, tokenId: string | undefined) {
+    return this.record(["revokeKeyPackageTokens", userId, tokenId], tokenId === undefined ? 2 : 1);
+  }
 }
 
 interface Answer {
@@ -928,6 +934,23 @@ describe("admin API", () => {
         ["messages", ROOM, ALICE, { fromSeq: 9, limit: 5 }],
         ["clientGroup", ROOM, ALICE],
         ["clientGroup", ROOM, ALICE],
+      ]);
+    });
+
+    it("GET /users/:userId/key_package_tokens and POST …/revoke", async () => {
+      const u = encodeURIComponent(ALICE);
+      expect((await call("GET", `/users/${u}/key_package_tokens`)).body).toEqual({
+        tokens: [{ token_id: "ab", requester: "b.example" }],
+      });
+      expect((await call("POST", `/users/${u}/key_package_tokens/revoke`, {})).body).toEqual({ revoked: 2 });
+      expect((await call("POST", `/users/${u}/key_package_tokens/revoke`, { token_id: "ab" })).body).toEqual({
+        revoked: 1,
+      });
+      expectJsonError(await call("GET", "/users/alice/key_package_tokens"), 400, "M_INVALID_PARAM");
+      expect(fakes.calls).toEqual([
+        ["keyPackageTokens", ALICE],
+        ["revokeKeyPackageTokens", ALICE, undefined],
+        ["revokeKeyPackageTokens", ALICE, "ab"],
       ]);
     });
 

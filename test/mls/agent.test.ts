@@ -127,17 +127,39 @@ describe("hosted MLS clients in three providers (in one process)", () => {
     }, 30_000);
   }
 
-  it("converges when two providers commit in the same epoch at once", async () => {
+  it("adds invited users by Welcome: the inviter's client commits the Add, the hub passes the Welcome on", async () => {
     const roomId = await roomOfThree();
     const history = (await a.rooms.history(roomId, { fromSeq: 1, limit: 1000 })).events;
     const commits = history.filter((e) => e.event.type === "m.mls.commit");
-    // The creator's, then bob's and carol's joins, one epoch each.
-    expect(commits).toHaveLength(3);
+    // The creator's commit, then one Add each for bob and carol, all by alice's client.
+    expect(commits.map((e) => e.event.sender)).toEqual([ALICE, ALICE, ALICE]);
     expect(commits.map((e) => e.event.content.prev_commit_event_id)).toEqual([
       undefined,
       commits[0]!.eventId,
       commits[1]!.eventId,
     ]);
+  }, 60_000);
+
+  it("joins by external commit in a public room, and converges when two providers commit in one epoch", async () => {
+    const { roomId } = await a.rooms.createRoom({ creator: ALICE, txnId: txnId() });
+    await a.rooms.send({
+      roomId,
+      sender: ALICE,
+      type: "m.room.join_rules",
+      content: { rule: "public" },
+      stateKey: "",
+      txnId: txnId(),
+    });
+    await eventually(async () => expect(a.mls.observerView(roomId)).toBeDefined());
+    // Both join at once: their external commits race for one epoch; the loser rebases and commits again.
+    await Promise.all([
+      b.rooms.changeOwnParticipation({ roomId, user: BOB, change: "join", txnId: txnId() }),
+      c.rooms.changeOwnParticipation({ roomId, user: CAROL, change: "join", txnId: txnId() }),
+    ]);
+    await agree(roomId, [ALICE, BOB, CAROL]);
+    const history = (await a.rooms.history(roomId, { fromSeq: 1, limit: 1000 })).events;
+    const commits = history.filter((e) => e.event.type === "m.mls.commit");
+    expect(commits.map((e) => e.event.sender).sort()).toEqual([ALICE, BOB, CAROL].sort());
   }, 60_000);
 
   it("sends m.room.message encrypted, once per txnId, and keeps m.mls.commit and m.room.encrypted for its clients", async () => {

@@ -51,6 +51,12 @@ export interface FederationAppOptions {
   keyRing: RequestKeySource;
   /** Called with the authenticated origin before a rate-limited endpoint's handler; throws to refuse. */
   admit?: (origin: string) => void;
+  /** Our MLS endpoints (KeyPackage discovery and claims), under `mls.prefix`. */
+  mls?: {
+    prefix: string;
+    onDiscover(origin: string, body: unknown): Promise<JsonObject>;
+    onClaim(origin: string, body: unknown): Promise<JsonObject>;
+  };
 }
 
 /** A matched request: decoded path parameters, the query, and the parsed JSON body (if any). */
@@ -221,6 +227,12 @@ export function createFederationApp(options: FederationAppOptions): RequestListe
     }
     return provider.onBackfill(call.origin, param(call, "roomId", isValidRoomId, "room ID"), from, limit);
   });
+
+  const mls = options.mls;
+  if (mls !== undefined) {
+    add("POST", `${mls.prefix}/key_packages/discover`, (call) => mls.onDiscover(call.origin, call.body));
+    add("POST", `${mls.prefix}/key_packages/claim`, (call) => mls.onClaim(call.origin, call.body));
+  }
 
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const target = req.url ?? "/";

@@ -6,6 +6,9 @@ import { HubRefusal } from "../../provider/hubLink";
 import type { RoomService } from "../../room/roomService";
 import type { Participation, RoomVersion } from "../../roomVersions/types";
 import { prefixEnd, type BatchOp, type KvStore } from "../../store/kv";
+import type { KeyPackagePool } from "../keyPackages";
+import type { KeyPackageClient } from "../federation/keyPackageApi";
+import { welcomeKey, type EduPort, type StoredWelcome, type WelcomeRouter } from "../federation/welcomes";
 import {
   commitAccepted,
   commitRefused,
@@ -15,6 +18,7 @@ import {
   encryptMessage,
   ensureClientIdentity,
   joinByExternalCommit,
+  joinFromWelcome,
   loadHostedGroup,
   membersOf,
   processCommit,
@@ -27,7 +31,7 @@ import { encodeUnpaddedBase64 } from "../../events/base64";
 import { fromBase64, sameBytes } from "../clients/wire";
 import { MlsError } from "../errors";
 import { MLS_COMMIT, MLS_ENCRYPTED, type RoomGroupExtension } from "../roomGroup";
-import { cursorKey, inboxKey, inboxPrefix, outboxKey, pendingLpduKey } from "./storeKeys";
+import { cursorKey, inboxKey, inboxPrefix, outboxKey, outgoingWelcomeKey, pendingLpduKey } from "./storeKeys";
 
 /** A message as a local user's client received it. */
 export interface ReceivedMessage {
@@ -86,6 +90,10 @@ export interface GroupAgentOptions {
   log: Logger;
   /** How long a message waits for its sender's client to be in the group (default 15 s). */
   joinWaitMs?: number;
+  /** Adds by Welcome (LM-04 §Updating Group State): KeyPackages claimed, Welcomes routed via the hub. */
+  welcomes?: { pool: KeyPackagePool; claims: KeyPackageClient; router: WelcomeRouter; edus: EduPort };
+  /** How long an invited user's provider waits for the inviter's Add before joining by external commit (default 5 s). */
+  welcomeWaitMs?: number;
   now?: () => number;
 }
 
@@ -105,7 +113,28 @@ interface RoomProgress {
   failures: number;
   retryTimer: NodeJS.Timeout | undefined;
   readonly listeners: Set<() => void>;
+  /** Who sent each pending invite (in memory; after a restart the joiner's provider joins by itself). */
+  readonly invitedBy: Map<string, string>;
+  /** Users a local member invited who have since joined: that member adds them by Welcome. */
+  readonly toAdd: Set<string>;
+  /** KeyPackages claimed for those Adds, kept until used. */
+  readonly claimed: Map<string, Uint8Array>;
+  /** When each local user invited by someone else was seen joining: their Welcome is awaited until then. */
+  readonly joinSeenAt: Map<string, number>;
 }
+
+/** What a page of events does besides its store operations. */
+interface Effects {
+  /** Run once the page's batch is durable. */
+  after: (() => void)[];
+  /**
+   * Operations obtained just before the batch is written: the delivery queues allocate sequence
+   * numbers when asked, so their operations must be written in the order they were asked for.
+   */
+  queued: (() => BatchOp[])[];
+}
+
+const newEffects = (): Effects => ({ after: [], queued: [] });
 
 const PAGE = 64;
 const MAX_BACKOFF_MS = 30_000;
@@ -360,6 +389,10 @@ export class GroupAgent {
       failures: 0,
       retryTimer: undefined,
       listeners: new Set(),
+      invitedBy: new Map(),
+      toAdd: new Set(),
+      claimed: new Map(),
+      joinSeenAt: new Map(),
     };
     // Every local user who has been in the room may have a client there.
     for (const entry of room.state.allEntries()) {
@@ -407,15 +440,17 @@ export class GroupAgent {
       if (page.length === 0) return;
       const groups = new Map(progress.groups);
       const ops: BatchOp[] = [];
+      const effects = newEffects();
       for (const stored of page) {
         const event = JSON.parse(stored.json) as FullyFormedEvent;
-        await this.processEvent(progress, groups, stored.seq, stored.eventId, event, ops);
+        await this.processEvent(progress, groups, stored.seq, stored.eventId, event, ops, effects);
       }
       const last = page[page.length - 1]!.seq;
       ops.push({ type: "put", key: cursorKey(progress.roomId), value: String(last) });
-      await kv.commit(dedupe(ops));
+      await kv.commit([...dedupe(ops), ...effects.queued.flatMap((queued) => queued())]);
       progress.cursor = last;
       progress.groups = groups;
+      effects.after.forEach((action) => action());
       this.notify(progress);
     }
   }
@@ -427,17 +462,40 @@ export class GroupAgent {
     eventId: string,
     event: FullyFormedEvent,
     ops: BatchOp[],
+    effects: Effects,
   ): Promise<void> {
     const membership = progress.version.membership;
     if (event.type === membership.eventType && event.state_key !== undefined) {
       const participation = membership.participationIn(event.content);
-      if (participation !== undefined) progress.participation.set(event.state_key, participation);
+      if (participation === undefined) return;
+      const target = event.state_key;
+      const before = progress.participation.get(target);
+      progress.participation.set(target, participation);
+      if (participation === "invite") progress.invitedBy.set(target, event.sender);
+      if (participation === "join" && before === "invite") {
+        const inviter = progress.invitedBy.get(target);
+        if (inviter !== undefined && inviter !== target && this.isLocal(inviter)) progress.toAdd.add(target);
+        if (inviter !== undefined && inviter !== target && this.isLocal(target))
+          progress.joinSeenAt.set(target, this.now());
+      }
+      if (participation !== "invite") progress.invitedBy.delete(target);
       return;
     }
     if (event.type === MLS_COMMIT) {
       const message = fromBase64(event.content.message as string);
       for (const [user, group] of groups) {
-        groups.set(user, await this.followCommit(progress, user, group, message, eventId, ops));
+        groups.set(
+          user,
+          await this.followCommit(progress, user, group, message, eventId, event, ops, effects),
+        );
+      }
+      // A local user the commit added joins from the Welcome the hub passed on (RFC 9420 §12.4.3.1).
+      for (const [user, participation] of progress.participation) {
+        if (participation !== "join" || !this.isLocal(user)) continue;
+        const group = groups.get(user);
+        if (group !== undefined && isActive(group)) continue;
+        const joined = await this.joinFromStoredWelcome(progress, user, eventId, ops);
+        if (joined !== undefined) groups.set(user, joined);
       }
       return;
     }
@@ -450,15 +508,21 @@ export class GroupAgent {
     group: HostedGroup,
     message: Uint8Array,
     eventId: string,
+    event: FullyFormedEvent,
     ops: BatchOp[],
+    effects: Effects,
   ): Promise<HostedGroup> {
     const clearPending = () => {
-      ops.push({ type: "del", key: pendingLpduKey(progress.roomId, user) });
+      ops.push(
+        { type: "del", key: pendingLpduKey(progress.roomId, user) },
+        { type: "del", key: outgoingWelcomeKey(progress.roomId, user) },
+      );
       progress.inFlight.delete(user);
     };
     if (group.pending !== undefined && sameBytes(group.pending.message, message)) {
       const accepted = commitAccepted(group, eventId);
       ops.push(...accepted.ops);
+      await this.sendWelcome(progress, user, event, eventId, effects);
       clearPending();
       progress.failures = 0;
       return accepted.group;
@@ -490,6 +554,136 @@ export class GroupAgent {
       });
       return group.pending === undefined ? group : commitRefused(group).group;
     }
+  }
+
+  /** Our commit with Adds was sequenced: its Welcome goes to the hub, or from here when we are the hub. */
+  private async sendWelcome(
+    progress: RoomProgress,
+    user: string,
+    event: FullyFormedEvent,
+    eventId: string,
+    effects: Effects,
+  ): Promise<void> {
+    const welcomes = this.options.welcomes;
+    if (welcomes === undefined) return;
+    const welcome = await this.options.kv.get(outgoingWelcomeKey(progress.roomId, user));
+    if (welcome === undefined) return;
+    const room = this.options.rooms.room(progress.roomId);
+    if (room === undefined) return;
+    for (const u of welcomes.router.addedOf(event)) {
+      progress.toAdd.delete(u);
+      progress.claimed.delete(u);
+    }
+    if (room.record.role === "hub") {
+      let routed: ReturnType<WelcomeRouter["routeOps"]> | undefined;
+      effects.queued.push(() => {
+        routed = welcomes.router.routeOps(event, eventId, welcome);
+        return routed.ops;
+      });
+      effects.after.push(() => welcomes.router.routed(routed!, eventId));
+      return;
+    }
+    const hub = room.record.hubServer;
+    const edu = welcomes.router.welcomeEdu(user, progress.roomId, eventId, welcome);
+    effects.queued.push(() => welcomes.edus.eduOps(hub, edu));
+    effects.after.push(() => welcomes.edus.wake(hub));
+  }
+
+  /** The user's client joins from the Welcome stored for `commitEventId`, if one came from the room's hub. */
+  private async joinFromStoredWelcome(
+    progress: RoomProgress,
+    user: string,
+    commitEventId: string,
+    ops: BatchOp[],
+  ): Promise<HostedGroup | undefined> {
+    const welcomes = this.options.welcomes;
+    if (welcomes === undefined) return undefined;
+    const key = welcomeKey(user, commitEventId);
+    const stored = await this.options.kv.get(key);
+    if (stored === undefined) return undefined;
+    ops.push({ type: "del", key });
+    const { welcome, origin } = JSON.parse(stored) as StoredWelcome;
+    const hub = this.options.rooms.room(progress.roomId)?.record.hubServer;
+    if (origin !== hub) {
+      this.options.log.warn("dropped a Welcome that did not come from the room's hub", {
+        roomId: progress.roomId,
+        user,
+        origin,
+      });
+      return undefined;
+    }
+    try {
+      const bytes = fromBase64(welcome);
+      const keys = await welcomes.pool.keysForWelcome(bytes);
+      if (keys.userId !== user) return undefined;
+      const joined = await joinFromWelcome({
+        userId: user,
+        roomId: progress.roomId,
+        welcome: bytes,
+        commitEventId,
+        keys,
+        policy: this.policyFor(progress),
+      });
+      ops.push(...joined.ops);
+      progress.joinSeenAt.delete(user);
+      this.options.log.info("a local client joined from a Welcome", { roomId: progress.roomId, user });
+      return joined.group;
+    } catch (err) {
+      if (!(err instanceof MlsError)) throw err;
+      this.options.log.warn("cannot join from a Welcome", {
+        roomId: progress.roomId,
+        user,
+        error: err.message,
+      });
+      return undefined;
+    }
+  }
+
+  /**
+   * A Welcome for a local user was stored. If the user's client already went past its commit, it
+   * joins now and then follows the commits and messages since.
+   */
+  welcomeStored(userId: string, commitEventId: string): void {
+    void (async () => {
+      const stored = await this.options.rooms.getEvent(commitEventId);
+      if (stored === undefined) return;
+      const progress = await this.progressOf(stored.roomId);
+      await this.inQueue(progress, async () => {
+        const group = progress.groups.get(userId);
+        if (progress.cursor < stored.seq || (group !== undefined && isActive(group))) return;
+        const ops: BatchOp[] = [];
+        const joined = await this.joinFromStoredWelcome(progress, userId, commitEventId, ops);
+        if (joined === undefined) {
+          await this.options.kv.commit(ops);
+          return;
+        }
+        const groups = new Map([[userId, joined]]);
+        const effects = newEffects();
+        for (let from = stored.seq + 1; from <= progress.cursor; ) {
+          const page = await this.options.rooms.getEvents(progress.roomId, from, PAGE);
+          if (page.length === 0) break;
+          for (const e of page) {
+            if (e.seq > progress.cursor) break;
+            const event = JSON.parse(e.json) as FullyFormedEvent;
+            if (event.type === MLS_COMMIT) {
+              const message = fromBase64(event.content.message as string);
+              const current = groups.get(userId)!;
+              groups.set(
+                userId,
+                await this.followCommit(progress, userId, current, message, e.eventId, event, ops, effects),
+              );
+            } else if (event.type === MLS_ENCRYPTED) {
+              await this.receive(progress, groups, e.seq, e.eventId, event, ops);
+            }
+          }
+          from = page[page.length - 1]!.seq + 1;
+        }
+        await this.options.kv.commit([...dedupe(ops), ...effects.queued.flatMap((queued) => queued())]);
+        progress.groups.set(userId, groups.get(userId)!);
+        effects.after.forEach((action) => action());
+        this.notify(progress);
+      });
+    })().catch((error: unknown) => this.options.log.warn("cannot use a Welcome", { userId, error }));
   }
 
   private async receive(
@@ -586,9 +780,66 @@ export class GroupAgent {
         );
         return;
       }
+      if (await this.addInvited(progress, committer, group)) return;
     }
     const joiner = joined.find((user) => !current(progress.groups.get(user)));
-    if (joiner !== undefined) await this.joinExternally(progress, joiner, groupState.headCommit, observer);
+    if (joiner === undefined) return;
+    const seenAt = progress.joinSeenAt.get(joiner);
+    const waitUntil = seenAt === undefined ? 0 : seenAt + (this.options.welcomeWaitMs ?? 5_000);
+    if (this.options.welcomes !== undefined && this.now() < waitUntil) {
+      // The inviter's client adds the user; its Welcome is on its way through the hub.
+      this.schedule(progress.roomId, waitUntil - this.now());
+      return;
+    }
+    progress.joinSeenAt.delete(joiner);
+    await this.joinExternally(progress, joiner, groupState.headCommit, observer);
+  }
+
+  /** A user a local member invited has joined: that member adds the user's client with a claimed KeyPackage. */
+  private async addInvited(progress: RoomProgress, committer: string, group: HostedGroup): Promise<boolean> {
+    const welcomes = this.options.welcomes;
+    if (welcomes === undefined) return false;
+    const members = new Set(membersOf(group).map((m) => m.userId));
+    for (const user of [...progress.toAdd]) {
+      if (progress.participation.get(user) !== "join" || members.has(user)) {
+        progress.toAdd.delete(user);
+        progress.claimed.delete(user);
+        continue;
+      }
+      let keyPackage = progress.claimed.get(user);
+      if (keyPackage === undefined) {
+        try {
+          keyPackage = await welcomes.claims.claim(user);
+        } catch (err) {
+          // The user's own provider joins by external commit instead.
+          this.options.log.info("cannot claim a KeyPackage for an Add", {
+            roomId: progress.roomId,
+            user,
+            error: (err as Error).message,
+          });
+          progress.toAdd.delete(user);
+          continue;
+        }
+        progress.claimed.set(user, keyPackage);
+      }
+      const commit = await createCommit(group, { add: [keyPackage] });
+      const welcomeOps: BatchOp[] =
+        commit.welcome === undefined
+          ? []
+          : [
+              {
+                type: "put",
+                key: outgoingWelcomeKey(progress.roomId, committer),
+                value: encodeUnpaddedBase64(commit.welcome),
+              },
+            ];
+      await this.submitCommit(progress, committer, commit.group, commit.commit, commit.groupInfo, [
+        ...commit.ops,
+        ...welcomeOps,
+      ]);
+      return true;
+    }
+    return false;
   }
 
   private async establish(progress: RoomProgress, creator: string): Promise<void> {
@@ -707,6 +958,7 @@ export class GroupAgent {
     const dropped = group?.pending === undefined ? undefined : commitRefused(group);
     await this.options.kv.commit([
       { type: "del", key: pendingLpduKey(progress.roomId, user) },
+      { type: "del", key: outgoingWelcomeKey(progress.roomId, user) },
       ...(dropped?.ops ?? []),
     ]);
     progress.inFlight.delete(user);

@@ -7,6 +7,7 @@
  * | `mgl␀<room>␀<user>`                  | the LPDU hash of the user's commit waiting for the hub             |
  * | `mgo␀<room>␀<LPDU hash>`             | a message a local user sent, until its event comes back (JSON)     |
  * | `mgm␀<room>␀<user>␀<seq, 16 hex>`    | a message as the user's client received it (JSON, `ReceivedMessage`) |
+ * | `mgx␀<room>␀<user>`                  | the Welcome of the user's commit waiting for the hub (base64)      |
  */
 const SEP = "\u0000";
 
@@ -16,3 +17,4 @@ export const outboxKey = (roomId: string, lpduHash: string) => `mgo${SEP}${roomI
 export const inboxPrefix = (roomId: string, userId: string) => `mgm${SEP}${roomId}${SEP}${userId}${SEP}`;
 export const inboxKey = (roomId: string, userId: string, seq: number) =>
   inboxPrefix(roomId, userId) + seq.toString(16).padStart(16, "0");
+export const outgoingWelcomeKey = (roomId: string, userId: string) => `mgx${SEP}${roomId}${SEP}${userId}`;
