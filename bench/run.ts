@@ -37,7 +37,10 @@ const SECTIONS: Record<string, () => Promise<void>> = {
   room: roomSection,
   federation: async () => (await import("./federation.js")).federationSection(),
   multiprocess: () => multiprocessSection(core),
-  mls: async () => (await import("./mls.js")).mlsSection(),
+  mls: async () => {
+    await (await import("./mls.js")).mlsSection();
+    await (await import("./mlsMessages.js")).mlsMessagesSection();
+  },
 };
 
 async function main(): Promise<void> {

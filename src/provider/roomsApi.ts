@@ -57,6 +57,18 @@ type TxnRecord =
     }
   | { kind: "done"; roomId: string; eventId: string };
 
+/** An event of a local user's hosted MLS client (`submitOwn`). */
+export interface OwnEvent {
+  roomId: string;
+  sender: string;
+  type: string;
+  content: JsonObject;
+  /** Operations for the batch that makes the event durable, given its LPDU hash and our role. */
+  extraOps: (lpduHash: string, role: "hub" | "follower") => BatchOp[];
+}
+
+type Outcome<T> = { ok: true; value: T } | { ok: false; error: Error };
+
 export interface RoomsApiOptions {
   serverName: string;
   signingKey: ServerSigningKey;
@@ -233,38 +245,61 @@ export class LocalRooms implements RoomsApi {
    * is durable; `outcome` then gives the event ID, or the hub's refusal. A refusal at our own hub
    * is thrown here, and nothing is written.
    */
-  async submitOwn(input: {
-    roomId: string;
-    sender: string;
-    type: string;
-    content: JsonObject;
-    extraOps: (lpduHash: string, role: "hub" | "follower") => BatchOp[];
-  }): Promise<{ lpduHash: string; outcome: Promise<string> }> {
-    const room = this.rooms.room(input.roomId);
-    if (room === undefined)
-      throw new RoomError("M_NOT_FOUND", `${this.options.serverName} is not in room ${input.roomId}`);
-    const lpdu = this.rooms.buildLimitedEvent(input.roomId, input.sender, input.type, input.content);
-    const lpduHash = lpdu.hashes.lpdu.sha256;
+  async submitOwn(input: OwnEvent): Promise<{ lpduHash: string; outcome: Promise<string> }> {
+    const [result] = await this.submitOwnMany([input]);
+    if (!result!.ok) throw result!.error;
+    return result!.value;
+  }
+
+  /**
+   * `submitOwn` for several events of one room, made durable in one batch (one write for all).
+   * Each gets its own result; at our own hub one may be refused while the others are sequenced.
+   */
+  async submitOwnMany(
+    inputs: readonly OwnEvent[],
+  ): Promise<Outcome<{ lpduHash: string; outcome: Promise<string> }>[]> {
+    const roomId = inputs[0]?.roomId;
+    if (roomId === undefined) return [];
+    const room = this.rooms.room(roomId);
+    if (room === undefined || inputs.some((input) => input.roomId !== roomId))
+      throw new RoomError("M_NOT_FOUND", `${this.options.serverName} is not in room ${roomId}`);
+    const lpdus = inputs.map((input) =>
+      this.rooms.buildLimitedEvent(roomId, input.sender, input.type, input.content),
+    );
     if (room.record.role === "hub") {
-      const [outcome] = await this.rooms.submitLimitedEvents([
-        {
+      const outcomes = await this.rooms.submitLimitedEvents(
+        lpdus.map((lpdu, i) => ({
           lpdu,
           origin: this.options.serverName,
           builtHere: true,
-          extraOps: input.extraOps(lpduHash, "hub"),
-        },
-      ]);
-      if (!outcome!.ok) throw outcome!.error;
-      return { lpduHash, outcome: Promise.resolve(outcome!.value.eventId) };
+          extraOps: inputs[i]!.extraOps(lpdu.hashes.lpdu.sha256, "hub"),
+        })),
+      );
+      return outcomes.map((outcome, i) =>
+        outcome.ok
+          ? {
+              ok: true,
+              value: {
+                lpduHash: lpdus[i]!.hashes.lpdu.sha256,
+                outcome: Promise.resolve(outcome.value.eventId),
+              },
+            }
+          : outcome,
+      );
     }
-    await this.options.kv.commit([
-      ...this.options.hubLink.enqueueOps(room.record.hubServer, lpdu, room.version),
-      ...input.extraOps(lpduHash, "follower"),
-    ]);
-    this.options.hubLink.wake(room.record.hubServer);
-    const outcome = this.options.hubLink.awaitOutcome(input.roomId, lpduHash, room.record.hubServer, true);
-    outcome.catch(() => undefined);
-    return { lpduHash, outcome };
+    const hub = room.record.hubServer;
+    await this.options.kv.commit(
+      lpdus.flatMap((lpdu, i) => [
+        ...this.options.hubLink.enqueueOps(hub, lpdu, room.version),
+        ...inputs[i]!.extraOps(lpdu.hashes.lpdu.sha256, "follower"),
+      ]),
+    );
+    this.options.hubLink.wake(hub);
+    return lpdus.map((lpdu) => {
+      const outcome = this.options.hubLink.awaitOutcome(roomId, lpdu.hashes.lpdu.sha256, hub, true);
+      outcome.catch(() => undefined);
+      return { ok: true, value: { lpduHash: lpdu.hashes.lpdu.sha256, outcome } };
+    });
   }
 
   /** The outcome of an event `submitOwn` queued for the hub, e.g. after a restart. */

@@ -31,7 +31,15 @@ import { encodeUnpaddedBase64 } from "../../events/base64";
 import { fromBase64, sameBytes } from "../clients/wire";
 import { MlsError } from "../errors";
 import { MLS_COMMIT, MLS_ENCRYPTED, type RoomGroupExtension } from "../roomGroup";
-import { cursorKey, inboxKey, inboxPrefix, outboxKey, outgoingWelcomeKey, pendingLpduKey } from "./storeKeys";
+import {
+  cursorKey,
+  inboxKey,
+  inboxPrefix,
+  inboxRoomPrefix,
+  outboxKey,
+  outgoingWelcomeKey,
+  pendingLpduKey,
+} from "./storeKeys";
 
 /** A message as a local user's client received it. */
 export interface ReceivedMessage {
@@ -70,15 +78,33 @@ export interface PlainMessage {
 }
 
 /** How the agent sends its clients' events (the rooms API implements it). */
+export interface OwnEventInput {
+  roomId: string;
+  sender: string;
+  type: string;
+  content: JsonObject;
+  extraOps: (lpduHash: string, role: "hub" | "follower") => BatchOp[];
+}
+
 export interface OwnEventPort {
-  submitOwn(input: {
-    roomId: string;
-    sender: string;
-    type: string;
-    content: JsonObject;
-    extraOps: (lpduHash: string, role: "hub" | "follower") => BatchOp[];
-  }): Promise<{ lpduHash: string; outcome: Promise<string> }>;
+  submitOwn(input: OwnEventInput): Promise<{ lpduHash: string; outcome: Promise<string> }>;
+  /** Several events of one room in one durable batch, each with its own result. */
+  submitOwnMany(
+    inputs: readonly OwnEventInput[],
+  ): Promise<
+    ({ ok: true; value: { lpduHash: string; outcome: Promise<string> } } | { ok: false; error: Error })[]
+  >;
   awaitOwn(roomId: string, lpduHash: string): Promise<string>;
+}
+
+/** A message waiting to be encrypted and sent with the others of its room. */
+interface OutgoingMessage {
+  sender: string;
+  message: PlainMessage;
+  plaintext: Uint8Array;
+  recordOps: (lpduHash: string, role: "hub" | "follower") => BatchOp[];
+  /** `outcome` once durable; `notReady` while the sender's client is not in the group. */
+  settle(result: { outcome?: Promise<string>; notReady?: true; error?: unknown }): void;
 }
 
 export interface GroupAgentOptions {
@@ -121,6 +147,9 @@ interface RoomProgress {
   readonly claimed: Map<string, Uint8Array>;
   /** When each local user invited by someone else was seen joining: their Welcome is awaited until then. */
   readonly joinSeenAt: Map<string, number>;
+  /** Messages to send, encrypted and written together by the next flush. */
+  readonly outgoing: OutgoingMessage[];
+  flushQueued: boolean;
 }
 
 /** What a page of events does besides its store operations. */
@@ -162,6 +191,7 @@ export class GroupAgent {
   private readonly progress = new Map<string, Promise<RoomProgress>>();
   private stopped = false;
   private unsubscribe: () => void = () => undefined;
+  private readonly receivers = new Set<(roomId: string, userId: string, message: ReceivedMessage) => void>();
   private readonly now: () => number;
 
   constructor(private readonly options: GroupAgentOptions) {
@@ -195,33 +225,14 @@ export class GroupAgent {
     const plaintext = utf8.encode(canonicalJson({ type: message.type, content: message.content }));
     const deadline = this.now() + (this.options.joinWaitMs ?? 15_000);
     for (;;) {
-      const outcome = await this.inQueue(progress, async () => {
-        await this.catchUp(progress);
-        const group = progress.groups.get(sender);
-        if (group === undefined || !isActive(group) || group.commitEventId === undefined) return undefined;
-        const encrypted = await encryptMessage(group, plaintext);
-        const submitted = await this.options.port.submitOwn({
-          roomId,
-          sender,
-          type: MLS_ENCRYPTED,
-          content: {
-            algorithm: SUPPORTED_ALGORITHM,
-            ciphertext: encodeUnpaddedBase64(encrypted.ciphertext),
-            commit_event_id: encrypted.commitEventId,
-          },
-          extraOps: (lpduHash, role) => [
-            ...encrypted.ops,
-            {
-              type: "put",
-              key: outboxKey(roomId, lpduHash),
-              value: JSON.stringify({ epoch: encrypted.epoch.toString(), ...message }),
-            },
-            ...recordOps(lpduHash, role),
-          ],
-        });
-        progress.groups.set(sender, encrypted.group);
-        return submitted.outcome;
-      });
+      const result = await new Promise<{ outcome?: Promise<string>; notReady?: true; error?: unknown }>(
+        (settle) => {
+          progress.outgoing.push({ sender, message, plaintext, recordOps, settle });
+          this.flushSoon(progress);
+        },
+      );
+      if (result.error !== undefined) throw result.error;
+      const outcome = result.outcome;
       if (outcome !== undefined) return outcome;
       const left = deadline - this.now();
       if (left <= 0 || this.stopped) {
@@ -233,6 +244,107 @@ export class GroupAgent {
       }
       this.schedule(roomId);
       await this.changed(progress, left);
+    }
+  }
+
+  /**
+   * Sends what waits in `outgoing`, in one step of the room's queue: every message is encrypted in
+   * turn (each advances its sender's secret tree), then all are written in one batch.
+   */
+  private flushSoon(progress: RoomProgress): void {
+    if (progress.flushQueued) return;
+    progress.flushQueued = true;
+    void this.inQueue(progress, async () => {
+      progress.flushQueued = false;
+      await this.flush(progress);
+    });
+  }
+
+  private async flush(progress: RoomProgress): Promise<void> {
+    const waiting = progress.outgoing.splice(0);
+    if (waiting.length === 0) return;
+    try {
+      await this.catchUp(progress);
+    } catch (error) {
+      waiting.forEach((m) => m.settle({ error }));
+      return;
+    }
+    const groups = new Map(progress.groups);
+    const ready: { m: OutgoingMessage; input: OwnEventInput }[] = [];
+    for (const m of waiting) {
+      const group = groups.get(m.sender);
+      if (group === undefined || !isActive(group) || group.commitEventId === undefined) {
+        m.settle({ notReady: true });
+        continue;
+      }
+      try {
+        const encrypted = await encryptMessage(group, m.plaintext);
+        groups.set(m.sender, encrypted.group);
+        ready.push({
+          m,
+          input: {
+            roomId: progress.roomId,
+            sender: m.sender,
+            type: MLS_ENCRYPTED,
+            content: {
+              algorithm: SUPPORTED_ALGORITHM,
+              ciphertext: encodeUnpaddedBase64(encrypted.ciphertext),
+              commit_event_id: encrypted.commitEventId,
+            },
+            extraOps: (lpduHash, role) => [
+              ...encrypted.ops,
+              {
+                type: "put",
+                key: outboxKey(progress.roomId, lpduHash),
+                value: JSON.stringify({ epoch: encrypted.epoch.toString(), ...m.message }),
+              },
+              ...m.recordOps(lpduHash, role),
+            ],
+          },
+        });
+      } catch (error) {
+        m.settle({ error });
+      }
+    }
+    if (ready.length === 0) return;
+    let results: Awaited<ReturnType<OwnEventPort["submitOwnMany"]>>;
+    try {
+      results = await this.options.port.submitOwnMany(ready.map((r) => r.input));
+    } catch (error) {
+      // Nothing was written: the clients stay as they were.
+      ready.forEach((r) => r.m.settle({ error }));
+      return;
+    }
+    // A refused message's keys were never used on anything that left; later ones moved past them.
+    progress.groups = groups;
+    results.forEach((result, i) =>
+      ready[i]!.m.settle(result.ok ? { outcome: result.value.outcome } : { error: result.error }),
+    );
+  }
+
+  /**
+   * Calls `listener` with each message a local user's client receives (or sent), once it is
+   * durably in the user's inbox; for consumers such as the Matrix bridge. Returns the unsubscribe.
+   */
+  onMessage(listener: (roomId: string, userId: string, message: ReceivedMessage) => void): () => void {
+    this.receivers.add(listener);
+    return () => this.receivers.delete(listener);
+  }
+
+  private announce(ops: readonly BatchOp[], roomId: string): void {
+    if (this.receivers.size === 0) return;
+    const prefix = inboxRoomPrefix(roomId);
+    for (const op of ops) {
+      if (op.type !== "put" || !op.key.startsWith(prefix)) continue;
+      const message = JSON.parse(op.value) as ReceivedMessage;
+      const userId = op.key.slice(prefix.length, op.key.lastIndexOf("\u0000"));
+      for (const listener of this.receivers) {
+        try {
+          listener(roomId, userId, message);
+        } catch (error) {
+          this.options.log.warn("a message listener failed", { error });
+        }
+      }
     }
   }
 
@@ -393,6 +505,8 @@ export class GroupAgent {
       toAdd: new Set(),
       claimed: new Map(),
       joinSeenAt: new Map(),
+      outgoing: [],
+      flushQueued: false,
     };
     // Every local user who has been in the room may have a client there.
     for (const entry of room.state.allEntries()) {
@@ -447,10 +561,12 @@ export class GroupAgent {
       }
       const last = page[page.length - 1]!.seq;
       ops.push({ type: "put", key: cursorKey(progress.roomId), value: String(last) });
-      await kv.commit([...dedupe(ops), ...effects.queued.flatMap((queued) => queued())]);
+      const batch = [...dedupe(ops), ...effects.queued.flatMap((queued) => queued())];
+      await kv.commit(batch);
       progress.cursor = last;
       progress.groups = groups;
       effects.after.forEach((action) => action());
+      this.announce(batch, progress.roomId);
       this.notify(progress);
     }
   }
@@ -678,9 +794,11 @@ export class GroupAgent {
           }
           from = page[page.length - 1]!.seq + 1;
         }
-        await this.options.kv.commit([...dedupe(ops), ...effects.queued.flatMap((queued) => queued())]);
+        const batch = [...dedupe(ops), ...effects.queued.flatMap((queued) => queued())];
+        await this.options.kv.commit(batch);
         progress.groups.set(userId, groups.get(userId)!);
         effects.after.forEach((action) => action());
+        this.announce(batch, progress.roomId);
         this.notify(progress);
       });
     })().catch((error: unknown) => this.options.log.warn("cannot use a Welcome", { userId, error }));

@@ -14,7 +14,8 @@ const SEP = "\u0000";
 export const cursorKey = (roomId: string) => `mgc${SEP}${roomId}`;
 export const pendingLpduKey = (roomId: string, userId: string) => `mgl${SEP}${roomId}${SEP}${userId}`;
 export const outboxKey = (roomId: string, lpduHash: string) => `mgo${SEP}${roomId}${SEP}${lpduHash}`;
-export const inboxPrefix = (roomId: string, userId: string) => `mgm${SEP}${roomId}${SEP}${userId}${SEP}`;
+export const inboxRoomPrefix = (roomId: string) => `mgm${SEP}${roomId}${SEP}`;
+export const inboxPrefix = (roomId: string, userId: string) => `${inboxRoomPrefix(roomId)}${userId}${SEP}`;
 export const inboxKey = (roomId: string, userId: string, seq: number) =>
   inboxPrefix(roomId, userId) + seq.toString(16).padStart(16, "0");
 export const outgoingWelcomeKey = (roomId: string, userId: string) => `mgx${SEP}${roomId}${SEP}${userId}`;

@@ -7,6 +7,7 @@ import {
   type CiphersuiteName,
   type ProtocolVersionName,
 } from "../tsMls";
+import { withFastPrimitives } from "../fastSuite";
 
 /**
  * LM-04 §MLS Considerations: the room's `m.room.create` names its encryption algorithm, "m.mls.v1."
@@ -28,10 +29,19 @@ export function suiteForAlgorithm(algorithm: unknown): CiphersuiteName {
   return SUPPORTED_CIPHERSUITE;
 }
 
-/** The implementation of a ciphersuite, refused with MLS_UNSUPPORTED for every suite but the supported one. */
+const loaded = new Map<CiphersuiteName, CiphersuiteImpl>();
+
+/**
+ * The implementation of a ciphersuite, refused with MLS_UNSUPPORTED for every suite but the
+ * supported one; its hash, KDF, AEAD and signature run on node:crypto (fastSuite.ts).
+ */
 export async function loadSuite(name: CiphersuiteName): Promise<CiphersuiteImpl> {
+  const known = loaded.get(name);
+  if (known !== undefined) return known;
   try {
-    return await ciphersuite(name);
+    const suite = withFastPrimitives(await ciphersuite(name));
+    loaded.set(name, suite);
+    return suite;
   } catch (err) {
     if (err instanceof UnsupportedCiphersuiteError) {
       throw new MlsError("IO.MIMI_APPSERVICE.MLS_UNSUPPORTED", "suite.cipher_suite", err.message);
