@@ -405,7 +405,7 @@ function routes(rooms: RoomsApi, operator: OperatorApi): Route[] {
         if (view === undefined) {
           throw new AdminRequestError(404, "M_NOT_FOUND", `the user has no MLS client in ${params.roomId}`);
         }
-        return view;
+        return { epoch: view.epoch, members: view.members, active: view.active, tree_hash: view.treeHash };
       },
     },
     {

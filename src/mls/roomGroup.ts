@@ -2,7 +2,9 @@ import { decodeMlsMessage } from "ts-mls";
 import type { FullyFormedEvent } from "../events/types";
 import type { ExtensionContext, ExtensionDecision, RoomExtension } from "../room/extension";
 import { DEFAULT_ENCRYPTION_ALGORITHM } from "../roomVersions/mimi1/eventTypes";
-import type { RoomStateView, RoomVersion } from "../roomVersions/types";
+import { getRoomVersion } from "../roomVersions";
+import type { RoomStateView, RoomVersion, StateEntry } from "../roomVersions/types";
+import { MAX_SEQ, RoomStore } from "../store/roomStore";
 import { prefixEnd, type BatchOp, type KvStore } from "../store/kv";
 import { GroupObserver, MlsObserverError, MlsWrongEpochError, type CommitPolicy } from "./observer";
 import { decodeExactly, decodePublicMessageMessage } from "./observer/wire";
@@ -30,6 +32,16 @@ export interface RoomGroupState {
   recentCommits: ReadonlyMap<string, bigint>;
   /** The m.mls.commit that began the current epoch. */
   headCommit: string | undefined;
+  /** Where each of `recentCommits` is in the room's history. */
+  commitSeqs: ReadonlyMap<string, number>;
+  /** Each joined user: the position of the event that last made them joined. */
+  joinedSince: ReadonlyMap<string, number>;
+}
+
+/** What the extension reads of a room's history when it loads (the room store). */
+export interface RoomHistoryReader {
+  locateEvent(eventId: string): Promise<{ roomId: string; seq: number } | undefined>;
+  stateAt(roomId: string, seq: number): Promise<StateEntry[]>;
 }
 
 type Decision = ExtensionDecision<RoomGroupState>;
@@ -70,14 +82,27 @@ function base64Field(event: FullyFormedEvent, field: string): Uint8Array {
 export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
   readonly name = "mls";
 
+  private readonly history: RoomHistoryReader;
+
   constructor(
     private readonly kv: KvStore,
-    private readonly options: { clock?: () => number } = {},
-  ) {}
+    private readonly options: { clock?: () => number; history?: RoomHistoryReader } = {},
+  ) {
+    this.history = options.history ?? new RoomStore(kv);
+  }
 
   async load(roomId: string): Promise<RoomGroupState> {
+    const joinedSince = await this.loadJoinedSince(roomId);
     const stored = await this.kv.get(observerKey(roomId));
-    if (stored === undefined) return { observer: undefined, recentCommits: new Map(), headCommit: undefined };
+    if (stored === undefined) {
+      return {
+        observer: undefined,
+        recentCommits: new Map(),
+        headCommit: undefined,
+        commitSeqs: new Map(),
+        joinedSince,
+      };
+    }
     const observer = GroupObserver.decode(
       new Uint8Array(Buffer.from(stored, "base64")),
       this.observerOptions(),
@@ -94,14 +119,50 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
     }
     // Read newest first: the first is the current epoch's commit.
     const headCommit = recent[0]?.[0];
-    return { observer, recentCommits: new Map(recent.reverse()), headCommit };
+    const commitSeqs = new Map<string, number>();
+    for (const [eventId] of recent) {
+      const where = await this.history.locateEvent(eventId);
+      if (where !== undefined) commitSeqs.set(eventId, where.seq);
+    }
+    return { observer, recentCommits: new Map(recent.reverse()), headCommit, commitSeqs, joinedSince };
+  }
+
+  /** Joined users of the room now, with the position of the event that made each joined. */
+  private async loadJoinedSince(roomId: string): Promise<Map<string, number>> {
+    const joinedSince = new Map<string, number>();
+    // Past the head, the current state.
+    const state = await this.history.stateAt(roomId, MAX_SEQ);
+    const create = state.find((entry) => entry.type === "m.room.create" && entry.stateKey === "");
+    const version = getRoomVersion(String(create?.content.policy_id ?? ""));
+    if (version === undefined) return joinedSince;
+    for (const entry of state) {
+      if (entry.type !== version.membership.eventType) continue;
+      if (version.membership.participationIn(entry.content) !== "join") continue;
+      const where = await this.history.locateEvent(entry.eventId);
+      if (where !== undefined) joinedSince.set(entry.stateKey, where.seq);
+    }
+    return joinedSince;
   }
 
   decide(context: ExtensionContext<RoomGroupState>): Decision {
     const { event } = context;
     if (event.type === MLS_COMMIT) return this.guarded(() => this.decideCommit(context));
     if (event.type === MLS_ENCRYPTED) return this.guarded(() => this.decideEncrypted(context));
+    if (event.type === context.version.membership.eventType && event.state_key !== undefined) {
+      return { allowed: true, state: this.afterMembership(context, event.state_key) };
+    }
     return { allowed: true };
+  }
+
+  /** Keeps `joinedSince` in step with the room's participation. */
+  private afterMembership(context: ExtensionContext<RoomGroupState>, target: string): RoomGroupState {
+    const participation = context.version.membership.participationIn(context.event.content);
+    const wasJoined = context.state.joinedSince.has(target);
+    if ((participation === "join") === wasJoined) return context.state;
+    const joinedSince = new Map(context.state.joinedSince);
+    if (participation === "join") joinedSince.set(target, context.seq);
+    else joinedSince.delete(target);
+    return { ...context.state, joinedSince };
   }
 
   private guarded(decide: () => Decision): Decision {
@@ -175,15 +236,24 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
     }
 
     const recentCommits = new Map(state.recentCommits);
+    const commitSeqs = new Map(state.commitSeqs);
     recentCommits.set(context.eventId, observer.epoch);
+    commitSeqs.set(context.eventId, context.seq);
     for (const [eventId, epoch] of recentCommits) {
-      if (epoch <= observer.epoch - BigInt(RECENT_EPOCHS)) recentCommits.delete(eventId);
+      if (epoch <= observer.epoch - BigInt(RECENT_EPOCHS)) {
+        recentCommits.delete(eventId);
+        commitSeqs.delete(eventId);
+      }
     }
     const ops: BatchOp[] = [
       { type: "put", key: observerKey(roomId), value: Buffer.from(observer.encode()).toString("base64") },
       { type: "put", key: commitKey(roomId, observer.epoch), value: context.eventId },
     ];
-    return { allowed: true, state: { observer, recentCommits, headCommit: context.eventId }, ops };
+    return {
+      allowed: true,
+      state: { ...state, observer, recentCommits, headCommit: context.eventId, commitSeqs },
+      ops,
+    };
   }
 
   /**
@@ -257,6 +327,19 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
         "IO.MIMI_APPSERVICE.MLS_WRONG_EPOCH",
         `commit_event_id ${commitEventId} is not one of the room's last ${RECENT_EPOCHS} commits; ` +
           `the current one is ${state.headCommit}`,
+      );
+    }
+    // McMillion §Policy Enforcement: judged by the fork the message names. In the epoch of that
+    // commit, only users joined before the commit was sequenced were members.
+    const since = state.joinedSince.get(event.sender);
+    const commitSeq = state.commitSeqs.get(commitEventId);
+    if (since === undefined || (commitSeq !== undefined && since > commitSeq)) {
+      return refuse(
+        "IO.MIMI_APPSERVICE.MLS_FORBIDDEN",
+        since === undefined
+          ? `${event.sender} is not joined to the room`
+          : `${event.sender} joined the room (event ${since}) after ${commitEventId} (event ${commitSeq}): ` +
+              "in the fork the message names, the sender was not a member",
       );
     }
     const message = decodeExactly(decodeMlsMessage, base64Field(event, "ciphertext"), "MLSMessage");

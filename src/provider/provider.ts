@@ -123,10 +123,11 @@ export class MimiProvider {
         : { canRoute: (name: string) => Object.hasOwn(config.federation.staticRoutes, name) }),
       ...(options.fetch ? { fetch: options.fetch } : {}),
     });
-    const groupExtension = new RoomGroupExtension(kv);
+    const roomStore = new RoomStore(kv);
+    const groupExtension = new RoomGroupExtension(kv, { history: roomStore });
     const roomService = await RoomService.open({
       signingKey,
-      store: new RoomStore(kv),
+      store: roomStore,
       keys: keyRing,
       // The room's MLS group comes first: other extensions see only events it accepted.
       extensions: [groupExtension, ...(options.extensions ?? [])],

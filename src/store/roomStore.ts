@@ -80,7 +80,7 @@ export interface RoomStoreOptions {
  * deletes the s keys, so nothing reads the old layout.
  */
 const SEP = "\u0000";
-const MAX_SEQ = 16 ** 12 - 1;
+export const MAX_SEQ = 16 ** 12 - 1;
 const DEFAULT_SNAPSHOT_EVERY = 500;
 const roomKey = (roomId: string) => `r${SEP}${roomId}`;
 const seqHex = (seq: number) => seq.toString(16).padStart(12, "0");

@@ -919,9 +919,12 @@ describe("admin API", () => {
         "M_NOT_FOUND",
       );
       fakes.group = { epoch: "4", members: [ALICE, BOB], active: true, treeHash: "aGFzaA" };
-      expect((await call("GET", `/rooms/${R}/mls?user=${encodeURIComponent(ALICE)}`)).body).toEqual(
-        fakes.group,
-      );
+      expect((await call("GET", `/rooms/${R}/mls?user=${encodeURIComponent(ALICE)}`)).body).toEqual({
+        epoch: "4",
+        members: [ALICE, BOB],
+        active: true,
+        tree_hash: "aGFzaA",
+      });
       expectJsonError(await call("GET", `/rooms/${R}/messages`), 400, "M_INVALID_PARAM");
       expectJsonError(await call("GET", `/rooms/${R}/messages?user=alice`), 400, "M_INVALID_PARAM");
       expectJsonError(await call("PUT", `/rooms/${R}/messages/m3`, { sender: ALICE }), 400, "M_BAD_JSON");

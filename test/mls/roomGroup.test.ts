@@ -219,6 +219,45 @@ describe("the room's MLS group at the hub (m.mls.commit and m.room.encrypted)", 
     expect(otherAlgorithm.errcode).toBe("IO.MIMI_APPSERVICE.MLS_UNSUPPORTED");
   });
 
+  it("judges a message by the fork it names: a sender who joined after that commit was no member of it", async () => {
+    const first = await establish();
+    await opened.service.sendAsHub(roomId, CAROL, "m.room.user", { participation: "join" }, CAROL);
+    // The hub cannot read a PrivateMessage's sender; what it judges is the event's sender and the
+    // commit the message names. A ciphertext of the first epoch, sent by carol:
+    const cs = await suite();
+    const ciphertext = async () => {
+      const { newState, privateMessage } = await createApplicationMessage(
+        group.state("alice"),
+        text("x"),
+        cs,
+      );
+      group.members.set("alice", newState);
+      return b64(encodeMlsMessage({ version: "mls10", wireformat: "mls_private_message", privateMessage }));
+    };
+    const asCarol = async (commit: string) =>
+      opened.service.sendAsHub(roomId, CAROL, "m.room.encrypted", {
+        algorithm: SUPPORTED_ALGORITHM,
+        ciphertext: await ciphertext(),
+        commit_event_id: commit,
+      });
+    const err = await refusal(asCarol(first.eventId));
+    expect(err.errcode).toBe("IO.MIMI_APPSERVICE.MLS_FORBIDDEN");
+    expect(err.reason).toMatch(/after .*not a member/);
+    // Alice, joined before that commit, may send in that epoch.
+    await opened.service.sendAsHub(roomId, ALICE, "m.room.encrypted", {
+      algorithm: SUPPORTED_ALGORITHM,
+      ciphertext: await ciphertext(),
+      commit_event_id: first.eventId,
+    });
+    // A later commit, after carol joined: the same sender is judged by that fork's state.
+    const second = await sendCommit(opened, roomId, BOB, await group.commit("bob"));
+    await asCarol(second.eventId);
+    // After a restart the extension still knows when carol joined.
+    await opened.level.close();
+    opened = await open(dir);
+    expect((await refusal(asCarol(first.eventId))).errcode).toBe("IO.MIMI_APPSERVICE.MLS_FORBIDDEN");
+  });
+
   it("keeps the group's state across a restart and goes on validating", async () => {
     await establish();
     const late = await group.draftCommit("bob");

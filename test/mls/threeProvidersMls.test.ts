@@ -106,6 +106,7 @@ describe("MLS across three providers as separate processes", () => {
         expect([...view!.members].sort()).toEqual([...members].sort());
       }
       expect(new Set(seen.map((v) => v!.epoch)).size).toBe(1);
+      expect(new Set(seen.map((v) => v!.tree_hash)).size).toBe(1);
     }, 30_000);
   }
 

@@ -17,6 +17,8 @@ describe("rate limits", () => {
       ["a.example", "b.example"],
       {},
       "{ local_sends_per_second: 1, local_send_burst: 5, federation_requests_per_second: 1, federation_request_burst: 3 }",
+      // The test counts the room's events; the hosted MLS clients would add commits of their own.
+      false,
     );
   });
   afterAll(async () => {

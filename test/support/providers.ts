@@ -142,7 +142,7 @@ export class ProviderProcess {
   async mls(
     roomId: string,
     user: string,
-  ): Promise<{ epoch: string; members: string[]; active: boolean } | undefined> {
+  ): Promise<{ epoch: string; members: string[]; active: boolean; tree_hash: string } | undefined> {
     try {
       return await this.admin("GET", `${roomPath(roomId)}/mls?user=${encodeURIComponent(user)}`);
     } catch (err) {
