@@ -192,4 +192,25 @@ describe("MLS across three providers as separate processes", () => {
       30_000,
     );
   }, 120_000);
+
+  it("messages in flight when the hub is killed arrive once each, decrypted, after it restarts", async () => {
+    const bodies = Array.from({ length: 20 }, (_, i) => secret(`bob-burst-${i}`));
+    const txnIds = bodies.map((_, i) => `burst-${i}`);
+    const sends = bodies.map((body, i) => b.sendMessage(roomId, BOB, body, txnIds[i]).catch(() => undefined));
+    await new Promise((r) => setTimeout(r, 30));
+    await a.kill("SIGKILL");
+    await a.start();
+    // The calls made while the hub was down answer once their events come back from it.
+    await Promise.all(sends);
+    // A retried call with the same txnId makes no second event.
+    const eventIds = await Promise.all(bodies.map((body, i) => b.sendMessage(roomId, BOB, body, txnIds[i])));
+    expect(new Set(eventIds).size).toBe(bodies.length);
+    await eventually(async () => {
+      const seen = decryptedBodies(await a.messages(roomId, ALICE));
+      for (const body of bodies) expect(seen.filter((text) => text === body)).toHaveLength(1);
+    }, 60_000);
+    const history = await a.history(roomId);
+    for (const id of eventIds) expect(history.filter((e) => e.event_id === id)).toHaveLength(1);
+    for (const text of plaintexts) expect(wire.filter((body) => body.includes(text))).toEqual([]);
+  }, 120_000);
 });
