@@ -4,6 +4,8 @@
  * BENCH_BASELINE=<git rev> picks the multiprocess section's baseline checkout
  * (`none` skips it).
  */
+import { execFileSync, spawn } from "node:child_process";
+import { join } from "node:path";
 import { removeAllBaselines } from "./baseline";
 import { multiprocessSection, type CoreCache } from "./multiprocess";
 import { killAllProviders } from "./providerProcess";
@@ -37,11 +39,30 @@ const SECTIONS: Record<string, () => Promise<void>> = {
   room: roomSection,
   federation: async () => (await import("./federation.js")).federationSection(),
   multiprocess: () => multiprocessSection(core),
-  mls: async () => {
-    await (await import("./mls.js")).mlsSection();
-    await (await import("./mlsMessages.js")).mlsMessagesSection();
-  },
+  mls: () => runCompiledMls(),
 };
+
+/** Compiles the MLS section with tsc and runs it in a child process on the compiled code. */
+async function runCompiledMls(): Promise<void> {
+  const root = join(__dirname, "..");
+  execFileSync(
+    process.execPath,
+    [require.resolve("typescript/bin/tsc"), "-p", "bench/tsconfig.compiled.json"],
+    {
+      cwd: root,
+      stdio: "inherit",
+    },
+  );
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn(process.execPath, [join(root, ".tmp/bench-dist/bench/mlsMain.js")], {
+      cwd: root,
+      stdio: "inherit",
+    });
+    child.on("exit", (code) =>
+      code === 0 ? resolve() : reject(new Error(`the mls section exited with ${code}`)),
+    );
+  });
+}
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2);
