@@ -5,7 +5,7 @@
  * with plain events. Three providers in this process, real HTTP on 127.0.0.1, LevelDB with fsync.
  * BENCH_MLS_MEMBER_SIZES (default 100,1000), BENCH_MLS_MESSAGES (default 300) set the sizes.
  */
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { parseConfig } from "../src/config/config";
 import {
@@ -22,6 +22,7 @@ import { SUPPORTED_ALGORITHM, loadSuite } from "../src/mls/clients/suite";
 import { SUPPORTED_CIPHERSUITE, encodeKeyPackage } from "../src/mls/tsMls";
 import { MimiProvider } from "../src/provider/provider";
 import { freePort } from "../src/util/freePort";
+import { ADMIN_TOKEN, startProviders, stopProviders, type BenchProvider } from "./providerProcess";
 import { fmt, median, percentile, removeDir, tempDir } from "./util";
 
 const allow = () => true;
@@ -114,6 +115,150 @@ async function until(check: () => boolean | Promise<boolean>, timeoutMs = 60_000
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error("timed out");
     await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+/** One admin API call to a provider process; a non-2xx answer throws. */
+async function admin<T>(p: BenchProvider, method: string, path: string, body?: unknown): Promise<T> {
+  const response = await fetch(`http://127.0.0.1:${p.adminPort}/_mimi/admin/v1${path}`, {
+    method,
+    headers: {
+      Authorization: `Bearer ${ADMIN_TOKEN}`,
+      ...(body === undefined ? {} : { "Content-Type": "application/json" }),
+    },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  const json = (await response.json()) as T;
+  if (!response.ok)
+    throw new Error(`${p.serverName} ${method} ${path}: ${response.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+interface Received {
+  seq: number;
+  event_id: string;
+  status: string;
+}
+
+/** Follows one user's inbox by long polls; resolves waiters for event IDs as they are decrypted. */
+class InboxWatcher {
+  private from = 1;
+  private stopped = false;
+  readonly seen = new Map<string, number>();
+  private readonly waiters = new Map<string, () => void>();
+
+  constructor(
+    private readonly p: BenchProvider,
+    private readonly roomId: string,
+    private readonly user: string,
+  ) {
+    void this.loop();
+  }
+
+  private async loop(): Promise<void> {
+    const room = encodeURIComponent(this.roomId);
+    const user = encodeURIComponent(this.user);
+    while (!this.stopped) {
+      const { messages } = await admin<{ messages: Received[] }>(
+        this.p,
+        "GET",
+        `/rooms/${room}/messages?user=${user}&from=${this.from}&limit=1000&wait_ms=1000`,
+      ).catch(() => ({ messages: [] as Received[] }));
+      const now = performance.now();
+      for (const m of messages) {
+        this.from = Math.max(this.from, m.seq + 1);
+        if (m.status !== "decrypted") continue;
+        this.seen.set(m.event_id, now);
+        this.waiters.get(m.event_id)?.();
+      }
+    }
+  }
+
+  arrived(eventId: string): Promise<number> {
+    const at = this.seen.get(eventId);
+    if (at !== undefined) return Promise.resolve(at);
+    return new Promise((resolve) => this.waiters.set(eventId, () => resolve(this.seen.get(eventId)!)));
+  }
+
+  stop(): void {
+    this.stopped = true;
+  }
+}
+
+/** The same measurements with the three providers as separate processes (compiled code, admin API). */
+async function messagesAcrossProcesses(count: number): Promise<void> {
+  const root = join(__dirname, "..", "..", "..");
+  const main = join(root, ".tmp", "bench-dist", "src", "cli", "main.js");
+  const providers = await startProviders(root, [...NAMES], [main]);
+  try {
+    const [a, b, c] = providers as [BenchProvider, BenchProvider, BenchProvider];
+    let txn = 0;
+    const txnId = () => `mp-${++txn}`;
+    const { room_id: roomId } = await admin<{ room_id: string }>(a, "PUT", `/createRoom/${txnId()}`, {
+      creator: ALICE,
+    });
+    const room = encodeURIComponent(roomId);
+    for (const [p, user] of [
+      [b, BOB],
+      [c, CAROL],
+    ] as const) {
+      await admin(a, "PUT", `/rooms/${room}/invite/${txnId()}`, { sender: ALICE, target: user });
+      await until(
+        async () =>
+          (await admin<{ invites: unknown[] }>(p, "GET", `/users/${encodeURIComponent(user)}/invites`))
+            .invites.length > 0,
+      );
+      await admin(p, "PUT", `/rooms/${room}/join/${txnId()}`, { user });
+    }
+    await until(async () => {
+      const views = await Promise.all(
+        [
+          [a, ALICE],
+          [b, BOB],
+          [c, CAROL],
+        ].map(([p, user]) =>
+          admin<{ epoch: string; members: string[] }>(
+            p as BenchProvider,
+            "GET",
+            `/rooms/${room}/mls?user=${encodeURIComponent(user as string)}`,
+          ).catch(() => undefined),
+        ),
+      );
+      return views.every((v) => v?.members.length === 3 && v.epoch === views[0]!.epoch);
+    });
+    const watchers = [new InboxWatcher(b, roomId, BOB), new InboxWatcher(c, roomId, CAROL)];
+    const send = async (i: number) =>
+      (
+        await admin<{ event_id: string }>(a, "PUT", `/rooms/${room}/messages/${txnId()}`, {
+          sender: ALICE,
+          content: { body: `m${i}` },
+        })
+      ).event_id;
+    const latencies: number[] = [];
+    for (let i = 0; i < Math.min(count, 200); i++) {
+      const start = performance.now();
+      const eventId = await send(i);
+      const at = await Promise.all(watchers.map((w) => w.arrived(eventId)));
+      latencies.push(Math.max(...at) - start);
+    }
+    const sorted = [...latencies].sort((x, y) => x - y);
+    const window = 50;
+    const start = performance.now();
+    const ids: string[] = [];
+    for (let i = 0; i < count; i += window) {
+      ids.push(
+        ...(await Promise.all(Array.from({ length: Math.min(window, count - i) }, (_, j) => send(i + j)))),
+      );
+    }
+    await Promise.all(ids.flatMap((id) => watchers.map((w) => w.arrived(id))));
+    const rate = (count * 1000) / (performance.now() - start);
+    watchers.forEach((w) => w.stop());
+    console.log(
+      `separate processes (admin API, compiled): latency p50 ${fmt(percentile(sorted, 50), 1)} ms, ` +
+        `p99 ${fmt(percentile(sorted, 99), 1)} ms; throughput ${fmt(rate)} msg/s (decrypted at both)`,
+    );
+  } finally {
+    await stopProviders(providers);
   }
 }
 
@@ -239,4 +384,6 @@ export async function mlsMessagesSection(): Promise<void> {
     await Promise.all(providers.map((p) => p.stop()));
     dirs.forEach(removeDir);
   }
+  if (existsSync(join(__dirname, "..", "src", "cli", "main.js"))) await messagesAcrossProcesses(count);
+  else console.log("separate processes: run through `npm run bench -- mls` (it compiles the provider first)");
 }

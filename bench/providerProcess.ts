@@ -25,6 +25,8 @@ export class BenchProvider {
     readonly dir: string,
     readonly federationPort: number,
     readonly adminPort: number,
+    /** What node runs instead of `--import tsx src/cli/main.ts` (e.g. the tsc-compiled main.js). */
+    private readonly entry?: readonly string[],
   ) {}
 
   get signingKeyPath(): string {
@@ -51,9 +53,7 @@ export class BenchProvider {
       [
         // BENCH_NODE_ARGS adds Node options to every provider, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
         ...(process.env.BENCH_NODE_ARGS ?? "").split(" ").filter((arg) => arg !== ""),
-        "--import",
-        "tsx",
-        join(this.root, "src/cli/main.ts"),
+        ...(this.entry ?? ["--import", "tsx", join(this.root, "src/cli/main.ts")]),
         "-c",
         join(this.dir, "config.yaml"),
       ],
@@ -151,7 +151,11 @@ export function killAllProviders(): void {
  * and knowing each other through static routes. On any start-up failure the
  * ones already up are stopped and the error (with stderr) is thrown.
  */
-export async function startProviders(root: string, names: string[]): Promise<BenchProvider[]> {
+export async function startProviders(
+  root: string,
+  names: string[],
+  entry?: readonly string[],
+): Promise<BenchProvider[]> {
   const ports = await Promise.all(names.map(async () => [await freePort(), await freePort()] as const));
   const routes = Object.fromEntries(names.map((name, i) => [name, `http://127.0.0.1:${ports[i]![0]}`]));
   const limits = raisedLimits(root);
@@ -175,7 +179,7 @@ export async function startProviders(root: string, names: string[]): Promise<Ben
       ...(limits === undefined ? {} : { limits }),
     };
     writeFileSync(join(dir, "config.yaml"), yaml.dump(config));
-    return new BenchProvider(name, root, dir, ports[i]![0], ports[i]![1]);
+    return new BenchProvider(name, root, dir, ports[i]![0], ports[i]![1], entry);
   });
   for (const p of providers) running.add(p);
   const started = await Promise.allSettled(providers.map((p) => p.start()));

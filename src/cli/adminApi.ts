@@ -392,6 +392,7 @@ function routes(rooms: RoomsApi, operator: OperatorApi): Route[] {
             max: HISTORY_MAX_LIMIT,
             fallback: HISTORY_DEFAULT_LIMIT,
           }),
+          waitMs: integerQuery(query, "wait_ms", { min: 0, max: MAX_WAIT_MS, fallback: 0 }),
         };
         const messages = await rooms.messages(params.roomId!, user, page);
         return { messages: messages.map(messageJson) };

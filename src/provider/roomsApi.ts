@@ -348,7 +348,7 @@ export class LocalRooms implements RoomsApi {
   async messages(
     roomId: string,
     userId: string,
-    page: { fromSeq: number; limit: number },
+    page: { fromSeq: number; limit: number; waitMs?: number },
   ): Promise<ReceivedMessage[]> {
     this.requireLocalUser(userId, "user");
     parseRoomId(roomId);
@@ -360,7 +360,13 @@ export class LocalRooms implements RoomsApi {
     }
     if (this.rooms.room(roomId) === undefined)
       throw new RoomError("M_NOT_FOUND", `${this.options.serverName} is not in room ${roomId}`);
-    return this.requireAgent().messages(roomId, userId, page.fromSeq, page.limit);
+    return this.requireAgent().messages(
+      roomId,
+      userId,
+      page.fromSeq,
+      page.limit,
+      Math.min(page.waitMs ?? 0, MAX_WAIT_MS),
+    );
   }
 
   async clientGroup(roomId: string, userId: string): Promise<ClientGroupView | undefined> {

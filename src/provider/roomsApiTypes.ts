@@ -23,11 +23,14 @@ export interface RoomsApi {
    * Waits (up to a bound) for the user's client to be in the room's group.
    */
   sendMessage(request: MessageRequest): Promise<{ eventId: string }>;
-  /** The messages of a room as a local user's client received them (decrypted), oldest first. */
+  /**
+   * The messages of a room as a local user's client received them (decrypted), oldest first. With
+   * `waitMs`, waits up to that long for one when there is none yet (a long poll).
+   */
   messages(
     roomId: string,
     userId: string,
-    page: { fromSeq: number; limit: number },
+    page: { fromSeq: number; limit: number; waitMs?: number },
   ): Promise<ReceivedMessage[]>;
   /** A local user's MLS client in a room's group: its epoch and the members it sees; undefined if it has none. */
   clientGroup(roomId: string, userId: string): Promise<ClientGroupView | undefined>;

@@ -934,7 +934,7 @@ describe("admin API", () => {
           { roomId: ROOM, sender: ALICE, type: "m.room.message", content: { body: "hi" }, txnId: "m1" },
         ],
         ["sendMessage", { roomId: ROOM, sender: ALICE, type: "org.example.note", content: {}, txnId: "m2" }],
-        ["messages", ROOM, ALICE, { fromSeq: 9, limit: 5 }],
+        ["messages", ROOM, ALICE, { fromSeq: 9, limit: 5, waitMs: 0 }],
         ["clientGroup", ROOM, ALICE],
         ["clientGroup", ROOM, ALICE],
       ]);

@@ -185,6 +185,10 @@ describe("hosted MLS clients in three providers (in one process)", () => {
         [one.eventId, "decrypted", "once"],
       ]);
     });
+    // A long poll for carol's next message answers when it arrives.
+    const next = c.rooms.messages(roomId, CAROL, { fromSeq: history.length + 1, limit: 10, waitMs: 10_000 });
+    const later = await b.rooms.sendMessage({ ...request, content: { body: "later" }, txnId: txnId() });
+    expect((await next).map((m) => [m.eventId, m.content?.body])).toEqual([[later.eventId, "later"]]);
     for (const type of ["m.mls.commit", "m.room.encrypted"]) {
       await expect(
         a.rooms.send({ roomId, sender: ALICE, type, content: {}, txnId: txnId() }),

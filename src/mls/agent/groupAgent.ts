@@ -349,9 +349,38 @@ export class GroupAgent {
   }
 
   /** The messages a local user's client received in a room, oldest first, from `fromSeq`. */
-  async messages(roomId: string, userId: string, fromSeq: number, limit: number): Promise<ReceivedMessage[]> {
+  async messages(
+    roomId: string,
+    userId: string,
+    fromSeq: number,
+    limit: number,
+    waitMs = 0,
+  ): Promise<ReceivedMessage[]> {
     const progress = await this.progressOf(roomId);
     await this.inQueue(progress, () => this.catchUp(progress));
+    const found = await this.readInbox(roomId, userId, fromSeq, limit);
+    if (found.length > 0 || waitMs <= 0 || this.stopped) return found;
+    // A long poll: wait for the user's next message at or after `fromSeq`.
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        unsubscribe();
+        resolve();
+      };
+      const timer = setTimeout(done, waitMs);
+      const unsubscribe = this.onMessage((room, user, message) => {
+        if (room === roomId && user === userId && message.seq >= fromSeq) done();
+      });
+    });
+    return this.readInbox(roomId, userId, fromSeq, limit);
+  }
+
+  private async readInbox(
+    roomId: string,
+    userId: string,
+    fromSeq: number,
+    limit: number,
+  ): Promise<ReceivedMessage[]> {
     const prefix = inboxPrefix(roomId, userId);
     const out: ReceivedMessage[] = [];
     for await (const [, value] of this.options.kv.range({
