@@ -143,6 +143,22 @@ describe("the room's MLS group at the hub (m.mls.commit and m.room.encrypted)", 
     expect(groupState(opened, roomId).headCommit).toBe(headBefore);
   });
 
+  it("refuses an Add of a banned user, and changes nothing", async () => {
+    await establish();
+    // Alice holds the room's default power as its creator; she bans carol, who had joined.
+    await opened.service.sendAsHub(roomId, CAROL, "m.room.user", { participation: "join" }, CAROL);
+    await opened.service.sendAsHub(roomId, ALICE, "m.room.user", { participation: "ban" }, CAROL);
+    const carol = await clientOf("carol", CAROL);
+    const before = groupState(opened, roomId);
+    const refused = await refusal(
+      sendCommit(opened, roomId, ALICE, await group.draftCommit("alice", [add(carol)])),
+    );
+    expect(refused.errcode).toBe("IO.MIMI_APPSERVICE.MLS_FORBIDDEN");
+    expect(refused.reason).toContain(`${CAROL} is not joined`);
+    expect(groupState(opened, roomId).headCommit).toBe(before.headCommit);
+    expect(groupState(opened, roomId).observer!.epoch).toBe(before.observer!.epoch);
+  });
+
   it("lets a client be removed by another user only once its user is no longer joined (LM-04)", async () => {
     await establish();
     const removeBob: Proposal = { proposalType: "remove", remove: { removed: 1 } };
