@@ -2,7 +2,13 @@ import { readFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { AdminClient, HistoryWatcher, type AdminFlavour, type HistoryEvent } from "./adminClient";
 import { addBaseline, DEFAULT_BASELINE, ROOT, type Baseline } from "./baseline";
-import { ADMIN_TOKEN, startProviders, stopProviders, type BenchProvider } from "./providerProcess";
+import {
+  ADMIN_TOKEN,
+  providerEntry,
+  startProviders,
+  stopProviders,
+  type BenchProvider,
+} from "./providerProcess";
 import { fmt, percentile, runWindow } from "./util";
 
 const HUB = "a.example";
@@ -266,7 +272,7 @@ class Checkout {
   /** Starts the two providers and detects their admin API; a failure is noted and skips every figure. */
   async open(): Promise<void> {
     try {
-      this.providers = await startProviders(this.root, [HUB, FOLLOWER]);
+      this.providers = await startProviders(this.root, [HUB, FOLLOWER], providerEntry(this.root));
       const [hubProcess, followerProcess] = this.providers as [BenchProvider, BenchProvider];
       const hub = new AdminClient(`${this.label} ${HUB}`, hubProcess.adminPort, ADMIN_TOKEN);
       const follower = new AdminClient(`${this.label} ${FOLLOWER}`, followerProcess.adminPort, ADMIN_TOKEN);
@@ -502,7 +508,7 @@ export async function multiprocessSection(cache: CoreCache = {}): Promise<void> 
   ]);
   console.log(
     [
-      `Hub a.example and follower b.example, each \`node --import tsx src/cli/main.ts -c config.yaml\` from its checkout; ` +
+      `Hub a.example and follower b.example, each ${process.env.BENCH_RUNNER === "tsx" ? "\`node --import tsx src/cli/main.ts -c config.yaml\`" : "\`node dist/cli/main.js -c config.yaml\` (compiled by tsc)"} from its checkout; ` +
         `the bench client runs in this process; client and providers share the machine's ${cpus().length} cores. ` +
         `Both checkouts' providers are up at once and each figure is measured on the baseline, then on the current code. ` +
         `Rate limits are raised to the config schema's maxima in checkouts that have them.`,

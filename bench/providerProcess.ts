@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import yaml from "js-yaml";
@@ -11,9 +11,9 @@ const STOP_TIMEOUT_MS = 15_000;
 const STDERR_KEEP = 64 * 1024;
 
 /**
- * One provider started the way an operator starts it
- * (`node --import tsx src/cli/main.ts -c config.yaml`) from the checkout at
- * `root`, with its own config, key file and fsync'd LevelDB in a temp folder.
+ * One provider started the way an operator starts it (`node dist/cli/main.js
+ * -c config.yaml`, see `providerEntry`) from the checkout at `root`, with its
+ * own config, key file and fsync'd LevelDB in a temp folder.
  */
 export class BenchProvider {
   private child: ChildProcess | undefined;
@@ -133,6 +133,31 @@ export function raisedLimits(root: string): Record<string, number> | undefined {
   if (typeof limits !== "object" || limits === null) return undefined;
   const known = Object.entries(RAISED_LIMITS).filter(([key]) => key in limits);
   return known.length === 0 ? undefined : Object.fromEntries(known);
+}
+
+const built = new Map<string, string[]>();
+
+/**
+ * The node arguments that run the checkout at `root` as `npm start` does: its code compiled by
+ * tsc (`tsconfig.build.json` into `dist/`, built once per run). BENCH_RUNNER=tsx runs the sources
+ * through tsx instead, whose transform makes some dependencies (ts-mls) several times slower.
+ */
+export function providerEntry(root: string): string[] | undefined {
+  if (process.env.BENCH_RUNNER === "tsx") return undefined;
+  let entry = built.get(root);
+  if (entry === undefined) {
+    execFileSync(
+      process.execPath,
+      [join(root, "node_modules/typescript/bin/tsc"), "-p", "tsconfig.build.json"],
+      {
+        cwd: root,
+        stdio: "inherit",
+      },
+    );
+    entry = [join(root, "dist/cli/main.js")];
+    built.set(root, entry);
+  }
+  return entry;
 }
 
 const running = new Set<BenchProvider>();

@@ -126,8 +126,12 @@ export interface GroupAgentOptions {
 interface RoomProgress {
   readonly roomId: string;
   readonly version: RoomVersion;
-  /** The last event processed (durably: the cursor is written with its effects). */
+  /** The last event processed. */
   cursor: number;
+  /** The cursor as last written: always with the effects of the events up to it. */
+  savedCursor: number;
+  /** Events heard from the room service past the cursor, by position (bounded). */
+  readonly heard: Map<number, { eventId: string; event: FullyFormedEvent }>;
   /** Participation as of the cursor. */
   readonly participation: Map<string, Participation>;
   /** Local users' clients in the room's group. */
@@ -166,6 +170,9 @@ interface Effects {
 const newEffects = (): Effects => ({ after: [], queued: [] });
 
 const PAGE = 64;
+/** Events that change no client still move the stored cursor this often, to bound a replay. */
+const CURSOR_SAVE_EVERY = 1000;
+const HEARD_LIMIT = 4096;
 const MAX_BACKOFF_MS = 30_000;
 const utf8 = new TextEncoder();
 const fromUtf8 = new TextDecoder("utf-8", { fatal: true });
@@ -189,6 +196,8 @@ const fromUtf8 = new TextDecoder("utf-8", { fatal: true });
  */
 export class GroupAgent {
   private readonly progress = new Map<string, Promise<RoomProgress>>();
+  /** The same, once loaded. */
+  private readonly loaded = new Map<string, RoomProgress>();
   private stopped = false;
   private unsubscribe: () => void = () => undefined;
   private readonly receivers = new Set<(roomId: string, userId: string, message: ReceivedMessage) => void>();
@@ -199,7 +208,13 @@ export class GroupAgent {
   }
 
   start(): void {
-    this.unsubscribe = this.options.rooms.subscribe((notice) => this.schedule(notice.roomId));
+    this.unsubscribe = this.options.rooms.subscribe((notice) => {
+      const progress = this.loaded.get(notice.roomId);
+      if (progress !== undefined && notice.seq > progress.cursor && progress.heard.size < HEARD_LIMIT) {
+        progress.heard.set(notice.seq, { eventId: notice.eventId, event: notice.event });
+      }
+      this.schedule(notice.roomId);
+    });
     for (const roomId of this.options.rooms.roomIds()) this.schedule(roomId);
   }
 
@@ -522,6 +537,8 @@ export class GroupAgent {
       roomId,
       version: room.version,
       cursor,
+      savedCursor: cursor,
+      heard: new Map(),
       participation,
       groups: new Map(),
       inFlight: new Map(),
@@ -549,6 +566,7 @@ export class GroupAgent {
       progress.inFlight.set(entry.stateKey, lpduHash);
       this.watch(progress, entry.stateKey, lpduHash, this.options.port.awaitOwn(roomId, lpduHash));
     }
+    this.loaded.set(roomId, progress);
     return progress;
   }
 
@@ -579,25 +597,58 @@ export class GroupAgent {
     for (;;) {
       const head = rooms.room(progress.roomId)?.record.headSeq ?? 0;
       if (progress.cursor >= head) return;
-      const page = await rooms.getEvents(progress.roomId, progress.cursor + 1, PAGE);
+      const page = await this.nextPage(progress);
       if (page.length === 0) return;
       const groups = new Map(progress.groups);
       const ops: BatchOp[] = [];
       const effects = newEffects();
-      for (const stored of page) {
-        const event = JSON.parse(stored.json) as FullyFormedEvent;
-        await this.processEvent(progress, groups, stored.seq, stored.eventId, event, ops, effects);
+      for (const { seq, eventId, event } of page) {
+        await this.processEvent(progress, groups, seq, eventId, event, ops, effects);
       }
       const last = page[page.length - 1]!.seq;
+      if (
+        ops.length === 0 &&
+        effects.queued.length === 0 &&
+        last - progress.savedCursor < CURSOR_SAVE_EVERY
+      ) {
+        // Nothing to write: events that change no client are replayed harmlessly after a crash.
+        progress.cursor = last;
+        progress.groups = groups;
+        effects.after.forEach((action) => action());
+        this.notify(progress);
+        continue;
+      }
       ops.push({ type: "put", key: cursorKey(progress.roomId), value: String(last) });
       const batch = [...dedupe(ops), ...effects.queued.flatMap((queued) => queued())];
       await kv.commit(batch);
       progress.cursor = last;
+      progress.savedCursor = last;
       progress.groups = groups;
       effects.after.forEach((action) => action());
       this.announce(batch, progress.roomId);
       this.notify(progress);
     }
+  }
+
+  /** The events after the cursor: from the notices just heard when they follow on, else from the store. */
+  private async nextPage(
+    progress: RoomProgress,
+  ): Promise<{ seq: number; eventId: string; event: FullyFormedEvent }[]> {
+    const heard: { seq: number; eventId: string; event: FullyFormedEvent }[] = [];
+    for (let seq = progress.cursor + 1; heard.length < PAGE; seq++) {
+      const notice = progress.heard.get(seq);
+      if (notice === undefined) break;
+      heard.push({ seq, eventId: notice.eventId, event: notice.event });
+    }
+    for (const seq of [...progress.heard.keys()])
+      if (seq <= progress.cursor + heard.length) progress.heard.delete(seq);
+    if (heard.length > 0) return heard;
+    const stored = await this.options.rooms.getEvents(progress.roomId, progress.cursor + 1, PAGE);
+    return stored.map((e) => ({
+      seq: e.seq,
+      eventId: e.eventId,
+      event: JSON.parse(e.json) as FullyFormedEvent,
+    }));
   }
 
   private async processEvent(
