@@ -508,7 +508,7 @@ export async function multiprocessSection(cache: CoreCache = {}): Promise<void> 
   ]);
   console.log(
     [
-      `Hub a.example and follower b.example, each ${process.env.BENCH_RUNNER === "tsx" ? "\`node --import tsx src/cli/main.ts -c config.yaml\`" : "\`node dist/cli/main.js -c config.yaml\` (compiled by tsc)"} from its checkout; ` +
+      `Hub a.example and follower b.example, each ${process.env.BENCH_RUNNER === "tsx" ? "`node --import tsx src/cli/main.ts -c config.yaml`" : "`node dist/cli/main.js -c config.yaml` (compiled by tsc)"} from its checkout; ` +
         `the bench client runs in this process; client and providers share the machine's ${cpus().length} cores. ` +
         `Both checkouts' providers are up at once and each figure is measured on the baseline, then on the current code. ` +
         `Rate limits are raised to the config schema's maxima in checkouts that have them.`,
