@@ -42,6 +42,9 @@ import { checkAnswer, SEND_ANSWER } from "./peerAnswers";
 import { LocalRooms } from "./roomsApi";
 import type { RoomsApi } from "./roomsApiTypes";
 
+/** How often every local user's KeyPackage pool is checked for KeyPackages to renew. */
+const KEY_PACKAGE_REFRESH_MS = 60 * 60 * 1000;
+
 export interface ProviderOptions {
   fetch?: FetchFn;
   /** Delivery backoff base and cap in ms (tests shorten them). */
@@ -280,7 +283,17 @@ export class MimiProvider {
     provider.admitFederation = (origin) => federationRequests.check(origin);
     provider.keyPackageApi = keyPackageApi;
     provider.keyPackageTokens = tokens;
-    provider.background = [transactions, invites, { stop: async () => client.close() }];
+    // KeyPackages are also topped up after each claim; this renews those nearing their expiry.
+    const replenishing = setInterval(() => {
+      pool.replenishAll().catch((error: unknown) => log.warn("cannot replenish KeyPackages", { error }));
+    }, KEY_PACKAGE_REFRESH_MS);
+    replenishing.unref();
+    provider.background = [
+      transactions,
+      invites,
+      { stop: async () => client.close() },
+      { stop: async () => clearInterval(replenishing) },
+    ];
     transactions.start();
     invites.start();
     provider.markStopped = () => {

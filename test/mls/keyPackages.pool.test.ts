@@ -49,6 +49,21 @@ describe("the KeyPackage pool on a real LevelDB", () => {
     removeDir(dir);
   });
 
+  test("replenishAll refills every local user's pool that claims took from, and renews old ones", async () => {
+    const other = "@other:b.example";
+    await pool.replenish(BOB);
+    await pool.replenish(other);
+    for (let i = 0; i < 5; i++) await claim();
+    expect(await pool.status(BOB)).toEqual({ oneTime: 15, lastResort: true });
+    expect(await pool.replenishAll()).toBe(1);
+    expect(await pool.status(BOB)).toEqual({ oneTime: 20, lastResort: true });
+    expect(await pool.replenishAll()).toBe(0);
+    // Near the KeyPackages' expiry, both pools are renewed.
+    now += 25 * 24 * 60 * 60 * 1000;
+    expect(await pool.replenishAll()).toBe(2);
+    expect(await pool.status(other)).toEqual({ oneTime: 20, lastResort: true });
+  });
+
   test("20 one-time KeyPackages, then the last-resort one, again and again", async () => {
     await pool.replenish(BOB);
     expect(await pool.status(BOB)).toEqual({ oneTime: 20, lastResort: true });

@@ -10,7 +10,8 @@
  */
 const SEP = "\u0000";
 
-export const clientIdentityKey = (userId: string) => `mhc${SEP}${userId}`;
+export const clientIdentityPrefix = () => `mhc${SEP}`;
+export const clientIdentityKey = (userId: string) => `${clientIdentityPrefix()}${userId}`;
 export const groupStateKey = (userId: string, roomId: string) => `mhg${SEP}${userId}${SEP}${roomId}`;
 export const pendingCommitKey = (userId: string, roomId: string) => `mhp${SEP}${userId}${SEP}${roomId}`;
 export const epochCommitPrefix = (userId: string, roomId: string) =>

@@ -1,5 +1,6 @@
 import { prefixEnd, type BatchOp, type KvStore } from "../../store/kv";
 import type { WelcomeKeys } from "../clients/hostedClient";
+import { clientIdentityPrefix } from "../clients/storeKeys";
 import {
   ensureClientIdentity,
   type ClientIdentity,
@@ -258,6 +259,28 @@ export class KeyPackagePool {
       };
     }
     throw new MlsError("M_NOT_FOUND", "welcome.keypackage", "the Welcome names none of our KeyPackages");
+  }
+
+  /**
+   * Tops up the pool of every local user who has a hosted client, one user at a time: refills
+   * the one-time KeyPackages claims took and renews those (and the last-resort one) nearing their
+   * expiry. Answers how many users' pools changed. Run in the background by the provider.
+   */
+  async replenishAll(): Promise<number> {
+    const prefix = clientIdentityPrefix();
+    const users: string[] = [];
+    for await (const [key] of this.kv.range({ gte: prefix, lt: prefixEnd(prefix) }))
+      users.push(key.slice(prefix.length));
+    let changed = 0;
+    for (const userId of users) {
+      const wrote = await this.perUser.run(userId, async () => {
+        const ops = await this.replenishOps(userId);
+        if (ops.length > 0) await this.kv.commit(ops);
+        return ops.length > 0;
+      });
+      if (wrote) changed += 1;
+    }
+    return changed;
   }
 
   async status(userId: string): Promise<PoolStatus> {
