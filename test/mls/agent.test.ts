@@ -1,4 +1,8 @@
+import { encodeUnpaddedBase64 } from "../../src/events/base64";
+import { encryptMessage, loadHostedGroup } from "../../src/mls/clients";
+import { SUPPORTED_ALGORITHM } from "../../src/mls/roomGroup";
 import type { MimiProvider } from "../../src/provider/provider";
+import type { RoomService } from "../../src/room/roomService";
 import { removeDir } from "../support/services";
 import { startInProcess, type InProcessSet } from "../support/inProcess";
 import { eventually } from "../support/providers";
@@ -194,6 +198,30 @@ describe("hosted MLS clients in three providers (in one process)", () => {
         a.rooms.send({ roomId, sender: ALICE, type, content: {}, txnId: txnId() }),
       ).rejects.toMatchObject({ errcode: "M_INVALID_PARAM" });
     }
+  }, 60_000);
+
+  it("drops a message whose MLS sender is not the event's sender, as if it did not decrypt", async () => {
+    const roomId = await roomOfThree();
+    // Bob's client encrypts (a copy of its state, never stored: the test alone uses this key);
+    // the ciphertext goes into an event sent as alice, which the hub cannot tell apart.
+    const bobsClient = (await loadHostedGroup(b.kv, BOB, roomId, () => true))!;
+    const forged = await encryptMessage(
+      bobsClient,
+      new TextEncoder().encode(JSON.stringify({ type: "m.room.message", content: { body: "forged" } })),
+    );
+    const rooms = (a as unknown as { roomService: RoomService }).roomService;
+    const { eventId } = await rooms.sendAsHub(roomId, ALICE, "m.room.encrypted", {
+      algorithm: SUPPORTED_ALGORITHM,
+      ciphertext: encodeUnpaddedBase64(forged.ciphertext),
+      commit_event_id: forged.commitEventId,
+    });
+    await eventually(async () => {
+      const seen = await c.rooms.messages(roomId, CAROL, { fromSeq: 1, limit: 100 });
+      const record = seen.find((m) => m.eventId === eventId);
+      expect(record).toMatchObject({ status: "dropped", sender: ALICE });
+      expect(record?.content).toBeUndefined();
+      expect(record?.reason).toContain(BOB);
+    });
   }, 60_000);
 
   it("removes the clients of users who leave, are kicked or banned; they read nothing after", async () => {
