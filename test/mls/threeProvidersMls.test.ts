@@ -213,4 +213,44 @@ describe("MLS across three providers as separate processes", () => {
     for (const id of eventIds) expect(history.filter((e) => e.event_id === id)).toHaveLength(1);
     for (const text of plaintexts) expect(wire.filter((body) => body.includes(text))).toEqual([]);
   }, 120_000);
+
+  it("a kicked user invited back rejoins the group; after SIGKILL of c.example she still reads and sends", async () => {
+    await a.invite(roomId, ALICE, CAROL);
+    await eventually(async () => expect((await c.invites(CAROL)).map((i) => i.room_id)).toContain(roomId));
+    await c.join(roomId, CAROL);
+    await converged(
+      [
+        [a, ALICE],
+        [b, BOB],
+        [c, CAROL],
+      ],
+      [ALICE, BOB, CAROL],
+    );
+    // Alice's client added her back by Welcome; her provider, behind since the kick, made no commit.
+    const history = await a.history(roomId);
+    const rejoined = history.map((e) => e.type === "m.room.user" && e.state_key === CAROL).lastIndexOf(true);
+    const commitsSince = history.slice(rejoined).filter((e) => e.type === "m.mls.commit");
+    expect(commitsSince.map((e) => e.sender)).toEqual([ALICE]);
+    const beforeKill = secret("bob-before-c-killed");
+    await b.sendMessage(roomId, BOB, beforeKill);
+    await c.kill("SIGKILL");
+    const whileDown = secret("alice-while-c-down");
+    await a.sendMessage(roomId, ALICE, whileDown);
+    await c.start();
+    await eventually(async () => {
+      const seen = decryptedBodies(await c.messages(roomId, CAROL));
+      expect(seen).toEqual(expect.arrayContaining([beforeKill, whileDown]));
+    }, 30_000);
+    const fromCarol = secret("carol-after-restart");
+    await c.sendMessage(roomId, CAROL, fromCarol);
+    for (const [p, user] of [
+      [a, ALICE],
+      [b, BOB],
+    ] as const) {
+      await eventually(async () =>
+        expect(decryptedBodies(await p.messages(roomId, user))).toContain(fromCarol),
+      );
+    }
+    for (const text of plaintexts) expect(wire.filter((body) => body.includes(text))).toEqual([]);
+  }, 120_000);
 });

@@ -689,7 +689,9 @@ export class GroupAgent {
       for (const [user, participation] of progress.participation) {
         if (participation !== "join" || !this.isLocal(user)) continue;
         const group = groups.get(user);
-        if (group !== undefined && isActive(group)) continue;
+        // A client that followed this commit is in its epoch; one left behind (it missed its
+        // removal while its server was out of the room) joins afresh when a Welcome came for it.
+        if (group !== undefined && isActive(group) && group.commitEventId === eventId) continue;
         const joined = await this.joinFromStoredWelcome(progress, user, eventId, ops);
         if (joined !== undefined) groups.set(user, joined);
       }
@@ -846,7 +848,11 @@ export class GroupAgent {
       const progress = await this.progressOf(stored.roomId);
       await this.inQueue(progress, async () => {
         const group = progress.groups.get(userId);
-        if (progress.cursor < stored.seq || (group !== undefined && isActive(group))) return;
+        const epoch = this.options.rooms.extensionState(progress.roomId, this.options.groups)?.observer
+          ?.epoch;
+        const current =
+          group?.state !== undefined && isActive(group) && group.state.groupContext.epoch === epoch;
+        if (progress.cursor < stored.seq || current) return;
         const ops: BatchOp[] = [];
         const joined = await this.joinFromStoredWelcome(progress, userId, commitEventId, ops);
         if (joined === undefined) {
