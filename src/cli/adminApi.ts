@@ -190,6 +190,15 @@ function optionalServerQuery(query: Query, field: string): string | undefined {
   return identifier(field, () => parseServerName(raw)).raw;
 }
 
+/** `from`, `limit` and `wait_ms` of a paged, long-polled read. */
+function pageQuery(query: Query): { fromSeq: number; limit: number; waitMs: number } {
+  return {
+    fromSeq: integerQuery(query, "from", { min: 1, max: Number.MAX_SAFE_INTEGER, fallback: 1 }),
+    limit: integerQuery(query, "limit", { min: 1, max: HISTORY_MAX_LIMIT, fallback: HISTORY_DEFAULT_LIMIT }),
+    waitMs: integerQuery(query, "wait_ms", { min: 0, max: MAX_WAIT_MS, fallback: 0 }),
+  };
+}
+
 function userQuery(query: Query, field: string): string {
   const raw = query[field];
   if (raw === undefined) throw invalidParam(field, "is required");
@@ -364,15 +373,7 @@ function routes(rooms: RoomsApi, operator: OperatorApi): Route[] {
       method: "GET",
       path: "/rooms/:roomId/history",
       handle: async ({ params, query }) => {
-        const page = {
-          fromSeq: integerQuery(query, "from", { min: 1, max: Number.MAX_SAFE_INTEGER, fallback: 1 }),
-          limit: integerQuery(query, "limit", {
-            min: 1,
-            max: HISTORY_MAX_LIMIT,
-            fallback: HISTORY_DEFAULT_LIMIT,
-          }),
-          waitMs: integerQuery(query, "wait_ms", { min: 0, max: MAX_WAIT_MS, fallback: 0 }),
-        };
+        const page = pageQuery(query);
         const { events, nextSeq } = await rooms.history(params.roomId!, page);
         return {
           events: events.map((e) => ({ seq: e.seq, event_id: e.eventId, ...e.event })),
@@ -385,15 +386,7 @@ function routes(rooms: RoomsApi, operator: OperatorApi): Route[] {
       path: "/rooms/:roomId/messages",
       handle: async ({ params, query }) => {
         const user = userQuery(query, "user");
-        const page = {
-          fromSeq: integerQuery(query, "from", { min: 1, max: Number.MAX_SAFE_INTEGER, fallback: 1 }),
-          limit: integerQuery(query, "limit", {
-            min: 1,
-            max: HISTORY_MAX_LIMIT,
-            fallback: HISTORY_DEFAULT_LIMIT,
-          }),
-          waitMs: integerQuery(query, "wait_ms", { min: 0, max: MAX_WAIT_MS, fallback: 0 }),
-        };
+        const page = pageQuery(query);
         const messages = await rooms.messages(params.roomId!, user, page);
         return { messages: messages.map(messageJson) };
       },

@@ -260,7 +260,6 @@ export class MimiProvider {
         pool,
         claims: new KeyPackageClient({ serverName: config.serverName, client, pool }),
         router: welcomeRouter,
-        edus,
       },
     });
     lateAgent.agent = agent;

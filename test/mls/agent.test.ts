@@ -7,20 +7,7 @@ import { removeDir } from "../support/services";
 import { startInProcess, type InProcessSet } from "../support/inProcess";
 import { eventually } from "../support/providers";
 
-const ALICE = "@alice:a.example";
-const BOB = "@bob:b.example";
-const CAROL = "@carol:c.example";
-
-const ROLES = {
-  roles: {
-    admin: {
-      order: 100,
-      permissions: { add: true, kick: true, ban: true, roles: ["admin", "member"] },
-      assignees: [ALICE],
-    },
-    member: { order: 10, permissions: { add: true }, assignees: [BOB, CAROL] },
-  },
-};
+import { ALICE, BOB, CAROL, ROLES } from "./people";
 
 let txn = 0;
 const txnId = () => `t${++txn}`;
@@ -36,6 +23,10 @@ describe("hosted MLS clients in three providers (in one process)", () => {
     await Promise.all(set.providers.map((p) => p.stop()));
     set.dirs.forEach(removeDir);
   });
+
+  /** `sender`'s message `body` in `roomId`, through `p`'s rooms API. */
+  const say = (p: MimiProvider, roomId: string, sender: string, body: string) =>
+    p.rooms.sendMessage({ roomId, sender, type: "m.room.message", content: { body }, txnId: txnId() });
 
   async function join(p: MimiProvider, roomId: string, user: string): Promise<void> {
     await a.rooms.invite({ roomId, sender: ALICE, target: user, txnId: txnId() });
@@ -58,27 +49,9 @@ describe("hosted MLS clients in three providers (in one process)", () => {
       expect(views.map((v) => v?.members.length)).toEqual([3, 3, 3]);
       expect(new Set(views.map((v) => v?.epoch)).size).toBe(1);
     });
-    await a.rooms.sendMessage({
-      roomId,
-      sender: ALICE,
-      type: "m.room.message",
-      content: { body: "hi all" },
-      txnId: txnId(),
-    });
-    await b.rooms.sendMessage({
-      roomId,
-      sender: BOB,
-      type: "m.room.message",
-      content: { body: "hello from b" },
-      txnId: txnId(),
-    });
-    await c.rooms.sendMessage({
-      roomId,
-      sender: CAROL,
-      type: "m.room.message",
-      content: { body: "and c" },
-      txnId: txnId(),
-    });
+    await say(a, roomId, ALICE, "hi all");
+    await say(b, roomId, BOB, "hello from b");
+    await say(c, roomId, CAROL, "and c");
     for (const [p, user] of [
       [a, ALICE],
       [b, BOB],
@@ -228,13 +201,7 @@ describe("hosted MLS clients in three providers (in one process)", () => {
     const roomId = await roomOfThree();
     await c.rooms.changeOwnParticipation({ roomId, user: CAROL, change: "leave", txnId: txnId() });
     await agree(roomId, [ALICE, BOB]);
-    await a.rooms.sendMessage({
-      roomId,
-      sender: ALICE,
-      type: "m.room.message",
-      content: { body: "after leave" },
-      txnId: txnId(),
-    });
+    await say(a, roomId, ALICE, "after leave");
     await eventually(async () => {
       const seen = await b.rooms.messages(roomId, BOB, { fromSeq: 1, limit: 100 });
       expect(seen.map((m) => m.content?.body)).toContain("after leave");
@@ -250,13 +217,7 @@ describe("hosted MLS clients in three providers (in one process)", () => {
       txnId: txnId(),
     });
     await agree(roomId, [ALICE]);
-    await a.rooms.sendMessage({
-      roomId,
-      sender: ALICE,
-      type: "m.room.message",
-      content: { body: "alone" },
-      txnId: txnId(),
-    });
+    await say(a, roomId, ALICE, "alone");
     await eventually(async () => {
       const mine = await a.rooms.messages(roomId, ALICE, { fromSeq: 1, limit: 100 });
       expect(mine.filter((m) => m.status === "sent").map((m) => m.content?.body)).toContain("alone");

@@ -8,19 +8,7 @@ import {
   type ProviderProcess,
 } from "../support/providers";
 
-const ALICE = "@alice:a.example";
-const BOB = "@bob:b.example";
-const CAROL = "@carol:c.example";
-const ROLES = {
-  roles: {
-    admin: {
-      order: 100,
-      permissions: { add: true, kick: true, ban: true, roles: ["admin", "member"] },
-      assignees: [ALICE],
-    },
-    member: { order: 10, permissions: { add: true }, assignees: [BOB, CAROL] },
-  },
-};
+import { ALICE, BOB, CAROL, ROLES } from "./people";
 
 /** A pass-through HTTP proxy in front of one provider that keeps every request and answer body. */
 async function recordingProxy(target: string, seen: string[]): Promise<{ url: string; server: Server }> {

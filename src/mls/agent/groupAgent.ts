@@ -8,7 +8,7 @@ import type { Participation, RoomVersion } from "../../roomVersions/types";
 import { prefixEnd, type BatchOp, type KvStore } from "../../store/kv";
 import type { KeyPackagePool } from "../keyPackages";
 import type { KeyPackageClient } from "../federation/keyPackageApi";
-import { welcomeKey, type EduPort, type StoredWelcome, type WelcomeRouter } from "../federation/welcomes";
+import { welcomeKey, type StoredWelcome, type WelcomeRouter } from "../federation/welcomes";
 import {
   commitAccepted,
   commitRefused,
@@ -22,7 +22,6 @@ import {
   loadHostedGroup,
   membersOf,
   processCommit,
-  requireClientIdentity,
   type CredentialPolicy,
   type HostedGroup,
 } from "../clients";
@@ -117,7 +116,7 @@ export interface GroupAgentOptions {
   /** How long a message waits for its sender's client to be in the group (default 15 s). */
   joinWaitMs?: number;
   /** Adds by Welcome (LM-04 §Updating Group State): KeyPackages claimed, Welcomes routed via the hub. */
-  welcomes?: { pool: KeyPackagePool; claims: KeyPackageClient; router: WelcomeRouter; edus: EduPort };
+  welcomes?: { pool: KeyPackagePool; claims: KeyPackageClient; router: WelcomeRouter };
   /** How long an invited user's provider waits for the inviter's Add before joining by external commit (default 5 s). */
   welcomeWaitMs?: number;
   now?: () => number;
@@ -593,9 +592,8 @@ export class GroupAgent {
   // ---- following the history ----
 
   private async catchUp(progress: RoomProgress): Promise<void> {
-    const { rooms, kv } = this.options;
     for (;;) {
-      const head = rooms.room(progress.roomId)?.record.headSeq ?? 0;
+      const head = this.options.rooms.room(progress.roomId)?.record.headSeq ?? 0;
       if (progress.cursor >= head) return;
       const page = await this.nextPage(progress);
       if (page.length === 0) return;
@@ -619,13 +617,10 @@ export class GroupAgent {
         continue;
       }
       ops.push({ type: "put", key: cursorKey(progress.roomId), value: String(last) });
-      const batch = [...dedupe(ops), ...effects.queued.flatMap((queued) => queued())];
-      await kv.commit(batch);
+      await this.writePage(progress, ops, effects);
       progress.cursor = last;
       progress.savedCursor = last;
       progress.groups = groups;
-      effects.after.forEach((action) => action());
-      this.announce(batch, progress.roomId);
       this.notify(progress);
     }
   }
@@ -677,14 +672,8 @@ export class GroupAgent {
       if (participation !== "invite") progress.invitedBy.delete(target);
       return;
     }
+    await this.followMls(progress, groups, seq, eventId, event, ops, effects);
     if (event.type === MLS_COMMIT) {
-      const message = fromBase64(event.content.message as string);
-      for (const [user, group] of groups) {
-        groups.set(
-          user,
-          await this.followCommit(progress, user, group, message, eventId, event, ops, effects),
-        );
-      }
       // A local user the commit added joins from the Welcome the hub passed on (RFC 9420 §12.4.3.1).
       for (const [user, participation] of progress.participation) {
         if (participation !== "join" || !this.isLocal(user)) continue;
@@ -695,9 +684,38 @@ export class GroupAgent {
         const joined = await this.joinFromStoredWelcome(progress, user, eventId, ops);
         if (joined !== undefined) groups.set(user, joined);
       }
-      return;
     }
-    if (event.type === MLS_ENCRYPTED) await this.receive(progress, groups, seq, eventId, event, ops);
+  }
+
+  /** The clients in `groups` follow one event: a commit is processed, a message decrypted. */
+  private async followMls(
+    progress: RoomProgress,
+    groups: Map<string, HostedGroup>,
+    seq: number,
+    eventId: string,
+    event: FullyFormedEvent,
+    ops: BatchOp[],
+    effects: Effects,
+  ): Promise<void> {
+    if (event.type === MLS_COMMIT) {
+      const message = fromBase64(event.content.message as string);
+      for (const [user, group] of groups) {
+        groups.set(
+          user,
+          await this.followCommit(progress, user, group, message, eventId, event, ops, effects),
+        );
+      }
+    } else if (event.type === MLS_ENCRYPTED) {
+      await this.receive(progress, groups, seq, eventId, event, ops);
+    }
+  }
+
+  /** Writes a page's operations in one batch, then runs what waited for it to be durable. */
+  private async writePage(progress: RoomProgress, ops: BatchOp[], effects: Effects): Promise<void> {
+    const batch = [...dedupe(ops), ...effects.queued.flatMap((queued) => queued())];
+    await this.options.kv.commit(batch);
+    effects.after.forEach((action) => action());
+    this.announce(batch, progress.roomId);
   }
 
   private async followCommit(
@@ -772,19 +790,16 @@ export class GroupAgent {
       progress.toAdd.delete(u);
       progress.claimed.delete(u);
     }
-    if (room.record.role === "hub") {
-      let routed: ReturnType<WelcomeRouter["routeOps"]> | undefined;
-      effects.queued.push(() => {
-        routed = welcomes.router.routeOps(event, eventId, welcome);
-        return routed.ops;
-      });
-      effects.after.push(() => welcomes.router.routed(routed!, eventId));
-      return;
-    }
-    const hub = room.record.hubServer;
-    const edu = welcomes.router.welcomeEdu(user, progress.roomId, eventId, welcome);
-    effects.queued.push(() => welcomes.edus.eduOps(hub, edu));
-    effects.after.push(() => welcomes.edus.wake(hub));
+    const router = welcomes.router;
+    let routed: ReturnType<WelcomeRouter["routeOps"]> | undefined;
+    effects.queued.push(() => {
+      routed =
+        room.record.role === "hub"
+          ? router.routeOps(event, eventId, welcome)
+          : router.toHubOps(room.record.hubServer, user, progress.roomId, eventId, welcome);
+      return routed.ops;
+    });
+    effects.after.push(() => router.routed(routed!, eventId));
   }
 
   /** The user's client joins from the Welcome stored for `commitEventId`, if one came from the room's hub. */
@@ -867,24 +882,12 @@ export class GroupAgent {
           for (const e of page) {
             if (e.seq > progress.cursor) break;
             const event = JSON.parse(e.json) as FullyFormedEvent;
-            if (event.type === MLS_COMMIT) {
-              const message = fromBase64(event.content.message as string);
-              const current = groups.get(userId)!;
-              groups.set(
-                userId,
-                await this.followCommit(progress, userId, current, message, e.eventId, event, ops, effects),
-              );
-            } else if (event.type === MLS_ENCRYPTED) {
-              await this.receive(progress, groups, e.seq, e.eventId, event, ops);
-            }
+            await this.followMls(progress, groups, e.seq, e.eventId, event, ops, effects);
           }
           from = page[page.length - 1]!.seq + 1;
         }
-        const batch = [...dedupe(ops), ...effects.queued.flatMap((queued) => queued())];
-        await this.options.kv.commit(batch);
+        await this.writePage(progress, ops, effects);
         progress.groups.set(userId, groups.get(userId)!);
-        effects.after.forEach((action) => action());
-        this.announce(batch, progress.roomId);
         this.notify(progress);
       });
     })().catch((error: unknown) => this.options.log.warn("cannot use a Welcome", { userId, error }));
@@ -1077,12 +1080,10 @@ export class GroupAgent {
     const event = JSON.parse(stored.json) as FullyFormedEvent;
     const cs = await loadSuite(suiteForAlgorithm(SUPPORTED_ALGORITHM));
     const ensured = await ensureClientIdentity(this.options.kv, user, cs);
-    const identity =
-      ensured.ops.length > 0 ? ensured.identity : await requireClientIdentity(this.options.kv, user);
     // A client of the user still in the tree (its state lost or behind) is replaced: RFC 9420 §12.2 resync.
     const resync = observer.members().some((member) => identityText(member.identity) === user);
     const joined = await joinByExternalCommit({
-      identity,
+      identity: ensured.identity,
       roomId: progress.roomId,
       groupInfo: fromBase64(event.content.public_group_state as string),
       policy: this.policyFor(progress),

@@ -81,13 +81,20 @@ export class WelcomeRouter {
     }
   }
 
-  /** The EDU our provider sends the hub with the Welcome of its commit. */
-  welcomeEdu(sender: string, roomId: string, commitEventId: string, welcome: string): JsonObject {
-    return {
+  /** A follower: the operations that send the hub the Welcome of our user's commit (an EDU). */
+  toHubOps(
+    hub: string,
+    sender: string,
+    roomId: string,
+    commitEventId: string,
+    welcome: string,
+  ): { ops: BatchOp[]; wake: string[]; local: string[] } {
+    const edu: JsonObject = {
       type: WELCOME_EDU,
       sender,
       content: { room_id: roomId, commit_event_id: commitEventId, welcome },
     };
+    return { ops: this.options.edus.eduOps(hub, edu), wake: [hub], local: [] };
   }
 
   /**
