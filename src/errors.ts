@@ -45,7 +45,9 @@ export type ErrorCode =
   /** The GroupInfo published with a commit does not describe the state the commit leads to. */
   | "IO.MIMI_APPSERVICE.MLS_GROUPINFO_MISMATCH"
   /** The caller's policy refused the committer or a client to be added. */
-  | "IO.MIMI_APPSERVICE.MLS_FORBIDDEN";
+  | "IO.MIMI_APPSERVICE.MLS_FORBIDDEN"
+  /** The hub's Remove proposals of this epoch wait for a commit that covers them (Robert §Queueing Service). */
+  | "IO.MIMI_APPSERVICE.MLS_PROPOSALS_PENDING";
 
 /** Base class: every error that can reach a peer carries an errcode. */
 export class MimiError extends Error {

@@ -37,6 +37,11 @@ export interface ProviderConfig {
     hostedClients: boolean;
     /** How long a message waits for its sender's client to be in the room's group. */
     joinWaitMs: number;
+    /**
+     * The localpart of this provider's own user: the credential of the hub as MLS external
+     * sender, and the sender of its Remove proposals. Reserved: no one acts as it through the rooms API.
+     */
+    hubUserLocalpart: string;
   };
 }
 
@@ -118,7 +123,7 @@ interface RawConfig {
   old_verify_keys?: Record<string, { key: string; expired_ts: number }>;
   admin_api?: { bind_address?: string; port: number; token: string };
   logging?: { level?: "debug" | "info" | "warn" | "error" };
-  mls?: { hosted_clients?: boolean; join_wait_ms?: number };
+  mls?: { hosted_clients?: boolean; join_wait_ms?: number; hub_user?: string };
 }
 
 type RawLimitKey =
@@ -256,6 +261,7 @@ export function parseConfig(text: string, baseDir: string): ProviderConfig {
     mls: {
       hostedClients: raw.mls?.hosted_clients ?? true,
       joinWaitMs: raw.mls?.join_wait_ms ?? 15_000,
+      hubUserLocalpart: raw.mls?.hub_user ?? "mimi-hub",
     },
   };
 }

@@ -85,6 +85,8 @@ export const CONFIG_SCHEMA = {
       properties: {
         hosted_clients: { type: "boolean" },
         join_wait_ms: ms(0, 600_000),
+        // LM-04 §Users: a user ID's localpart.
+        hub_user: { type: "string", pattern: "^[0-9a-z\\-.=_/+]{1,64}$" },
       },
     },
     logging: {

@@ -1,16 +1,27 @@
 import { decodeMlsMessage } from "ts-mls";
 import type { FullyFormedEvent } from "../events/types";
-import type { ExtensionContext, ExtensionDecision, RoomExtension } from "../room/extension";
-import { DEFAULT_ENCRYPTION_ALGORITHM } from "../roomVersions/mimi1/eventTypes";
+import { encodeUnpaddedBase64 } from "../events/base64";
+import { serverNameOf } from "../identifiers";
+import type { ExtensionContext, ExtensionDecision, FollowUpEvent, RoomExtension } from "../room/extension";
+import { DEFAULT_ENCRYPTION_ALGORITHM, EventType } from "../roomVersions/mimi1/eventTypes";
 import { getRoomVersion } from "../roomVersions";
 import type { RoomStateView, RoomVersion, StateEntry } from "../roomVersions/types";
 import { MAX_SEQ, RoomStore } from "../store/roomStore";
 import { prefixEnd, type BatchOp, type KvStore } from "../store/kv";
-import { GroupObserver, MlsObserverError, MlsWrongEpochError, type CommitPolicy } from "./observer";
+import type { HubExternalSender } from "./hubSender";
+import {
+  GroupObserver,
+  MlsObserverError,
+  MlsWrongEpochError,
+  keyOf,
+  type CommitPolicy,
+  type ExternalSender,
+} from "./observer";
 import { decodeExactly, decodePublicMessageMessage } from "./observer/wire";
 
 export const MLS_COMMIT = "m.mls.commit";
 export const MLS_ENCRYPTED = "m.room.encrypted";
+export const MLS_PROPOSAL = EventType.MlsProposal;
 /** The only algorithm the observer supports (LM-04 §MLS Considerations). */
 export const SUPPORTED_ALGORITHM = DEFAULT_ENCRYPTION_ALGORITHM;
 /** Application messages may name the commit of this many epochs back, the current one included. */
@@ -23,6 +34,8 @@ const observerKey = (roomId: string) => `mo${SEP}${roomId}`;
 const commitPrefix = (roomId: string) => `mc${SEP}${roomId}${SEP}`;
 const commitKey = (roomId: string, epoch: bigint) =>
   commitPrefix(roomId) + epoch.toString(16).padStart(16, "0");
+/** `mp\0<room>` -> the hub's Remove proposals of the current epoch: JSON [[reference hex, event ID]]. */
+const hubProposalsKey = (roomId: string) => `mp${SEP}${roomId}`;
 
 /** One room's MLS group as the hub (and each follower) sees it. Never changed in place. */
 export interface RoomGroupState {
@@ -36,6 +49,12 @@ export interface RoomGroupState {
   commitSeqs: ReadonlyMap<string, number>;
   /** Each joined user: the position of the event that last made them joined. */
   joinedSince: ReadonlyMap<string, number>;
+  /**
+   * The hub's Remove proposals of the current epoch that no commit has covered yet: proposal
+   * reference (hex) -> the event that carried it. While any is pending, only a commit covering
+   * them all is accepted (Robert §Queueing Service).
+   */
+  hubProposals: ReadonlyMap<string, string>;
 }
 
 /** What the extension reads of a room's history when it loads (the room store). */
@@ -86,7 +105,12 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
 
   constructor(
     private readonly kv: KvStore,
-    private readonly options: { clock?: () => number; history?: RoomHistoryReader } = {},
+    private readonly options: {
+      clock?: () => number;
+      history?: RoomHistoryReader;
+      /** This provider as the external sender of the groups of the rooms it is hub of. */
+      hubSender?: HubExternalSender;
+    } = {},
   ) {
     this.history = options.history ?? new RoomStore(kv);
   }
@@ -101,6 +125,7 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
         headCommit: undefined,
         commitSeqs: new Map(),
         joinedSince,
+        hubProposals: new Map(),
       };
     }
     const observer = GroupObserver.decode(
@@ -124,7 +149,18 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
       const where = await this.history.locateEvent(eventId);
       if (where !== undefined) commitSeqs.set(eventId, where.seq);
     }
-    return { observer, recentCommits: new Map(recent.reverse()), headCommit, commitSeqs, joinedSince };
+    const pending = await this.kv.get(hubProposalsKey(roomId));
+    const hubProposals = new Map<string, string>(
+      pending === undefined ? [] : (JSON.parse(pending) as [string, string][]),
+    );
+    return {
+      observer,
+      recentCommits: new Map(recent.reverse()),
+      headCommit,
+      commitSeqs,
+      joinedSince,
+      hubProposals,
+    };
   }
 
   /** Joined users of the room now, with the position of the event that made each joined. */
@@ -148,10 +184,115 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
     const { event } = context;
     if (event.type === MLS_COMMIT) return this.guarded(() => this.decideCommit(context));
     if (event.type === MLS_ENCRYPTED) return this.guarded(() => this.decideEncrypted(context));
+    if (event.type === MLS_PROPOSAL) return this.guarded(() => this.decideProposal(context));
     if (event.type === context.version.membership.eventType && event.state_key !== undefined) {
-      return { allowed: true, state: this.afterMembership(context, event.state_key) };
+      const state = this.afterMembership(context, event.state_key);
+      const departed =
+        context.state.joinedSince.has(event.state_key) && !state.joinedSince.has(event.state_key);
+      return {
+        allowed: true,
+        state,
+        ...(departed ? { followUps: this.removalProposals(context, state) } : {}),
+      };
     }
     return { allowed: true };
+  }
+
+  /**
+   * Hub: a Remove proposal, as external sender, for each leaf of a user who is no longer joined
+   * and that no pending proposal of ours removes yet (Robert §Queueing Service; RFC 9420
+   * §12.1.8). Sent as room events right after the one that made them due, in its batch. Nothing
+   * when the group does not list this hub as an external sender.
+   */
+  private removalProposals(
+    context: ExtensionContext<RoomGroupState>,
+    state: RoomGroupState,
+  ): FollowUpEvent[] {
+    const hubSender = this.options.hubSender;
+    const observer = state.observer;
+    if (context.role !== "hub" || hubSender === undefined || observer === undefined) return [];
+    const senderIndex = observer
+      .externalSenders()
+      .findIndex((sender) => sameBytes(sender.signaturePublicKey, hubSender.signaturePublicKey));
+    if (senderIndex < 0) return [];
+    const sender = senderUser(observer.externalSenders()[senderIndex]!);
+    if (sender === undefined) return [];
+    const proposed = new Set(
+      observer
+        .pendingProposals()
+        .filter((p) => state.hubProposals.has(keyOf(p.reference)))
+        .map((p) => p.removes),
+    );
+    const followUps: FollowUpEvent[] = [];
+    for (const member of observer.members()) {
+      const user = identityText(member.identity);
+      if (user !== undefined && state.joinedSince.has(user)) continue;
+      if (proposed.has(member.leafIndex)) continue;
+      const message = hubSender.proposeRemove({
+        groupId: observer.groupId,
+        epoch: observer.epoch,
+        senderIndex,
+        removed: member.leafIndex,
+      });
+      followUps.push({ sender, type: MLS_PROPOSAL, content: { message: encodeUnpaddedBase64(message) } });
+    }
+    return followUps;
+  }
+
+  /**
+   * The hub's proposal as external sender (our extension, docs/protocol.md §12): a valid Remove,
+   * signed by an external sender of the group whose credential names the event's sender, of a
+   * client whose user is not joined. Any other proposal has no place in the room: LM-04 sends none.
+   */
+  private decideProposal(context: ExtensionContext<RoomGroupState>): Decision {
+    const { event, state, stateBefore, version, roomId } = context;
+    if (state.observer === undefined) {
+      return refuse("IO.MIMI_APPSERVICE.MLS_WRONG_EPOCH", `room ${roomId} has no MLS group yet`);
+    }
+    const { proposal, observer } = state.observer.validateProposal(base64Field(event, "message"));
+    if (proposal.sender.kind !== "external") {
+      return refuse(
+        "IO.MIMI_APPSERVICE.MLS_FORBIDDEN",
+        "only the hub's proposals as external sender travel as room events; members commit their own",
+      );
+    }
+    const external = state.observer.externalSenders()[proposal.sender.senderIndex]!;
+    if (senderUser(external) !== event.sender) {
+      return refuse(
+        "IO.MIMI_APPSERVICE.MLS_FORBIDDEN",
+        `the proposal's external sender is not ${event.sender}`,
+      );
+    }
+    if (proposal.removes === undefined) {
+      return refuse("IO.MIMI_APPSERVICE.MLS_BAD_PROPOSAL", "the hub only proposes to remove clients");
+    }
+    const target = state.observer.members().find((m) => m.leafIndex === proposal.removes);
+    const user = target === undefined ? undefined : identityText(target.identity);
+    if (user !== undefined && version.membership.participationOf(stateBefore, user) === "join") {
+      return refuse(
+        "IO.MIMI_APPSERVICE.MLS_FORBIDDEN",
+        `the hub does not remove a client of ${user}, who is joined`,
+      );
+    }
+    const hubProposals = new Map(state.hubProposals);
+    hubProposals.set(keyOf(proposal.reference), context.eventId);
+    return {
+      allowed: true,
+      state: { ...state, observer, hubProposals },
+      ops: [
+        { type: "put", key: observerKey(roomId), value: toBase64(observer.encode()) },
+        { type: "put", key: hubProposalsKey(roomId), value: JSON.stringify([...hubProposals]) },
+      ],
+    };
+  }
+
+  /** Refuses what may not pass while the hub's proposals wait for a commit (Robert §Queueing Service). */
+  private pendingRefusal(state: RoomGroupState, what: string): Decision {
+    return refuse(
+      "IO.MIMI_APPSERVICE.MLS_PROPOSALS_PENDING",
+      `${what} is refused until a commit covers the hub's Remove proposals ` +
+        `${[...state.hubProposals.values()].join(", ")} (epoch ${state.observer?.epoch ?? "?"})`,
+    );
   }
 
   /** Keeps `joinedSince` in step with the room's participation. */
@@ -193,7 +334,7 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
 
     let observer: GroupObserver;
     if (state.observer === undefined) {
-      observer = this.establish(roomId, event, message, groupInfo, joined);
+      observer = this.establish(roomId, context.role, event, message, groupInfo, joined);
     } else {
       const policy: CommitPolicy = {
         // The MLS committer must be the event's sender: one user cannot commit as another.
@@ -232,6 +373,14 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
           );
         }
       }
+      const refusal = this.checkCovers(state, validated.change, joined, state.observer);
+      if (refusal !== undefined) return refusal;
+      if (!sameSenders(state.observer.externalSenders(), validated.observer.externalSenders())) {
+        return refuse(
+          "IO.MIMI_APPSERVICE.MLS_FORBIDDEN",
+          "a commit cannot change the group's external senders: they are the room's hub's",
+        );
+      }
       observer = validated.observer;
     }
 
@@ -246,14 +395,52 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
       }
     }
     const ops: BatchOp[] = [
-      { type: "put", key: observerKey(roomId), value: Buffer.from(observer.encode()).toString("base64") },
+      { type: "put", key: observerKey(roomId), value: toBase64(observer.encode()) },
       { type: "put", key: commitKey(roomId, observer.epoch), value: context.eventId },
     ];
-    return {
-      allowed: true,
-      state: { ...state, observer, recentCommits, headCommit: context.eventId, commitSeqs },
-      ops,
+    if (state.hubProposals.size > 0) ops.push({ type: "del", key: hubProposalsKey(roomId) });
+    const next: RoomGroupState = {
+      ...state,
+      observer,
+      recentCommits,
+      headCommit: context.eventId,
+      commitSeqs,
+      hubProposals: new Map(),
     };
+    // Clients of departed users the commit left in place (an external commit may not cover the
+    // proposals) are proposed for removal again in the new epoch.
+    return { allowed: true, state: next, ops, followUps: this.removalProposals(context, next) };
+  }
+
+  /**
+   * While the hub's proposals are pending, a commit must remove every leaf they remove (by
+   * reference, or by value as a resync does). An external commit cannot cover proposals by
+   * reference (RFC 9420 §12.4.3.2); it is let through only when no member is left who could.
+   */
+  private checkCovers(
+    state: RoomGroupState,
+    change: ReturnType<GroupObserver["validateCommit"]>["change"],
+    joined: (user: string) => boolean,
+    observer: GroupObserver,
+  ): Decision | undefined {
+    if (state.hubProposals.size === 0) return undefined;
+    const removed = new Set(change.removed.map((m) => m.leafIndex));
+    const proposedLeaves = new Set<number>();
+    let uncovered = false;
+    for (const pending of observer.pendingProposals()) {
+      if (!state.hubProposals.has(keyOf(pending.reference)) || pending.removes === undefined) continue;
+      proposedLeaves.add(pending.removes);
+      if (!removed.has(pending.removes)) uncovered = true;
+    }
+    if (!uncovered) return undefined;
+    if (change.committer.external) {
+      const someoneCould = observer.members().some((member) => {
+        const user = identityText(member.identity);
+        return !proposedLeaves.has(member.leafIndex) && user !== undefined && joined(user);
+      });
+      if (!someoneCould) return undefined;
+    }
+    return this.pendingRefusal(state, "a commit that does not cover them");
   }
 
   /**
@@ -264,6 +451,7 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
    */
   private establish(
     roomId: string,
+    role: "hub" | "follower",
     event: FullyFormedEvent,
     message: Uint8Array,
     groupInfo: Uint8Array,
@@ -284,6 +472,35 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
         "IO.MIMI_APPSERVICE.MLS_FORBIDDEN",
         "group.members",
         `${outsider ?? "a member"} is not joined to the room`,
+      );
+    }
+    const hubServer = serverNameOf(event.sender);
+    for (const sender of observer.externalSenders()) {
+      const user = senderUser(sender);
+      if (user === undefined || !isUserOf(user, hubServer)) {
+        throw new MlsObserverError(
+          "IO.MIMI_APPSERVICE.MLS_FORBIDDEN",
+          "group.external_senders",
+          `an external sender of the group must name a user of the room's hub ${hubServer}`,
+        );
+      }
+    }
+    const hubSender = this.options.hubSender;
+    if (
+      role === "hub" &&
+      hubSender !== undefined &&
+      !observer
+        .externalSenders()
+        .some(
+          (sender) =>
+            sameBytes(sender.signaturePublicKey, hubSender.signaturePublicKey) &&
+            senderUser(sender) === hubSender.userId,
+        )
+    ) {
+      throw new MlsObserverError(
+        "IO.MIMI_APPSERVICE.MLS_FORBIDDEN",
+        "group.external_senders",
+        `the group must list the hub as an external sender (${hubSender.userId}, key ${toBase64(hubSender.signaturePublicKey)})`,
       );
     }
     if (!users.includes(event.sender)) {
@@ -313,6 +530,7 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
     if (state.observer === undefined) {
       return refuse("IO.MIMI_APPSERVICE.MLS_WRONG_EPOCH", `room ${roomId} has no MLS group yet`);
     }
+    if (state.hubProposals.size > 0) return this.pendingRefusal(state, "an application message");
     const algorithm = event.content.algorithm;
     if (algorithm !== roomAlgorithm(stateBefore, version)) {
       return refuse(
@@ -365,4 +583,37 @@ export class RoomGroupExtension implements RoomExtension<RoomGroupState> {
 /** The create event's `encryption_algorithm`, the room's for good. */
 function roomAlgorithm(state: RoomStateView, version: RoomVersion): unknown {
   return state.get(version.createEventType, "")?.content.encryption_algorithm;
+}
+
+function toBase64(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
+}
+
+function isUserOf(userId: string, serverName: string): boolean {
+  try {
+    return serverNameOf(userId) === serverName;
+  } catch {
+    return false;
+  }
+}
+
+function sameSenders(a: readonly ExternalSender[], b: readonly ExternalSender[]): boolean {
+  return (
+    a.length === b.length &&
+    a.every(
+      (sender, i) =>
+        sameBytes(sender.signaturePublicKey, b[i]!.signaturePublicKey) &&
+        sender.credential.credentialType === b[i]!.credential.credentialType &&
+        sameBytes(identityOf(sender), identityOf(b[i]!)),
+    )
+  );
+}
+
+function identityOf(sender: ExternalSender): Uint8Array {
+  return sender.credential.credentialType === "basic" ? sender.credential.identity : new Uint8Array();
+}
+
+/** The user an external sender's basic credential names. */
+function senderUser(sender: ExternalSender): string | undefined {
+  return sender.credential.credentialType === "basic" ? identityText(sender.credential.identity) : undefined;
 }

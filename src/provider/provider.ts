@@ -25,6 +25,8 @@ import { GroupAgent } from "../mls/agent/groupAgent";
 import { KeyPackageApi, KeyPackageClient, MLS_FEDERATION_PREFIX } from "../mls/federation/keyPackageApi";
 import { WelcomeRouter, type EduPort } from "../mls/federation/welcomes";
 import { BearerTokens, KeyPackagePool, KeyPackageService } from "../mls/keyPackages";
+import { makeUserId } from "../identifiers";
+import { HubExternalSender } from "../mls/hubSender";
 import { RoomGroupExtension } from "../mls/roomGroup";
 import type { RoomExtension } from "../room/extension";
 import { RoomService } from "../room/roomService";
@@ -127,7 +129,11 @@ export class MimiProvider {
       ...(options.fetch ? { fetch: options.fetch } : {}),
     });
     const roomStore = new RoomStore(kv);
-    const groupExtension = new RoomGroupExtension(kv, { history: roomStore });
+    const hubSender = await HubExternalSender.load(
+      kv,
+      makeUserId(config.mls.hubUserLocalpart, config.serverName),
+    );
+    const groupExtension = new RoomGroupExtension(kv, { history: roomStore, hubSender });
     const roomService = await RoomService.open({
       signingKey,
       store: roomStore,
@@ -245,6 +251,7 @@ export class MimiProvider {
       log: log.child("rooms"),
       admit: (userId) => localSends.check(userId),
       setJoining: (roomId, hub) => (hub === undefined ? joining.delete(roomId) : joining.set(roomId, hub)),
+      reservedUser: hubSender.userId,
     });
     roomService.addAppendHook(fanOutHook(config.serverName, queue, delivery));
     roomService.subscribe(hubLink.onApplied);
@@ -256,6 +263,7 @@ export class MimiProvider {
       port: rooms,
       log: log.child("mls"),
       joinWaitMs: config.mls.joinWaitMs,
+      hubSender,
       welcomes: {
         pool,
         claims: new KeyPackageClient({ serverName: config.serverName, client, pool }),

@@ -30,7 +30,7 @@ import type {
   SendRequest,
 } from "./roomsApiTypes";
 import type { GroupAgent } from "../mls/agent/groupAgent";
-import { MLS_COMMIT, MLS_ENCRYPTED } from "../mls/roomGroup";
+import { MLS_COMMIT, MLS_ENCRYPTED, MLS_PROPOSAL } from "../mls/roomGroup";
 
 const SEP = "\u0000";
 /** Idempotency records: `x\0<acting user>\0<txnId>` -> the first call's outcome. */
@@ -81,6 +81,8 @@ export interface RoomsApiOptions {
   log: Logger;
   /** Throws (e.g. a rate limit) to refuse a local user's call before it does anything. */
   admit?: (userId: string) => void;
+  /** The provider's own user (the hub as MLS external sender): no one acts as it here. */
+  reservedUser?: string;
   /** Marks a room as being joined through `hubServer` while the send_join is under way. */
   setJoining: (roomId: string, hubServer: string | undefined) => void;
   now?: () => number;
@@ -113,6 +115,12 @@ export class LocalRooms implements RoomsApi {
       throw new RoomError(
         "M_INVALID_PARAM",
         `${field}: ${userId} is not a user of ${this.options.serverName}`,
+      );
+    }
+    if (userId === this.options.reservedUser) {
+      throw new RoomError(
+        "M_INVALID_PARAM",
+        `${field}: ${userId} is this provider's own user (mls.hub_user), not a user who can act in rooms`,
       );
     }
   }
@@ -170,7 +178,7 @@ export class LocalRooms implements RoomsApi {
   async send(request: SendRequest): Promise<{ eventId: string }> {
     this.requireLocalUser(request.sender, "sender");
     parseRoomId(request.roomId);
-    if (request.type === MLS_COMMIT || request.type === MLS_ENCRYPTED) {
+    if (request.type === MLS_COMMIT || request.type === MLS_ENCRYPTED || request.type === MLS_PROPOSAL) {
       throw new RoomError(
         "M_INVALID_PARAM",
         `${request.type} events are made by the user's hosted MLS client; send a message with sendMessage`,

@@ -1,6 +1,9 @@
 import { encodeUnpaddedBase64 } from "../../src/events/base64";
 import { encryptMessage, loadHostedGroup } from "../../src/mls/clients";
-import { SUPPORTED_ALGORITHM } from "../../src/mls/roomGroup";
+import { decodeMlsMessage } from "ts-mls";
+import { fromBase64 } from "../../src/mls/clients/wire";
+import { decodeExactly } from "../../src/mls/observer/wire";
+import { MLS_PROPOSAL, SUPPORTED_ALGORITHM } from "../../src/mls/roomGroup";
 import type { MimiProvider } from "../../src/provider/provider";
 import type { RoomService } from "../../src/room/roomService";
 import { removeDir } from "../support/services";
@@ -166,11 +169,22 @@ describe("hosted MLS clients in three providers (in one process)", () => {
     const next = c.rooms.messages(roomId, CAROL, { fromSeq: history.length + 1, limit: 10, waitMs: 10_000 });
     const later = await b.rooms.sendMessage({ ...request, content: { body: "later" }, txnId: txnId() });
     expect((await next).map((m) => [m.eventId, m.content?.body])).toEqual([[later.eventId, "later"]]);
-    for (const type of ["m.mls.commit", "m.room.encrypted"]) {
+    for (const type of ["m.mls.commit", "m.room.encrypted", "io.mimi-appservice.mls.proposal"]) {
       await expect(
         a.rooms.send({ roomId, sender: ALICE, type, content: {}, txnId: txnId() }),
       ).rejects.toMatchObject({ errcode: "M_INVALID_PARAM" });
     }
+    // The provider's own user (mls.hub_user) acts in no room.
+    await expect(
+      a.rooms.send({
+        roomId,
+        sender: "@mimi-hub:a.example",
+        type: "m.room.name",
+        content: { name: "x" },
+        stateKey: "",
+        txnId: txnId(),
+      }),
+    ).rejects.toMatchObject({ errcode: "M_INVALID_PARAM" });
   }, 60_000);
 
   it("drops a message whose MLS sender is not the event's sender, as if it did not decrypt", async () => {
@@ -225,5 +239,40 @@ describe("hosted MLS clients in three providers (in one process)", () => {
     expect(
       (await b.rooms.messages(roomId, BOB, { fromSeq: 1, limit: 100 })).map((m) => m.content?.body),
     ).not.toContain("alone");
+  }, 60_000);
+
+  it("the hub proposes the removal when it has no member left; a follower's client commits it by reference", async () => {
+    const roomId = await roomOfThree();
+    await a.rooms.changeOwnParticipation({ roomId, user: ALICE, change: "leave", txnId: txnId() });
+    // Sent at once: held (or refused by the hub and sent again) until a commit covers the proposal.
+    await say(b, roomId, BOB, "right after alice left");
+    await agree(roomId, [BOB, CAROL]);
+    await eventually(async () => {
+      const seen = await c.rooms.messages(roomId, CAROL, { fromSeq: 1, limit: 100 });
+      expect(seen.map((m) => m.content?.body)).toContain("right after alice left");
+    });
+    const events = (await a.rooms.history(roomId, { fromSeq: 1, limit: 1000 })).events.map((e) => e.event);
+    const leaveAt = events.findIndex(
+      (e) => e.type === "m.room.user" && e.state_key === ALICE && e.content.participation === "leave",
+    );
+    expect(events[leaveAt + 1]).toMatchObject({ type: MLS_PROPOSAL, sender: "@mimi-hub:a.example" });
+    const covering = events.slice(leaveAt + 2).find((e) => e.type === "m.mls.commit")!;
+    expect([BOB, CAROL]).toContain(covering.sender);
+    const commit = decodeExactly(
+      decodeMlsMessage,
+      fromBase64(covering.content.message as string),
+      "MLSMessage",
+    );
+    const proposals =
+      commit.wireformat === "mls_public_message" && commit.publicMessage.content.contentType === "commit"
+        ? commit.publicMessage.content.commit.proposals
+        : [];
+    expect(proposals.map((p) => p.proposalOrRefType)).toEqual(["reference"]);
+    // No message went out while the proposal was pending.
+    const between = events.slice(leaveAt + 1, events.indexOf(covering));
+    expect(between.filter((e) => e.type === "m.room.encrypted")).toEqual([]);
+    expect(
+      (await a.rooms.messages(roomId, ALICE, { fromSeq: 1, limit: 100 })).map((m) => m.content?.body),
+    ).not.toContain("right after alice left");
   }, 60_000);
 });

@@ -22,6 +22,7 @@ import {
   createGroup,
   createGroupInfoWithExternalPub,
   createProposal,
+  decodeMlsMessage,
   defaultCapabilities,
   defaultLifetime,
   emptyPskIndex,
@@ -39,6 +40,7 @@ import type { LeafNode } from "ts-mls";
 import { encodeLeafNodeTBS } from "ts-mls/leafNode.js";
 import { encodeRatchetTree } from "ts-mls/ratchetTree.js";
 import { SUPPORTED_CIPHERSUITE } from "../../src/mls/observer";
+import { decodeExactly } from "../../src/mls/observer/wire";
 
 let suitePromise: Promise<CiphersuiteImpl> | undefined;
 export function suite(): Promise<CiphersuiteImpl> {
@@ -264,6 +266,16 @@ export class ClientGroup {
     await this.processByOthers(joiner.name, message);
     this.members.set(joiner.name, newState);
     return { commit, groupInfo };
+  }
+
+  /** Every member receives a proposal from outside the group (the hub as external sender). */
+  async receiveProposal(bytes: Uint8Array): Promise<void> {
+    const cs = await suite();
+    const message = decodeExactly(decodeMlsMessage, bytes, "MLSMessage");
+    for (const [name, state] of [...this.members]) {
+      const { newState } = await processPublicMessage(state, publicMessageOf(message), emptyPskIndex, cs);
+      this.members.set(name, newState);
+    }
   }
 
   private async processByOthers(sender: string, message: MLSMessage): Promise<void> {

@@ -767,6 +767,30 @@ describe("LM-04 §Room Event Types: m.mls.commit", () => {
   });
 });
 
+describe("io.mimi-appservice.mls.proposal: the hub's proposals as external sender (protocol.md §12)", () => {
+  const PROPOSAL: JsonObject = { message: "AAEC" };
+  it.each([
+    ["the hub's own user, in no participation", "@mimi-hub:hub.example", true],
+    ["another user of the hub's server", DAVE, true],
+    ["a joined user of another server", BOB, false],
+    ["another server's user of the same localpart", "@mimi-hub:b.example", false],
+  ])("%s: %s", (_what, sender, allowed) => {
+    const decision = authorize(roomWithRoles(), event(EventType.MlsProposal, sender, PROPOSAL));
+    if (allowed) expect(decision).toEqual(ALLOWED);
+    else expect(rejectedRule(decision)).toBe("mls_proposal.hub");
+  });
+
+  it("a proposal without its message, or with a state key, is rejected", () => {
+    const hub = "@mimi-hub:hub.example";
+    expect(rejectedRule(authorize(roomWithRoles(), event(EventType.MlsProposal, hub, {})))).toBe(
+      "schema.io.mimi-appservice.mls.proposal",
+    );
+    expect(rejectedRule(authorize(roomWithRoles(), event(EventType.MlsProposal, hub, PROPOSAL, "")))).toBe(
+      "schema.state_key",
+    );
+  });
+});
+
 describe("Decision 8: non-state events (m.room.encrypted and custom)", () => {
   const messages: [string, JsonObject][] = [
     [EventType.Encrypted, ENCRYPTED],

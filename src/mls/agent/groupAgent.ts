@@ -22,14 +22,18 @@ import {
   loadHostedGroup,
   membersOf,
   processCommit,
+  processProposal,
+  proposedRemovals,
   type CredentialPolicy,
   type HostedGroup,
 } from "../clients";
 import { SUPPORTED_ALGORITHM, loadSuite, suiteForAlgorithm } from "../clients/suite";
 import { encodeUnpaddedBase64 } from "../../events/base64";
 import { fromBase64, sameBytes } from "../clients/wire";
+import { MimiError } from "../../errors";
 import { MlsError } from "../errors";
-import { MLS_COMMIT, MLS_ENCRYPTED, type RoomGroupExtension } from "../roomGroup";
+import type { HubExternalSender } from "../hubSender";
+import { MLS_COMMIT, MLS_ENCRYPTED, MLS_PROPOSAL, type RoomGroupExtension } from "../roomGroup";
 import {
   cursorKey,
   inboxKey,
@@ -102,8 +106,21 @@ interface OutgoingMessage {
   message: PlainMessage;
   plaintext: Uint8Array;
   recordOps: (lpduHash: string, role: "hub" | "follower") => BatchOp[];
-  /** `outcome` once durable; `notReady` while the sender's client is not in the group. */
-  settle(result: { outcome?: Promise<string>; notReady?: true; error?: unknown }): void;
+  /** The LPDU hash of an earlier attempt the hub refused, whose outbox record this one replaces. */
+  replaces?: string;
+  /**
+   * `outcome` once durable; `notReady` while the sender's client is not in the group, or while the
+   * hub's Remove proposals wait for a commit (`waiting`).
+   */
+  settle(result: SendResult): void;
+}
+
+interface SendResult {
+  outcome?: Promise<string>;
+  /** The LPDU hash of the event `outcome` is for. */
+  lpduHash?: string;
+  notReady?: "not_in_group" | "proposals_pending";
+  error?: unknown;
 }
 
 export interface GroupAgentOptions {
@@ -119,6 +136,8 @@ export interface GroupAgentOptions {
   welcomes?: { pool: KeyPackagePool; claims: KeyPackageClient; router: WelcomeRouter };
   /** How long an invited user's provider waits for the inviter's Add before joining by external commit (default 5 s). */
   welcomeWaitMs?: number;
+  /** This provider as the MLS external sender of its rooms' groups: listed in every group it creates. */
+  hubSender?: HubExternalSender;
   now?: () => number;
 }
 
@@ -237,24 +256,54 @@ export class GroupAgent {
   ): Promise<Promise<string>> {
     const progress = await this.progressOf(roomId);
     const plaintext = utf8.encode(canonicalJson({ type: message.type, content: message.content }));
+    return this.sendPlaintext(progress, sender, message, plaintext, recordOps, undefined);
+  }
+
+  private async sendPlaintext(
+    progress: RoomProgress,
+    sender: string,
+    message: PlainMessage,
+    plaintext: Uint8Array,
+    recordOps: (lpduHash: string, role: "hub" | "follower") => BatchOp[],
+    replaces: string | undefined,
+  ): Promise<Promise<string>> {
+    const roomId = progress.roomId;
     const deadline = this.now() + (this.options.joinWaitMs ?? 15_000);
     for (;;) {
-      const result = await new Promise<{ outcome?: Promise<string>; notReady?: true; error?: unknown }>(
-        (settle) => {
-          progress.outgoing.push({ sender, message, plaintext, recordOps, settle });
-          this.flushSoon(progress);
-        },
-      );
+      const result = await new Promise<SendResult>((settle) => {
+        progress.outgoing.push({
+          sender,
+          message,
+          plaintext,
+          recordOps,
+          settle,
+          ...(replaces === undefined ? {} : { replaces }),
+        });
+        this.flushSoon(progress);
+      });
       if (result.error !== undefined) throw result.error;
       const outcome = result.outcome;
-      if (outcome !== undefined) return outcome;
+      if (outcome !== undefined) {
+        // Robert §Queueing Service: a message the hub refused while its Remove proposals waited
+        // for a commit is encrypted again in the epoch that commit begins, and sent again.
+        return outcome.catch(async (error: unknown) => {
+          if (!isPendingRefusal(error) || this.stopped) throw error;
+          return this.sendPlaintext(progress, sender, message, plaintext, recordOps, result.lpduHash);
+        });
+      }
       const left = deadline - this.now();
       if (left <= 0 || this.stopped) {
-        throw new MlsError(
-          "IO.MIMI_APPSERVICE.MLS_NOT_MEMBER",
-          "send.not_in_group",
-          `${sender}'s MLS client is not in the group of ${roomId}: the user must be joined, and its client's join must have reached the hub`,
-        );
+        throw result.notReady === "proposals_pending"
+          ? new MlsError(
+              "IO.MIMI_APPSERVICE.MLS_PROPOSALS_PENDING",
+              "send.proposals_pending",
+              `the hub's Remove proposals in ${roomId} still wait for a commit: no message can be sent until one covers them`,
+            )
+          : new MlsError(
+              "IO.MIMI_APPSERVICE.MLS_NOT_MEMBER",
+              "send.not_in_group",
+              `${sender}'s MLS client is not in the group of ${roomId}: the user must be joined, and its client's join must have reached the hub`,
+            );
       }
       this.schedule(roomId);
       await this.changed(progress, left);
@@ -285,10 +334,19 @@ export class GroupAgent {
     }
     const groups = new Map(progress.groups);
     const ready: { m: OutgoingMessage; input: OwnEventInput }[] = [];
+    const hubProposals = this.options.rooms.extensionState(
+      progress.roomId,
+      this.options.groups,
+    )?.hubProposals;
     for (const m of waiting) {
+      if (hubProposals !== undefined && hubProposals.size > 0) {
+        // The hub refuses messages until a commit covers its proposals; hold them until then.
+        m.settle({ notReady: "proposals_pending" });
+        continue;
+      }
       const group = groups.get(m.sender);
       if (group === undefined || !isActive(group) || group.commitEventId === undefined) {
-        m.settle({ notReady: true });
+        m.settle({ notReady: "not_in_group" });
         continue;
       }
       try {
@@ -312,6 +370,9 @@ export class GroupAgent {
                 key: outboxKey(progress.roomId, lpduHash),
                 value: JSON.stringify({ epoch: encrypted.epoch.toString(), ...m.message }),
               },
+              ...(m.replaces === undefined
+                ? []
+                : [{ type: "del" as const, key: outboxKey(progress.roomId, m.replaces) }]),
               ...m.recordOps(lpduHash, role),
             ],
           },
@@ -331,9 +392,13 @@ export class GroupAgent {
     }
     // A refused message's keys were never used on anything that left; later ones moved past them.
     progress.groups = groups;
-    results.forEach((result, i) =>
-      ready[i]!.m.settle(result.ok ? { outcome: result.value.outcome } : { error: result.error }),
-    );
+    results.forEach((result, i) => {
+      const m = ready[i]!.m;
+      if (result.ok) m.settle({ outcome: result.value.outcome, lpduHash: result.value.lpduHash });
+      // The hub (this provider) refused it at once: it waits for the commit, as above.
+      else if (isPendingRefusal(result.error)) m.settle({ notReady: "proposals_pending" });
+      else m.settle({ error: result.error });
+    });
   }
 
   /**
@@ -576,6 +641,8 @@ export class GroupAgent {
    */
   private policyFor(progress: RoomProgress): CredentialPolicy {
     return (userId) => {
+      // The hub's own user is the credential of its external sender (external_senders).
+      if (userId === this.options.hubSender?.userId) return true;
       const participation = progress.participation.get(userId);
       return participation === "join" || participation === "leave" || participation === "ban";
     };
@@ -707,6 +774,25 @@ export class GroupAgent {
       }
     } else if (event.type === MLS_ENCRYPTED) {
       await this.receive(progress, groups, seq, eventId, event, ops);
+    } else if (event.type === MLS_PROPOSAL) {
+      // The hub's Remove proposal as external sender: every member keeps it for its next commit.
+      const message = fromBase64(event.content.message as string);
+      for (const [user, group] of groups) {
+        if (!isActive(group)) continue;
+        try {
+          const processed = await processProposal(group, message);
+          ops.push(...processed.ops);
+          groups.set(user, processed.group);
+        } catch (err) {
+          if (!(err instanceof MlsError)) throw err;
+          this.options.log.warn("a local client could not process the hub's proposal", {
+            roomId: progress.roomId,
+            user,
+            eventId,
+            error: err.message,
+          });
+        }
+      }
     }
   }
 
@@ -970,12 +1056,16 @@ export class GroupAgent {
     const committer = joined.find((user) => current(progress.groups.get(user)));
     if (committer !== undefined) {
       const group = progress.groups.get(committer)!;
+      // The hub's Remove proposals are covered by reference (createCommit includes every proposal
+      // the client holds); other departed users' leaves are removed by value.
+      const proposed = new Set(proposedRemovals(group));
       const stale = membersOf(group)
         .filter(
           (member) => member.userId === undefined || progress.participation.get(member.userId) !== "join",
         )
-        .map((member) => member.leafIndex);
-      if (stale.length > 0) {
+        .map((member) => member.leafIndex)
+        .filter((leaf) => !proposed.has(leaf));
+      if (stale.length > 0 || proposed.size > 0) {
         const commit = await createCommit(group, { remove: stale });
         await this.submitCommit(
           progress,
@@ -1054,11 +1144,16 @@ export class GroupAgent {
     const algorithm = room.state.get(room.version.createEventType, "")?.content.encryption_algorithm;
     const cs = await loadSuite(suiteForAlgorithm(algorithm));
     const { identity, ops: identityOps } = await ensureClientIdentity(this.options.kv, creator, cs);
+    const hubSender = this.options.hubSender;
     const created = await createHostedGroup({
       identity,
       roomId: progress.roomId,
       encryptionAlgorithm: algorithm,
       policy: this.policyFor(progress),
+      // The hub is the group's external sender, for its Remove proposals (RFC 9420 §12.1.8.1).
+      ...(hubSender === undefined || room.record.role !== "hub"
+        ? {}
+        : { extensions: [hubSender.extension()] }),
       now: this.now(),
     });
     const commit = await createCommit(created.group);
@@ -1174,6 +1269,16 @@ export class GroupAgent {
       err.remoteErrcode === "IO.MIMI_APPSERVICE.MLS_WRONG_EPOCH" ? 1 : this.backoff(progress),
     );
   }
+}
+
+function isPendingRefusal(error: unknown): boolean {
+  const errcode =
+    error instanceof HubRefusal
+      ? error.remoteErrcode
+      : error instanceof MimiError
+        ? error.errcode
+        : undefined;
+  return errcode === "IO.MIMI_APPSERVICE.MLS_PROPOSALS_PENDING";
 }
 
 function isActive(group: HostedGroup): boolean {

@@ -24,6 +24,7 @@ import {
   unprotectPrivateMessage,
   type CiphersuiteImpl,
   type ClientState,
+  type Extension,
   type KeyPackage,
   type PrivateKeyPackage,
   type Proposal,
@@ -138,6 +139,8 @@ export async function createHostedGroup(input: {
   /** The room's `m.room.create` `encryption_algorithm`. */
   encryptionAlgorithm: unknown;
   policy: CredentialPolicy;
+  /** GroupContext extensions, e.g. the hub's `external_senders` (RFC 9420 §12.1.8.1). */
+  extensions?: Extension[];
   now?: number;
 }): Promise<GroupChange> {
   const cs = await loadSuite(suiteForAlgorithm(input.encryptionAlgorithm));
@@ -148,7 +151,7 @@ export async function createHostedGroup(input: {
   });
   const { config, auth } = clientConfigFor(groupId, input.policy);
   const state = await guarded(auth, "IO.MIMI_APPSERVICE.MLS_BAD_TREE", "group.create", () =>
-    createGroup(groupId, publicPackage, privatePackage, [], cs, config),
+    createGroup(groupId, publicPackage, privatePackage, input.extensions ?? [], cs, config),
   );
   const group: HostedGroup = {
     userId: input.identity.userId,
@@ -301,6 +304,48 @@ export async function processCommit(
   if (group.pending !== undefined)
     ops.push({ type: "del", key: pendingCommitKey(group.userId, group.roomId) });
   return { group: next, ops, epoch: newState.groupContext.epoch, own: false, removed };
+}
+
+/**
+ * A proposal of the current epoch sent alone as a PublicMessage: the hub's Remove as external
+ * sender (RFC 9420 §12.1.8). The client keeps it until its epoch ends, and its next commit covers
+ * it by reference (§12.4); a commit of another member may cover it too.
+ */
+export async function processProposal(group: HostedGroup, message: Uint8Array): Promise<GroupChange> {
+  const decoded = decodeMlsMessageOf(message, "mls_public_message");
+  const content = decoded.publicMessage.content;
+  if (content.contentType !== "proposal") {
+    throw new MlsError(
+      "IO.MIMI_APPSERVICE.MLS_MALFORMED",
+      "proposal.content_type",
+      "the message is not a proposal",
+    );
+  }
+  const state = activeState(group);
+  checkGroupAndEpoch(group, state, content.groupId, content.epoch);
+  const cs = await loadSuite(state.groupContext.cipherSuite);
+  const { config, auth } = clientConfigFor(group.groupId, group.policy);
+  const withConfig: ClientState = { ...state, clientConfig: config };
+  const result = await guarded(auth, "IO.MIMI_APPSERVICE.MLS_BAD_PROPOSAL", "proposal.process", () =>
+    processMessage(decoded, withConfig, makePskIndex(withConfig, {}), acceptAll, cs),
+  );
+  if (result.kind !== "newState") {
+    throw new MlsError(
+      "IO.MIMI_APPSERVICE.MLS_MALFORMED",
+      "proposal.content_type",
+      "the message is not a proposal",
+    );
+  }
+  const next: HostedGroup = { ...group, state: result.newState };
+  return { group: next, ops: [stateOp(next, result.newState, group.commitEventId)] };
+}
+
+/** The leaves that proposals the client holds for the current epoch remove. */
+export function proposedRemovals(group: HostedGroup): number[] {
+  if (group.state === undefined) return [];
+  return Object.values(group.state.unappliedProposals)
+    .map(({ proposal }) => (proposal.proposalType === "remove" ? proposal.remove.removed : undefined))
+    .filter((leaf): leaf is number => leaf !== undefined);
 }
 
 /**

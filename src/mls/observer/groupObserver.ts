@@ -30,6 +30,7 @@ import {
   externalSendersOf,
   identityOf,
   keyOf,
+  type ExternalSender,
 } from "./wire";
 
 export interface ObserverOptions {
@@ -277,6 +278,11 @@ export class GroupObserver {
       leafIndex,
       identity: identityOf(leaf.credential) ?? new Uint8Array(),
     }));
+  }
+
+  /** The group's external senders (RFC 9420 §12.1.8.1), in the order `sender_index` counts them. */
+  externalSenders(): readonly ExternalSender[] {
+    return this.state.externalSenders;
   }
 
   /** The proposals received in this epoch that a commit may still cover by reference. */

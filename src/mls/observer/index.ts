@@ -5,3 +5,5 @@ export type { Member, ObserverOptions, ProposalReceipt, ProposalSender } from ".
 export { GroupObserver } from "./groupObserver";
 export type { CommitPolicy, PolicyRefusal } from "./state";
 export { SUPPORTED_CIPHERSUITE } from "./suite";
+export type { ExternalSender } from "./wire";
+export { keyOf } from "./wire";

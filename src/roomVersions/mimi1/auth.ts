@@ -282,6 +282,16 @@ function checkPower(
 /** LM-04 §Auth Rules Algorithm rules 6-10, with roles in place of power levels. */
 function authorizeSend(state: RoomStateView, event: EventForAuth, creator: string): AuthDecision {
   const sender = event.sender;
+  if (event.type === EventType.MlsProposal) {
+    // Our extension (protocol.md §12): the hub sends its external-sender proposals on behalf of
+    // its own user, who takes no part in the room; the room's MLS group checks the rest.
+    return serverNameOf(sender) === serverNameOf(creator)
+      ? ALLOW
+      : reject(
+          "mls_proposal.hub",
+          `${sender} cannot send ${event.type}: only the room's hub (${serverNameOf(creator)}) sends it`,
+        );
+  }
   const senderParticipation = participationOf(state, sender);
   if (senderParticipation !== "join") {
     return reject(

@@ -18,6 +18,8 @@ export const EventType = {
   Avatar: "m.room.avatar",
   MlsCommit: "m.mls.commit",
   Encrypted: "m.room.encrypted",
+  /** The hub's MLS proposals as external sender (an extension: LM-04 sends no proposals; protocol.md §12). */
+  MlsProposal: "io.mimi-appservice.mls.proposal",
 } as const;
 export type KnownEventType = (typeof EventType)[keyof typeof EventType];
 
@@ -33,6 +35,7 @@ export const STATE_EVENT_TYPES: ReadonlySet<string> = new Set<string>([
 export const NON_STATE_EVENT_TYPES: ReadonlySet<string> = new Set<string>([
   EventType.MlsCommit,
   EventType.Encrypted,
+  EventType.MlsProposal,
 ]);
 
 export const PARTICIPATIONS: readonly Participation[] = ["invite", "join", "leave", "ban", "knock"];
@@ -244,6 +247,7 @@ const CONTENT_VALIDATORS: Readonly<Record<KnownEventType, (content: JsonObject) 
   [EventType.Avatar]: (content) => requireString(content, "url"),
   [EventType.MlsCommit]: validateMlsCommit,
   [EventType.Encrypted]: validateEncrypted,
+  [EventType.MlsProposal]: (content) => requireBase64(content, "message"),
 };
 
 export function isKnownEventType(type: string): type is KnownEventType {

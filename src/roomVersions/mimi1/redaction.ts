@@ -14,6 +14,7 @@ const KEPT_CONTENT_FIELDS: Readonly<Record<string, readonly string[] | "all">> =
   [EventType.Roles]: ["roles"],
   [EventType.MlsCommit]: ["message", "public_group_state", "prev_commit_event_id"],
   [EventType.Encrypted]: ["algorithm", "commit_event_id"],
+  [EventType.MlsProposal]: ["message"],
 };
 
 /** Returns a new object; `content` is never modified. */
