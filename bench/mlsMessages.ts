@@ -28,7 +28,7 @@ import { fmt, median, percentile, removeDir, tempDir } from "./util";
 const allow = () => true;
 
 /** A member (not the committer) processing commits in a group of `members`. */
-async function memberProcessing(
+export async function memberProcessing(
   members: number,
   commits: number,
 ): Promise<{ medianMs: number; p99Ms: number }> {

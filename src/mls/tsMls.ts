@@ -20,7 +20,7 @@ export { decodeCommit, encodeCommit } from "ts-mls/commit.js";
 export { decodeGroupInfo, encodeGroupInfo } from "ts-mls/groupInfo.js";
 export { decodeKeyPackage, encodeKeyPackage } from "ts-mls/keyPackage.js";
 export { decodeWelcome } from "ts-mls/welcome.js";
-export { decodeRatchetTree, encodeRatchetTree } from "ts-mls/ratchetTree.js";
+export { decodeNode, decodeRatchetTree, encodeNode, encodeRatchetTree } from "ts-mls/ratchetTree.js";
 export { decodeGroupContext, encodeGroupContext } from "ts-mls/groupContext.js";
 export { decodeExternalInit } from "ts-mls/proposal.js";
 export { decodeExternalSendersExtension } from "ts-mls/externalSender.js";

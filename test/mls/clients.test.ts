@@ -23,7 +23,9 @@ import {
 import { MlsError } from "../../src/mls/errors";
 import { KeyPackagePool } from "../../src/mls/keyPackages";
 import { GroupObserver } from "../../src/mls/observer";
-import { SUPPORTED_CIPHERSUITE } from "../../src/mls/tsMls";
+import { groupStateKey, groupTreesKey } from "../../src/mls/clients/storeKeys";
+import { toBase64, toHex } from "../../src/mls/clients/wire";
+import { SUPPORTED_CIPHERSUITE, encodeGroupState } from "../../src/mls/tsMls";
 import type { KvStore } from "../../src/store/kv";
 import { LevelStore } from "../../src/store/levelStore";
 import { removeDir, tempDir } from "../support/services";
@@ -285,6 +287,81 @@ describe("hosted clients on a real LevelDB", () => {
     bob = (await persist(commitAccepted(again.group, "$c3"))).group;
     const message = await persist(encryptMessage(bob, text("rebased")));
     expect(read((await decryptMessage(alice, message.ciphertext)).plaintext)).toBe("rebased");
+  });
+
+  test("the trees are stored apart from the secrets, written only by what changes them, and past trees come back", async () => {
+    joined.add(ALICE).add(BOB);
+    await pool.replenish(BOB);
+    let alice = await createdGroup(ALICE);
+    const adding = await persist(createCommit(alice, { add: [await claim(BOB)] }));
+    alice = (await persist(commitAccepted(adding.group, "$c1"))).group;
+    let bob = await joinWith(BOB, adding.welcome!, "$c1");
+    const treesKey = groupTreesKey(BOB, ROOM);
+    // Four commits: Bob keeps the trees of the past epochs to read late messages of them.
+    const late: Uint8Array[] = [];
+    for (let i = 2; i <= 5; i++) {
+      late.push((await persist(encryptMessage(alice, text(`late ${i - 1}`)))).ciphertext);
+      const next = await persist(createCommit(alice));
+      alice = (await persist(commitAccepted(next.group, `$c${i}`))).group;
+      const seen = await persist(processCommit(bob, next.commit, `$c${i}`));
+      expect(seen.ops.map((op) => op.key)).toContain(treesKey);
+      bob = seen.group;
+    }
+    expect(bob.state!.historicalReceiverData.size).toBeGreaterThanOrEqual(3);
+
+    // A message changes the secrets only.
+    const hello = await encryptMessage(alice, text("hello"));
+    expect(hello.ops.map((op) => op.key)).toEqual([groupStateKey(ALICE, ROOM)]);
+    const atBob = await persist(decryptMessage(bob, hello.ciphertext));
+    expect(atBob.ops.map((op) => op.key)).toEqual([groupStateKey(BOB, ROOM)]);
+    bob = atBob.group;
+    const record = JSON.parse((await store.get(groupStateKey(BOB, ROOM)))!) as Record<string, unknown>;
+    expect(record.format).toBe(2);
+    expect(record.state).toBeUndefined();
+
+    // The state read back is the state written, past trees included, byte for byte.
+    await reopen();
+    const loaded = await load(BOB);
+    expect(toHex(encodeGroupState(loaded.state!))).toBe(toHex(encodeGroupState(bob.state!)));
+    // The past epochs' trees work: the messages sent before each commit still decrypt.
+    let reader = loaded;
+    for (const [i, ciphertext] of late.slice(-3).entries()) {
+      const read = await decryptMessage(reader, ciphertext);
+      expect(new TextDecoder().decode(read.plaintext)).toBe(`late ${i + 2}`);
+      reader = read.group;
+    }
+  });
+
+  test("a state stored whole by an earlier release loads, and its trees are written with the next change", async () => {
+    joined.add(ALICE).add(BOB);
+    await pool.replenish(BOB);
+    let alice = await createdGroup(ALICE);
+    const adding = await persist(createCommit(alice, { add: [await claim(BOB)] }));
+    alice = (await persist(commitAccepted(adding.group, "$c1"))).group;
+    const bob = await joinWith(BOB, adding.welcome!, "$c1");
+    // The record as releases before the split wrote it: the whole state inline, no trees key.
+    await store.commit([
+      {
+        type: "put",
+        key: groupStateKey(BOB, ROOM),
+        value: JSON.stringify({ state: toBase64(encodeGroupState(bob.state!)), commitEventId: "$c1" }),
+      },
+      { type: "del", key: groupTreesKey(BOB, ROOM) },
+    ]);
+    await reopen();
+    const old = await load(BOB);
+    expect(toHex(encodeGroupState(old.state!))).toBe(toHex(encodeGroupState(bob.state!)));
+    const hello = await persist(encryptMessage(alice, text("hello")));
+    alice = hello.group;
+    // A message does not change the trees, but they are not under their key yet: written now.
+    const atBob = await persist(decryptMessage(old, hello.ciphertext));
+    expect(atBob.ops.map((op) => op.key)).toEqual([groupStateKey(BOB, ROOM), groupTreesKey(BOB, ROOM)]);
+    await reopen();
+    const again = await load(BOB);
+    expect(toHex(encodeGroupState(again.state!))).toBe(toHex(encodeGroupState(atBob.group.state!)));
+    expect(
+      read((await decryptMessage(again, (await encryptMessage(alice, text("more"))).ciphertext)).plaintext),
+    ).toBe("more");
   });
 
   test("the room's algorithm must be the supported one", async () => {

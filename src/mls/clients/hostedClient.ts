@@ -10,11 +10,9 @@ import {
   createCommit as createLibraryCommit,
   createGroup,
   createGroupInfoWithExternalPubAndRatchetTree,
-  decodeGroupState,
   decodeKeyPackage,
   decodeRatchetTree,
   emptyPskIndex,
-  encodeGroupState,
   encodeMlsMessage,
   encodeRatchetTree,
   joinGroup,
@@ -32,7 +30,15 @@ import {
 } from "../tsMls";
 import { clientConfigFor, credentialUserId, type CredentialPolicy } from "./authService";
 import { generateClientKeyPackage, type ClientIdentity } from "./identity";
-import { epochCommitKey, groupStateKey, pendingCommitKey } from "./storeKeys";
+import {
+  decodeState,
+  decodeWholeState,
+  encodeSecrets,
+  encodeState,
+  encodeTrees,
+  sameTrees,
+} from "./stateCodec";
+import { epochCommitKey, groupStateKey, groupTreesKey, pendingCommitKey } from "./storeKeys";
 import { suiteForAlgorithm, loadSuite } from "./suite";
 import { decodeMlsMessageOf, decodeWhole, fromBase64, sameBytes, toBase64 } from "./wire";
 
@@ -162,7 +168,7 @@ export async function createHostedGroup(input: {
     commitEventId: undefined,
     pending: undefined,
   };
-  return { group, ops: [stateOp(group, state, undefined)] };
+  return { group, ops: stateOps(group, state, undefined, undefined) };
 }
 
 /**
@@ -239,7 +245,7 @@ export function commitAccepted(group: HostedGroup, commitEventId: string): Group
   return {
     group: next,
     ops: [
-      stateOp(next, pending.state, commitEventId),
+      ...stateOps(next, pending.state, commitEventId, group.state),
       { type: "del", key: pendingCommitKey(group.userId, group.roomId) },
       epochOp(next, pending.state.groupContext.epoch, commitEventId),
     ],
@@ -299,7 +305,7 @@ export async function processCommit(
     commitEventId: removed ? group.commitEventId : commitEventId,
     pending: undefined,
   };
-  const ops: BatchOp[] = [stateOp(next, newState, next.commitEventId)];
+  const ops: BatchOp[] = stateOps(next, newState, next.commitEventId, state);
   if (!removed) ops.push(epochOp(next, newState.groupContext.epoch, commitEventId));
   if (group.pending !== undefined)
     ops.push({ type: "del", key: pendingCommitKey(group.userId, group.roomId) });
@@ -337,7 +343,7 @@ export async function processProposal(group: HostedGroup, message: Uint8Array): 
     );
   }
   const next: HostedGroup = { ...group, state: result.newState };
-  return { group: next, ops: [stateOp(next, result.newState, group.commitEventId)] };
+  return { group: next, ops: stateOps(next, result.newState, group.commitEventId, state) };
 }
 
 /** The leaves that proposals the client holds for the current epoch remove. */
@@ -405,7 +411,7 @@ export async function joinFromWelcome(input: {
   return {
     group,
     ops: [
-      stateOp(group, state, input.commitEventId),
+      ...stateOps(group, state, input.commitEventId, undefined),
       epochOp(group, state.groupContext.epoch, input.commitEventId),
       ...input.keys.consumeOps,
     ],
@@ -496,7 +502,7 @@ export async function encryptMessage(group: HostedGroup, plaintext: Uint8Array):
   const next: HostedGroup = { ...group, state: result.newState };
   return {
     group: next,
-    ops: [stateOp(next, result.newState, group.commitEventId)],
+    ops: stateOps(next, result.newState, group.commitEventId, state),
     ciphertext: encodeMlsMessage({
       version: "mls10",
       wireformat: "mls_private_message",
@@ -612,7 +618,7 @@ export async function decryptMessage(group: HostedGroup, ciphertext: Uint8Array)
   const next: HostedGroup = { ...group, state: newState };
   return {
     group: next,
-    ops: [stateOp(next, newState, group.commitEventId)],
+    ops: stateOps(next, newState, group.commitEventId, state),
     plaintext: framed.applicationData,
     epoch: message.epoch,
     senderUserId,
@@ -642,15 +648,25 @@ export function leavesOf(group: HostedGroup, userId: string): number[] {
 
 // ---- loading ----
 
+/** `mhg`: the client's secrets; the trees are under `mht` (format 2), or inline in `state` (before). */
 interface StoredState {
-  state: string;
+  format?: 2;
+  secrets?: string;
+  state?: string;
   commitEventId: string | null;
 }
 
+/** `mhp`: the client's own commit waiting for the hub, and the state it leads to, whole. */
 interface StoredPending {
+  format?: 2;
   message: string;
-  state: string;
+  secrets?: string;
+  trees?: string;
+  state?: string;
 }
+
+/** States read from a record written whole: their trees are not under `mht` yet. */
+const treesNotStored = new WeakSet<ClientState>();
 
 /**
  * The user's client in the room's group, as stored, or undefined. ts-mls does not store the
@@ -662,9 +678,10 @@ export async function loadHostedGroup(
   roomId: string,
   policy: CredentialPolicy,
 ): Promise<HostedGroup | undefined> {
-  const [storedState, storedPending] = await kv.getMany([
+  const [storedState, storedPending, storedTrees] = await kv.getMany([
     groupStateKey(userId, roomId),
     pendingCommitKey(userId, roomId),
+    groupTreesKey(userId, roomId),
   ]);
   if (storedState === undefined && storedPending === undefined) return undefined;
   const groupId = groupIdOf(roomId);
@@ -676,13 +693,47 @@ export async function loadHostedGroup(
     roomId,
     groupId,
     policy,
-    state: record === undefined ? undefined : decodeState(record.state, config),
+    state: record === undefined ? undefined : storedGroupState(record, storedTrees, config),
     commitEventId: record?.commitEventId ?? undefined,
     pending:
       pending === undefined
         ? undefined
-        : { message: fromBase64(pending.message), state: decodeState(pending.state, config) },
+        : { message: fromBase64(pending.message), state: storedPendingState(pending, config) },
   };
+}
+
+function storedGroupState(
+  record: StoredState,
+  trees: string | undefined,
+  config: ClientState["clientConfig"],
+): ClientState {
+  if (record.format === 2 && record.secrets !== undefined && trees !== undefined) {
+    return decodeState({ secrets: record.secrets, trees }, config);
+  }
+  if (record.state === undefined) {
+    throw new MlsError(
+      "IO.MIMI_APPSERVICE.MLS_MALFORMED",
+      "decode",
+      "a stored group state without its trees",
+    );
+  }
+  const state = decodeWholeState(record.state, config);
+  treesNotStored.add(state);
+  return state;
+}
+
+function storedPendingState(pending: StoredPending, config: ClientState["clientConfig"]): ClientState {
+  if (pending.format === 2 && pending.secrets !== undefined && pending.trees !== undefined) {
+    return decodeState({ secrets: pending.secrets, trees: pending.trees }, config);
+  }
+  if (pending.state === undefined) {
+    throw new MlsError(
+      "IO.MIMI_APPSERVICE.MLS_MALFORMED",
+      "decode",
+      "a stored pending commit without its state",
+    );
+  }
+  return decodeWholeState(pending.state, config);
 }
 
 /** The m.mls.commit event that began `epoch` for the user's client, if the client saw it. */
@@ -747,21 +798,33 @@ async function publicGroupInfo(state: ClientState, cs: CiphersuiteImpl): Promise
   return encodeMlsMessage({ version: "mls10", wireformat: "mls_group_info", groupInfo });
 }
 
-function encodeState(state: ClientState): string {
-  return toBase64(encodeGroupState(state));
-}
-
-function decodeState(text: string, config: ClientState["clientConfig"]): ClientState {
-  return { ...decodeWhole(decodeGroupState, fromBase64(text), "a stored group state"), clientConfig: config };
-}
-
-function stateOp(group: HostedGroup, state: ClientState, commitEventId: string | undefined): BatchOp {
-  const record: StoredState = { state: encodeState(state), commitEventId: commitEventId ?? null };
-  return { type: "put", key: groupStateKey(group.userId, group.roomId), value: JSON.stringify(record) };
+/**
+ * Writes the client's state: its secrets always, its trees when they are not the ones stored
+ * with `previous` (the state this one follows, as stored; none for a new group).
+ */
+function stateOps(
+  group: HostedGroup,
+  state: ClientState,
+  commitEventId: string | undefined,
+  previous: ClientState | undefined,
+): BatchOp[] {
+  const record: StoredState = {
+    format: 2,
+    secrets: encodeSecrets(state),
+    commitEventId: commitEventId ?? null,
+  };
+  const ops: BatchOp[] = [
+    { type: "put", key: groupStateKey(group.userId, group.roomId), value: JSON.stringify(record) },
+  ];
+  if (previous === undefined || treesNotStored.has(previous) || !sameTrees(previous, state)) {
+    ops.push({ type: "put", key: groupTreesKey(group.userId, group.roomId), value: encodeTrees(state) });
+  }
+  return ops;
 }
 
 function pendingOp(group: HostedGroup, pending: PendingCommit): BatchOp {
-  const record: StoredPending = { message: toBase64(pending.message), state: encodeState(pending.state) };
+  const { secrets, trees } = encodeState(pending.state);
+  const record: StoredPending = { format: 2, message: toBase64(pending.message), secrets, trees };
   return { type: "put", key: pendingCommitKey(group.userId, group.roomId), value: JSON.stringify(record) };
 }
 
