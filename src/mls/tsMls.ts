@@ -96,6 +96,14 @@ export {
 } from "ts-mls/framedContent.js";
 export { protectPublicMessage } from "ts-mls/messageProtectionPublic.js";
 export { protect } from "ts-mls/messageProtection.js";
+export {
+  consumeRatchet,
+  createSecretTree,
+  decodeSecretTree,
+  ratchetToGeneration,
+  secretTreeEncoder,
+} from "ts-mls/secretTree.js";
+export { removeLeaves } from "ts-mls/ratchetTree.js";
 export { initializeEpoch } from "ts-mls/keySchedule.js";
 
 export {

@@ -26,6 +26,7 @@ import {
   aliceAndBob,
   alteredKeyPackage,
   commit,
+  join,
   member,
   receive,
   removeProposal,
@@ -141,6 +142,53 @@ describe("the group_id of a received message (RFC 9420 §6)", () => {
     await expect(
       processMessage(await build(otherGroupId), aliceState, makePskIndex(aliceState, {}), acceptAll, cs),
     ).rejects.toThrow(ValidationError);
+  });
+});
+
+describe("the sender data of a received PrivateMessage (RFC 9420 §6.3.2)", () => {
+  it("refuses a leaf_index that names a blank leaf before using any key", async () => {
+    // Alice, Bob and Carol; Bob is removed, so leaf 1 is blank inside the tree.
+    const carol = await member(cs, "@carol:c.example");
+    const added = await commit(cs, aliceState, [addProposal(carol.keyPackage)]);
+    const carolState = await join(cs, carol, added.welcome);
+    const removed = await commit(cs, added.committer, [removeProposal(1)]);
+    const alice = removed.committer;
+    const atCarol = await receive(cs, carolState, removed.message);
+    expect(alice.ratchetTree[2]).toBeUndefined();
+    // Alice frames a message as if from leaf 1 (she can derive its ratchet: she has the tree).
+    const content = {
+      contentType: "application" as const,
+      applicationData: new TextEncoder().encode("from nobody"),
+      groupId: alice.groupContext.groupId,
+      epoch: alice.groupContext.epoch,
+      sender: { senderType: "member" as const, leafIndex: 1 },
+      authenticatedData: new Uint8Array(),
+    };
+    const auth = await signFramedContentApplicationOrProposal(
+      alice.signaturePrivateKey,
+      {
+        protocolVersion: "mls10",
+        wireformat: "mls_private_message",
+        content,
+        senderType: "member",
+        context: alice.groupContext,
+      },
+      cs,
+    );
+    const { privateMessage } = await protect(
+      alice.keySchedule.senderDataSecret,
+      new Uint8Array(),
+      alice.groupContext,
+      alice.secretTree,
+      { ...content, auth },
+      1,
+      alice.clientConfig.paddingConfig,
+      cs,
+    );
+    const message: MLSMessage = { version: "mls10", wireformat: "mls_private_message", privateMessage };
+    await expect(processMessage(message, atCarol, makePskIndex(atCarol, {}), acceptAll, cs)).rejects.toThrow(
+      "SenderData did not point to a non-blank leaf node",
+    );
   });
 });
 
