@@ -3,20 +3,69 @@ import type { Server } from "node:http";
 import { ConfigError, loadConfig } from "../config/config";
 import { MimiProvider } from "../provider/provider";
 import { createLogger } from "../logging";
+import { RegistrationError } from "../bridge/registration";
+import { readRegistration, writeRegistration } from "../bridge/registrationFile";
 import { createAdminApp, listenAdmin } from "./adminApi";
 
 const log = createLogger("main");
 
-function usage(): never {
-  process.stderr.write("usage: mimi-provider -c <config.yaml>\n");
+const USAGE = [
+  "usage: mimi-appservice -c <config.yaml>",
+  "       mimi-appservice -c <config.yaml> -r -u <appservice URL> [-f <registration.yaml>]",
+  "  -c, --config        the config file (config.sample.yaml documents every key)",
+  "  -r, --generate-registration",
+  "                      write the homeserver's registration file for this config, with fresh tokens, and exit",
+  "  -u, --url           with -r: the URL the homeserver reaches the appservice at",
+  "  -f, --file          with -r: where to write it (default: appservice.registration)",
+].join("\n");
+
+function usage(problem?: string): never {
+  process.stderr.write(`${problem === undefined ? "" : `${problem}\n`}${USAGE}\n`);
   process.exit(2);
 }
 
+interface Arguments {
+  config: string;
+  generate: boolean;
+  url?: string;
+  file?: string;
+}
+
+function parseArguments(argv: string[]): Arguments {
+  const parsed: Partial<Arguments> & { generate: boolean } = { generate: false };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const value = () => {
+      const next = argv[++i];
+      if (next === undefined || next.startsWith("-")) usage(`${arg} needs a value`);
+      return next;
+    };
+    if (arg === "-c" || arg === "--config") parsed.config = value();
+    else if (arg === "-r" || arg === "--generate-registration") parsed.generate = true;
+    else if (arg === "-u" || arg === "--url") parsed.url = value();
+    else if (arg === "-f" || arg === "--file") parsed.file = value();
+    else if (arg === "-h" || arg === "--help") usage();
+    else usage(`unknown argument ${JSON.stringify(arg)}`);
+  }
+  if (parsed.config === undefined) usage("-c <config.yaml> is required");
+  if (!parsed.generate && (parsed.url !== undefined || parsed.file !== undefined))
+    usage("-u and -f go with -r");
+  if (parsed.generate && parsed.url === undefined)
+    usage("-r needs -u <the URL the homeserver reaches the appservice at>");
+  return parsed as Arguments;
+}
+
 async function main(argv: string[]): Promise<void> {
-  const index = argv.findIndex((a) => a === "-c" || a === "--config");
-  const configPath = index >= 0 ? argv[index + 1] : undefined;
-  if (configPath === undefined) usage();
-  const config = loadConfig(configPath);
+  const args = parseArguments(argv);
+  const config = loadConfig(args.config);
+  if (args.generate) {
+    const path = writeRegistration(config, args.url!, args.file);
+    process.stdout.write(
+      `wrote ${path}: add it to the homeserver's app_service_config_files and restart the homeserver\n`,
+    );
+    return;
+  }
+  if (config.matrix !== undefined) readRegistration(config.matrix);
   const provider = await MimiProvider.start(config);
   let admin: Server | undefined;
   if (config.admin !== undefined) {
@@ -55,7 +104,7 @@ async function main(argv: string[]): Promise<void> {
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {
-  if (err instanceof ConfigError) {
+  if (err instanceof ConfigError || err instanceof RegistrationError) {
     process.stderr.write(`${err.message}\n`);
     process.exit(2);
   }

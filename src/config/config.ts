@@ -28,6 +28,8 @@ export interface ProviderConfig {
   oldVerifyKeys: { keyId: string; publicKeyBase64: string; expiredTs: number }[];
   admin: { bindAddress: string; port: number; token: string } | undefined;
   logging: { level: "debug" | "info" | "warn" | "error" };
+  /** The Matrix side: the homeserver this provider serves as an application service; none without it. */
+  matrix: MatrixConfig | undefined;
   mls: {
     /**
      * Local users get hosted MLS clients that follow every room's group, establish it, join it,
@@ -42,6 +44,23 @@ export interface ProviderConfig {
      * sender, and the sender of its Remove proposals. Reserved: no one acts as it through the rooms API.
      */
     hubUserLocalpart: string;
+  };
+}
+
+export interface MatrixConfig {
+  /** The homeserver's client-server API base URL, without a trailing slash. */
+  homeserverUrl: string;
+  /** The homeserver's server_name: the domain of its users, of the bot and of the ghosts. */
+  domain: string;
+  appservice: {
+    id: string;
+    bindAddress: string;
+    port: number;
+    /** The registration file: written by `-r`, read and checked at start-up. */
+    registrationPath: string;
+    senderLocalpart: string;
+    userPrefix: string;
+    aliasPrefix: string;
   };
 }
 
@@ -124,6 +143,16 @@ interface RawConfig {
   admin_api?: { bind_address?: string; port: number; token: string };
   logging?: { level?: "debug" | "info" | "warn" | "error" };
   mls?: { hosted_clients?: boolean; join_wait_ms?: number; hub_user?: string };
+  homeserver?: { url: string; domain?: string };
+  appservice?: {
+    id?: string;
+    bind_address?: string;
+    port?: number;
+    registration?: string;
+    sender_localpart?: string;
+    user_prefix?: string;
+    alias_prefix?: string;
+  };
 }
 
 type RawLimitKey =
@@ -224,6 +253,9 @@ export function parseConfig(text: string, baseDir: string): ProviderConfig {
       "admin_api.token: still the placeholder from the sample config; set a random secret",
     );
   }
+  if (raw.appservice !== undefined && raw.homeserver === undefined) {
+    throw new ConfigError("appservice: given without homeserver; add homeserver.url, or leave both out");
+  }
   return {
     serverName: raw.server_name,
     federation: {
@@ -258,10 +290,41 @@ export function parseConfig(text: string, baseDir: string): ProviderConfig {
             token: raw.admin_api.token,
           },
     logging: { level: raw.logging?.level ?? "info" },
+    matrix: raw.homeserver === undefined ? undefined : matrixConfig(raw, baseDir),
     mls: {
       hostedClients: raw.mls?.hosted_clients ?? true,
       joinWaitMs: raw.mls?.join_wait_ms ?? 15_000,
       hubUserLocalpart: raw.mls?.hub_user ?? "mimi-hub",
+    },
+  };
+}
+
+function matrixConfig(raw: RawConfig, baseDir: string): MatrixConfig {
+  const homeserver = raw.homeserver!;
+  const domain = homeserver.domain ?? raw.server_name;
+  if (!isValidServerName(domain)) {
+    throw new ConfigError(`homeserver.domain: ${JSON.stringify(domain)} is not a valid server name`);
+  }
+  const appservice = raw.appservice ?? {};
+  const userPrefix = appservice.user_prefix ?? "_mimi_";
+  const senderLocalpart = appservice.sender_localpart ?? "_mimi_bot";
+  const hubUser = raw.mls?.hub_user ?? "mimi-hub";
+  if (hubUser.startsWith(userPrefix) || senderLocalpart === hubUser) {
+    throw new ConfigError(
+      `mls.hub_user: ${JSON.stringify(hubUser)} falls in the appservice's namespace (appservice.user_prefix, sender_localpart); pick another`,
+    );
+  }
+  return {
+    homeserverUrl: homeserver.url.replace(/\/$/, ""),
+    domain,
+    appservice: {
+      id: appservice.id ?? "mimi",
+      bindAddress: appservice.bind_address ?? "127.0.0.1",
+      port: appservice.port ?? 9000,
+      registrationPath: resolve(baseDir, appservice.registration ?? "registration.yaml"),
+      senderLocalpart,
+      userPrefix,
+      aliasPrefix: appservice.alias_prefix ?? "_mimi_",
     },
   };
 }

@@ -89,6 +89,29 @@ export const CONFIG_SCHEMA = {
         hub_user: { type: "string", pattern: "^[0-9a-z\\-.=_/+]{1,64}$" },
       },
     },
+    homeserver: {
+      type: "object",
+      additionalProperties: false,
+      required: ["url"],
+      properties: {
+        url: { type: "string", pattern: "^https?://[^/\\s]+/?$" },
+        domain: { type: "string", minLength: 1 },
+      },
+    },
+    appservice: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        id: { type: "string", pattern: "^[A-Za-z0-9._-]{1,64}$" },
+        bind_address: { type: "string", minLength: 1 },
+        port: { type: "integer", minimum: 0, maximum: 65535 },
+        registration: { type: "string", minLength: 1 },
+        // LM-04 §Users / Matrix user ID grammar: localparts, and the prefixes of ghosts and aliases.
+        sender_localpart: { type: "string", pattern: "^[0-9a-z\\-.=_/+]{1,64}$" },
+        user_prefix: { type: "string", pattern: "^[0-9a-z\\-.=_/+]{1,32}$" },
+        alias_prefix: { type: "string", pattern: "^[0-9a-z\\-.=_/+]{1,32}$" },
+      },
+    },
     logging: {
       type: "object",
       additionalProperties: false,
