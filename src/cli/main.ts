@@ -3,6 +3,7 @@ import type { Server } from "node:http";
 import { ConfigError, loadConfig } from "../config/config";
 import { MimiProvider } from "../provider/provider";
 import { createLogger } from "../logging";
+import { Appservice, AppserviceStartError } from "../bridge/appservice";
 import { RegistrationError } from "../bridge/registration";
 import { readRegistration, writeRegistration } from "../bridge/registrationFile";
 import { createAdminApp, listenAdmin } from "./adminApi";
@@ -65,8 +66,22 @@ async function main(argv: string[]): Promise<void> {
     );
     return;
   }
-  if (config.matrix !== undefined) readRegistration(config.matrix);
+  const registration = config.matrix === undefined ? undefined : readRegistration(config.matrix);
   const provider = await MimiProvider.start(config);
+  let appservice: Appservice | undefined;
+  if (config.matrix !== undefined && registration !== undefined) {
+    try {
+      appservice = await Appservice.start({
+        matrix: config.matrix,
+        registration,
+        kv: provider.kv,
+        log: createLogger("appservice"),
+      });
+    } catch (err) {
+      await provider.stop();
+      throw err;
+    }
+  }
   let admin: Server | undefined;
   if (config.admin !== undefined) {
     admin = await listenAdmin(
@@ -87,6 +102,7 @@ async function main(argv: string[]): Promise<void> {
       server_name: config.serverName,
       federation_port: provider.federationPort,
       admin_port: typeof adminAddress === "object" && adminAddress ? adminAddress.port : undefined,
+      appservice_port: appservice?.port,
     }) + "\n",
   );
   let stopping = false;
@@ -96,6 +112,7 @@ async function main(argv: string[]): Promise<void> {
     log.info("stopping", { signal });
     admin?.closeAllConnections();
     admin?.close();
+    await appservice?.stop();
     await provider.stop();
     process.exit(0);
   };
@@ -107,6 +124,11 @@ main(process.argv.slice(2)).catch((err: unknown) => {
   if (err instanceof ConfigError || err instanceof RegistrationError) {
     process.stderr.write(`${err.message}\n`);
     process.exit(2);
+  }
+  if (err instanceof AppserviceStartError) {
+    // Exit code 3: the config is fine, the homeserver (or our view of it) is not.
+    process.stderr.write(`${err.message}\n`);
+    process.exit(3);
   }
   log.error("fatal", { error: err });
   process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);

@@ -1,0 +1,108 @@
+/**
+ * The few client-server API calls the appservice makes as itself (Matrix client-server API and
+ * application service API, v1.7+), with errors that say what an admin should check.
+ */
+export class HomeserverError extends Error {
+  constructor(
+    message: string,
+    readonly status: number | undefined,
+    readonly errcode: string | undefined,
+  ) {
+    super(message);
+    this.name = "HomeserverError";
+  }
+}
+
+export interface HomeserverClientOptions {
+  /** The client-server API base URL, without a trailing slash. */
+  url: string;
+  asToken: string;
+  timeoutMs?: number;
+}
+
+export class HomeserverClient {
+  constructor(private readonly options: HomeserverClientOptions) {}
+
+  /** `GET /_matrix/client/versions`: the spec versions the homeserver speaks. */
+  async versions(): Promise<string[]> {
+    const body = await this.request("GET", "/_matrix/client/versions", undefined, false);
+    const versions = (body as { versions?: unknown }).versions;
+    if (!Array.isArray(versions)) {
+      throw new HomeserverError(
+        `${this.options.url} answered /versions without a versions list: is it a Matrix homeserver?`,
+        200,
+        undefined,
+      );
+    }
+    return versions.filter((v): v is string => typeof v === "string");
+  }
+
+  /** `GET /account/whoami` with the as_token: the bot's user ID. */
+  async whoami(): Promise<string> {
+    const body = await this.request("GET", "/_matrix/client/v3/account/whoami");
+    const userId = (body as { user_id?: unknown }).user_id;
+    if (typeof userId !== "string") throw new HomeserverError("whoami answered no user_id", 200, undefined);
+    return userId;
+  }
+
+  /**
+   * `POST /_matrix/client/v1/appservice/{id}/ping` (spec v1.7): the homeserver pings the
+   * appservice back, and retries at once the transactions it had queued for it.
+   */
+  async ping(appserviceId: string, transactionId: string): Promise<{ durationMs: number }> {
+    const body = await this.request(
+      "POST",
+      `/_matrix/client/v1/appservice/${encodeURIComponent(appserviceId)}/ping`,
+      { transaction_id: transactionId },
+    );
+    return { durationMs: Number((body as { duration_ms?: unknown }).duration_ms ?? 0) };
+  }
+
+  private async request(
+    method: string,
+    path: string,
+    body?: unknown,
+    authenticated = true,
+  ): Promise<unknown> {
+    const headers: Record<string, string> = {};
+    if (authenticated) headers.authorization = `Bearer ${this.options.asToken}`;
+    if (body !== undefined) headers["content-type"] = "application/json";
+    let response: Response;
+    try {
+      response = await fetch(`${this.options.url}${path}`, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(this.options.timeoutMs ?? 30_000),
+      });
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
+      throw new HomeserverError(
+        `cannot reach the homeserver at ${this.options.url} (${cause}): check homeserver.url and that it is running`,
+        undefined,
+        undefined,
+      );
+    }
+    const text = await response.text();
+    let parsed: unknown = undefined;
+    try {
+      parsed = text === "" ? {} : JSON.parse(text);
+    } catch {
+      parsed = undefined;
+    }
+    if (!response.ok) {
+      const error = (parsed ?? {}) as { errcode?: unknown; error?: unknown };
+      const errcode = typeof error.errcode === "string" ? error.errcode : undefined;
+      const reason = typeof error.error === "string" ? error.error : text.slice(0, 200);
+      throw new HomeserverError(
+        `${method} ${path}: ${response.status} ${errcode ?? ""} ${reason}`.replace(/\s+/g, " ").trim(),
+        response.status,
+        errcode,
+      );
+    }
+    if (parsed === undefined) {
+      throw new HomeserverError(`${method} ${path}: the answer is not JSON`, response.status, undefined);
+    }
+    return parsed;
+  }
+}
