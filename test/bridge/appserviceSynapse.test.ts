@@ -1,0 +1,209 @@
+/**
+ * The appservice against a real Synapse: the registration written by `-r`, the start-up
+ * self-check and its clear failures, and the homeserver's transactions stored durably.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { HomeserverInbox } from "../../src/bridge/homeserverInbox";
+import { LevelStore } from "../../src/store/levelStore";
+import { freePort } from "../../src/util/freePort";
+import { removeDir, tempDir } from "../support/services";
+import { ensureSynapse, startSynapse, type SynapseHandle } from "../support/synapse";
+
+const ROOT = join(__dirname, "../..");
+const HS = "hs1.test";
+
+interface Run {
+  child: ChildProcess;
+  stdout: string;
+  stderr: string;
+  exited: Promise<number | null>;
+}
+
+function runMain(args: string[]): Run {
+  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "src/cli/main.ts"), ...args], {
+    cwd: ROOT,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, MIMI_LOG_LEVEL: "info" },
+  });
+  const run: Run = {
+    child,
+    stdout: "",
+    stderr: "",
+    exited: new Promise((resolve) => child.once("exit", (code) => resolve(code))),
+  };
+  child.stdout!.on("data", (chunk: Buffer) => (run.stdout += chunk.toString()));
+  child.stderr!.on("data", (chunk: Buffer) => (run.stderr += chunk.toString()));
+  return run;
+}
+
+async function ready(run: Run): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    const line = run.stdout.split("\n").find((l) => l.includes('"ready":true'));
+    if (line !== undefined) return JSON.parse(line) as Record<string, unknown>;
+    if (run.child.exitCode !== null) throw new Error(`exited ${run.child.exitCode}: ${run.stderr}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`not ready: ${run.stderr}`);
+}
+
+interface Instance {
+  dir: string;
+  config: string;
+  registration: string;
+  appservicePort: number;
+}
+
+async function instance(
+  name: string,
+  homeserverUrl: string,
+  extra: { id?: string; sender?: string; prefix?: string } = {},
+): Promise<Instance> {
+  const dir = tempDir(`as-${name}`);
+  mkdirSync(join(dir, "data"), { recursive: true });
+  const appservicePort = await freePort();
+  const config = join(dir, "config.yaml");
+  writeFileSync(
+    config,
+    [
+      `server_name: ${HS}`,
+      "federation: { port: 0, bind_address: 127.0.0.1, well_known: false }",
+      "database: { durability: os }",
+      `homeserver: { url: "${homeserverUrl}" }`,
+      "appservice:",
+      `  id: ${extra.id ?? "mimi"}`,
+      `  port: ${appservicePort}`,
+      `  sender_localpart: ${extra.sender ?? "_mimi_bot"}`,
+      `  user_prefix: ${extra.prefix ?? "_mimi_"}`,
+      `  alias_prefix: ${extra.prefix ?? "_mimi_"}`,
+      "mls: { hosted_clients: false }",
+      "logging: { level: debug }",
+    ].join("\n"),
+  );
+  return { dir, config, registration: join(dir, "registration.yaml"), appservicePort };
+}
+
+async function writeRegistration(i: Instance, url: string, file = i.registration): Promise<void> {
+  const run = runMain(["-c", i.config, "-r", "-u", url, "-f", file]);
+  expect(await run.exited).toBe(0);
+}
+
+describe("the appservice on a real Synapse", () => {
+  let synapse: SynapseHandle;
+  let good: Instance;
+  let unreachable: Instance;
+  let synapseDir: string;
+  const runs: Run[] = [];
+
+  beforeAll(async () => {
+    ensureSynapse();
+    synapseDir = tempDir("synapse-as");
+    // The homeserver's URL is known once it has a port: pick it first.
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    good = await instance("good", url);
+    await writeRegistration(good, `http://127.0.0.1:${good.appservicePort}`);
+    // A second appservice whose registration points where nothing listens.
+    unreachable = await instance("unreachable", url, {
+      id: "mimi-b",
+      sender: "_mimib_bot",
+      prefix: "_mimib_",
+    });
+    await writeRegistration(unreachable, "http://127.0.0.1:9");
+    synapse = await startSynapse({
+      serverName: HS,
+      dir: synapseDir,
+      port,
+      appserviceRegistrations: [good.registration, unreachable.registration],
+    });
+  }, 240_000);
+
+  afterEach(async () => {
+    for (const run of runs.splice(0)) {
+      if (run.child.exitCode === null) {
+        run.child.kill("SIGTERM");
+        await run.exited;
+      }
+    }
+  });
+
+  afterAll(async () => {
+    await synapse?.stop();
+    for (const dir of [good?.dir, unreachable?.dir, synapseDir]) if (dir !== undefined) removeDir(dir);
+  });
+
+  it("starts: the homeserver knows its token and reaches it; what the homeserver sends is stored", async () => {
+    const run = runMain(["-c", good.config]);
+    runs.push(run);
+    const line = await ready(run);
+    expect(line.appservice_port).toBe(good.appservicePort);
+    expect(run.stderr).toContain("homeserver reached");
+    expect(run.stderr).toContain(`@_mimi_bot:${HS}`);
+
+    // Alice invites the bot and a ghost: the homeserver sends both invites to the appservice.
+    const alice = await synapse.registerUser("alice");
+    const created = await fetch(`${synapse.url}/_matrix/client/v3/createRoom`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${alice.accessToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ invite: [`@_mimi_bot:${HS}`, `@_mimi_bob=40b.example:${HS}`] }),
+    });
+    expect(created.status).toBe(200);
+    const { room_id: roomId } = (await created.json()) as { room_id: string };
+    const invited = async () => {
+      // Read the inbox as the process left it: stop it first (LevelDB admits one process).
+      run.child.kill("SIGTERM");
+      await run.exited;
+      const store = await LevelStore.open(join(good.dir, "data/db"), { durability: "os" });
+      try {
+        const entries = await (await HomeserverInbox.open(store)).pending(1000);
+        return entries
+          .map((e) => e.event)
+          .filter((e) => e.type === "m.room.member" && e.room_id === roomId)
+          .map((e) => e.state_key);
+      } finally {
+        await store.close();
+      }
+    };
+    // Give the homeserver time to deliver (transactions arrive within tens of ms here).
+    const deadline = Date.now() + 15_000;
+    while (!run.stderr.includes("homeserver transaction") && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect((await invited()).sort()).toEqual([`@_mimi_bob=40b.example:${HS}`, `@_mimi_bot:${HS}`].sort());
+  }, 90_000);
+
+  it("refuses to start when the homeserver does not know its as_token, saying what to do", async () => {
+    const other = join(good.dir, "other-registration.yaml");
+    await writeRegistration(good, `http://127.0.0.1:${good.appservicePort}`, other);
+    const config = join(good.dir, "other-config.yaml");
+    writeFileSync(
+      config,
+      readFileSync(good.config, "utf8").replace("appservice:\n", `appservice:\n  registration: ${other}\n`),
+    );
+    const run = runMain(["-c", config]);
+    runs.push(run);
+    expect(await run.exited).toBe(3);
+    expect(run.stderr).toContain("does not know our as_token");
+    expect(run.stderr).toContain("app_service_config_files");
+  }, 60_000);
+
+  it("refuses to start when the homeserver cannot reach it, naming the URL", async () => {
+    const run = runMain(["-c", unreachable.config]);
+    runs.push(run);
+    expect(await run.exited).toBe(3);
+    expect(run.stderr).toContain("the homeserver cannot reach the appservice at http://127.0.0.1:9");
+  }, 60_000);
+
+  it("refuses to start when the homeserver is not there", async () => {
+    const down = await instance("down", `http://127.0.0.1:${await freePort()}`);
+    await writeRegistration(down, `http://127.0.0.1:${down.appservicePort}`);
+    const run = runMain(["-c", down.config]);
+    runs.push(run);
+    expect(await run.exited).toBe(3);
+    expect(run.stderr).toContain("cannot reach the homeserver at http://127.0.0.1:");
+    removeDir(down.dir);
+  }, 60_000);
+});
