@@ -1,13 +1,5 @@
 import { join } from "node:path";
-import {
-  createApplicationMessage,
-  decodeMlsMessage,
-  defaultCapabilities,
-  defaultLifetime,
-  encodeMlsMessage,
-  generateKeyPackage,
-  type Proposal,
-} from "ts-mls";
+import { createApplicationMessage, decodeMlsMessage, encodeMlsMessage } from "ts-mls";
 import type { FullyFormedEvent, JsonObject } from "../../src/events/types";
 import { HubExternalSender } from "../../src/mls/hubSender";
 import { decodeExactly } from "../../src/mls/observer/wire";
@@ -23,7 +15,15 @@ import { LevelStore } from "../../src/store/levelStore";
 import { RoomStore } from "../../src/store/roomStore";
 import { lookupOf, testKey } from "../support/keys";
 import { removeDir, tempDir } from "../support/services";
-import { ClientGroup, suite, text, type ClientKeys, type PublishedCommit } from "./observerClients";
+import {
+  ClientGroup,
+  addOf,
+  clientFor,
+  suite,
+  text,
+  type ClientKeys,
+  type PublishedCommit,
+} from "./observerClients";
 
 const hubKey = testKey("hub.example");
 const keys = lookupOf(hubKey);
@@ -34,22 +34,6 @@ const CAROL = "@carol:hub.example";
 
 const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64").replace(/=+$/, "");
 const bytesOf = (base64: string) => new Uint8Array(Buffer.from(base64, "base64"));
-
-async function clientOf(name: string, user: string): Promise<ClientKeys> {
-  const { publicPackage, privatePackage } = await generateKeyPackage(
-    { credentialType: "basic", identity: text(user) },
-    defaultCapabilities(),
-    defaultLifetime,
-    [],
-    await suite(),
-  );
-  return { name, publicPackage, privatePackage };
-}
-
-const add = (client: ClientKeys): Proposal => ({
-  proposalType: "add",
-  add: { keyPackage: client.publicPackage },
-});
 
 async function open(dir: string) {
   const level = await LevelStore.open(join(dir, "db"), { durability: "os" });
@@ -125,13 +109,13 @@ describe("the hub as the group's external sender: Remove proposals for departed 
     for (const user of [BOB, CAROL]) {
       await opened.service.sendAsHub(roomId, user, "m.room.user", { participation: "join" }, user);
     }
-    alice = await clientOf("alice", ALICE);
-    bob = await clientOf("bob", BOB);
-    carol = await clientOf("carol", CAROL);
+    alice = await clientFor("alice", ALICE);
+    bob = await clientFor("bob", BOB);
+    carol = await clientFor("carol", CAROL);
     group = await ClientGroup.create(alice, [opened.hubSender.extension()], text(roomId));
     await sendCommit(
       ALICE,
-      await group.commit("alice", [add(bob), add(carol)], [bob, carol], { ratchetTreeExtension: true }),
+      await group.commit("alice", [addOf(bob), addOf(carol)], [bob, carol], { ratchetTreeExtension: true }),
     );
   });
 
@@ -261,7 +245,7 @@ describe("the hub as the group's external sender: Remove proposals for departed 
     const DAVE = "@dave:hub.example";
     await opened.service.sendAsHub(roomId, DAVE, "m.room.user", { participation: "join" }, DAVE);
     await leave(CAROL);
-    const dave = await clientOf("dave", DAVE);
+    const dave = await clientFor("dave", DAVE);
     const join = await group.draftExternalJoin(dave, "alice");
     const refused = await refusal(sendCommit(DAVE, join));
     expect(refused.errcode).toBe("IO.MIMI_APPSERVICE.MLS_PROPOSALS_PENDING");
@@ -272,7 +256,7 @@ describe("the hub as the group's external sender: Remove proposals for departed 
     for (const user of [BOB, CAROL, ALICE]) await leave(user);
     expect(groupState().hubProposals.size).toBe(3);
     await opened.service.sendAsHub(roomId, DAVE, "m.room.user", { participation: "join" }, DAVE);
-    const dave = await clientOf("dave", DAVE);
+    const dave = await clientFor("dave", DAVE);
     const joined = await sendCommit(DAVE, await group.draftExternalJoin(dave, "alice"));
     expect(groupState().observer!.epoch).toBe(2n);
     // The proposals of epoch 1 ended with it; the hub made them again for epoch 2.

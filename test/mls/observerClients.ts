@@ -69,6 +69,24 @@ export async function newClient(name: string, lifetime: Lifetime = defaultLifeti
   return { name, publicPackage, privatePackage };
 }
 
+/** A client known in the group by `name`, whose credential presents the MIMI user ID `user`. */
+export async function clientFor(name: string, user: string): Promise<ClientKeys> {
+  const { publicPackage, privatePackage } = await generateKeyPackage(
+    { credentialType: "basic", identity: text(user) },
+    defaultCapabilities(),
+    defaultLifetime,
+    [],
+    await suite(),
+  );
+  return { name, publicPackage, privatePackage };
+}
+
+/** The Add proposal of `client`'s KeyPackage. */
+export const addOf = (client: ClientKeys): Proposal => ({
+  proposalType: "add",
+  add: { keyPackage: client.publicPackage },
+});
+
 export function encodeGroupInfoMessage(groupInfo: GroupInfo): Uint8Array {
   return encodeMlsMessage({ version: "mls10", wireformat: "mls_group_info", groupInfo });
 }

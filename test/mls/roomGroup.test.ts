@@ -1,12 +1,5 @@
 import { join } from "node:path";
-import {
-  createApplicationMessage,
-  defaultCapabilities,
-  defaultLifetime,
-  encodeMlsMessage,
-  generateKeyPackage,
-  type Proposal,
-} from "ts-mls";
+import { createApplicationMessage, encodeMlsMessage, type Proposal } from "ts-mls";
 import type { JsonObject } from "../../src/events/types";
 import { RoomGroupExtension, SUPPORTED_ALGORITHM, type RoomGroupState } from "../../src/mls/roomGroup";
 import { ExtensionRejection } from "../../src/room/extension";
@@ -15,7 +8,15 @@ import { LevelStore } from "../../src/store/levelStore";
 import { RoomStore } from "../../src/store/roomStore";
 import { lookupOf, testKey } from "../support/keys";
 import { removeDir, tempDir } from "../support/services";
-import { ClientGroup, suite, text, type ClientKeys, type PublishedCommit } from "./observerClients";
+import {
+  ClientGroup,
+  addOf,
+  clientFor,
+  suite,
+  text,
+  type ClientKeys,
+  type PublishedCommit,
+} from "./observerClients";
 
 const hubKey = testKey("hub.example");
 const keys = lookupOf(hubKey);
@@ -24,22 +25,6 @@ const BOB = "@bob:hub.example";
 const CAROL = "@carol:hub.example";
 
 const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64").replace(/=+$/, "");
-
-async function clientOf(name: string, user: string): Promise<ClientKeys> {
-  const { publicPackage, privatePackage } = await generateKeyPackage(
-    { credentialType: "basic", identity: text(user) },
-    defaultCapabilities(),
-    defaultLifetime,
-    [],
-    await suite(),
-  );
-  return { name, publicPackage, privatePackage };
-}
-
-const add = (client: ClientKeys): Proposal => ({
-  proposalType: "add",
-  add: { keyPackage: client.publicPackage },
-});
 
 async function open(dir: string) {
   const level = await LevelStore.open(join(dir, "db"), { durability: "os" });
@@ -90,8 +75,8 @@ describe("the room's MLS group at the hub (m.mls.commit and m.room.encrypted)", 
     roomId = await opened.service.createRoom(ALICE);
     await opened.service.sendAsHub(roomId, ALICE, "m.room.join_rules", { rule: "public" }, "");
     await opened.service.sendAsHub(roomId, BOB, "m.room.user", { participation: "join" }, BOB);
-    alice = await clientOf("alice", ALICE);
-    bob = await clientOf("bob", BOB);
+    alice = await clientFor("alice", ALICE);
+    bob = await clientFor("bob", BOB);
     group = await ClientGroup.create(alice, [], text(roomId));
   });
 
@@ -101,7 +86,7 @@ describe("the room's MLS group at the hub (m.mls.commit and m.room.encrypted)", 
   });
 
   const establish = async () => {
-    const first = await group.commit("alice", [add(bob)], [bob], { ratchetTreeExtension: true });
+    const first = await group.commit("alice", [addOf(bob)], [bob], { ratchetTreeExtension: true });
     return sendCommit(opened, roomId, ALICE, first);
   };
 
@@ -131,10 +116,10 @@ describe("the room's MLS group at the hub (m.mls.commit and m.room.encrypted)", 
 
   it("refuses an Add of a user who is not joined, and a commit signed by another user's client", async () => {
     await establish();
-    const carol = await clientOf("carol", CAROL);
+    const carol = await clientFor("carol", CAROL);
     const headBefore = groupState(opened, roomId).headCommit;
     const addCarol = await refusal(
-      sendCommit(opened, roomId, ALICE, await group.draftCommit("alice", [add(carol)])),
+      sendCommit(opened, roomId, ALICE, await group.draftCommit("alice", [addOf(carol)])),
     );
     expect(addCarol.errcode).toBe("IO.MIMI_APPSERVICE.MLS_FORBIDDEN");
     expect(addCarol.reason).toContain(CAROL);
@@ -148,10 +133,10 @@ describe("the room's MLS group at the hub (m.mls.commit and m.room.encrypted)", 
     // Alice holds the room's default power as its creator; she bans carol, who had joined.
     await opened.service.sendAsHub(roomId, CAROL, "m.room.user", { participation: "join" }, CAROL);
     await opened.service.sendAsHub(roomId, ALICE, "m.room.user", { participation: "ban" }, CAROL);
-    const carol = await clientOf("carol", CAROL);
+    const carol = await clientFor("carol", CAROL);
     const before = groupState(opened, roomId);
     const refused = await refusal(
-      sendCommit(opened, roomId, ALICE, await group.draftCommit("alice", [add(carol)])),
+      sendCommit(opened, roomId, ALICE, await group.draftCommit("alice", [addOf(carol)])),
     );
     expect(refused.errcode).toBe("IO.MIMI_APPSERVICE.MLS_FORBIDDEN");
     expect(refused.reason).toContain(`${CAROL} is not joined`);
@@ -179,12 +164,12 @@ describe("the room's MLS group at the hub (m.mls.commit and m.room.encrypted)", 
 
   it("refuses a first commit for another group ID, or whose members are not all joined", async () => {
     const other = await ClientGroup.create(alice, [], text("!other:hub.example"));
-    const otherFirst = await other.commit("alice", [add(bob)], [bob], { ratchetTreeExtension: true });
+    const otherFirst = await other.commit("alice", [addOf(bob)], [bob], { ratchetTreeExtension: true });
     expect((await refusal(sendCommit(opened, roomId, ALICE, otherFirst))).errcode).toBe(
       "IO.MIMI_APPSERVICE.MLS_WRONG_GROUP",
     );
-    const carol = await clientOf("carol", CAROL);
-    const withCarol = await group.commit("alice", [add(carol)], [carol], { ratchetTreeExtension: true });
+    const carol = await clientFor("carol", CAROL);
+    const withCarol = await group.commit("alice", [addOf(carol)], [carol], { ratchetTreeExtension: true });
     expect((await refusal(sendCommit(opened, roomId, ALICE, withCarol))).errcode).toBe(
       "IO.MIMI_APPSERVICE.MLS_FORBIDDEN",
     );
