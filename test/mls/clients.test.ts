@@ -114,6 +114,16 @@ describe("hosted clients on a real LevelDB", () => {
     return joinedGroup.group;
   }
 
+  /** Alice's group with Bob added from a claimed KeyPackage and joined by Welcome ("$c1"). */
+  async function aliceWithBob(): Promise<{ alice: HostedGroup; bob: HostedGroup }> {
+    joined.add(ALICE).add(BOB);
+    await pool.replenish(BOB);
+    const created = await createdGroup(ALICE);
+    const adding = await persist(createCommit(created, { add: [await claim(BOB)] }));
+    const alice = (await persist(commitAccepted(adding.group, "$c1"))).group;
+    return { alice, bob: await joinWith(BOB, adding.welcome!, "$c1") };
+  }
+
   beforeEach(async () => {
     dir = tempDir("mls-clients");
     store = await LevelStore.open(join(dir, "db"), { durability: "os" });
@@ -252,12 +262,7 @@ describe("hosted clients on a real LevelDB", () => {
   });
 
   test("two commits for one epoch: the loser's pending commit is dropped and it follows the winner", async () => {
-    joined.add(ALICE).add(BOB);
-    await pool.replenish(BOB);
-    let alice = await createdGroup(ALICE);
-    const adding = await persist(createCommit(alice, { add: [await claim(BOB)] }));
-    alice = (await persist(commitAccepted(adding.group, "$c1"))).group;
-    let bob = await joinWith(BOB, adding.welcome!, "$c1");
+    let { alice, bob } = await aliceWithBob();
 
     const fromAlice = await persist(createCommit(alice));
     const fromBob = await persist(createCommit(bob));
@@ -290,12 +295,7 @@ describe("hosted clients on a real LevelDB", () => {
   });
 
   test("the trees are stored apart from the secrets, written only by what changes them, and past trees come back", async () => {
-    joined.add(ALICE).add(BOB);
-    await pool.replenish(BOB);
-    let alice = await createdGroup(ALICE);
-    const adding = await persist(createCommit(alice, { add: [await claim(BOB)] }));
-    alice = (await persist(commitAccepted(adding.group, "$c1"))).group;
-    let bob = await joinWith(BOB, adding.welcome!, "$c1");
+    let { alice, bob } = await aliceWithBob();
     const treesKey = groupTreesKey(BOB, ROOM);
     // Four commits: Bob keeps the trees of the past epochs to read late messages of them.
     const late: Uint8Array[] = [];
@@ -333,12 +333,9 @@ describe("hosted clients on a real LevelDB", () => {
   });
 
   test("a state stored whole by an earlier release loads, and its trees are written with the next change", async () => {
-    joined.add(ALICE).add(BOB);
-    await pool.replenish(BOB);
-    let alice = await createdGroup(ALICE);
-    const adding = await persist(createCommit(alice, { add: [await claim(BOB)] }));
-    alice = (await persist(commitAccepted(adding.group, "$c1"))).group;
-    const bob = await joinWith(BOB, adding.welcome!, "$c1");
+    const started = await aliceWithBob();
+    let alice = started.alice;
+    const bob = started.bob;
     // The record as releases before the split wrote it: the whole state inline, no trees key.
     await store.commit([
       {
