@@ -90,6 +90,18 @@ async function writeRegistration(i: Instance, url: string, file = i.registration
   expect(await run.exited).toBe(0);
 }
 
+/** The inbox as the process left it: it is stopped first (LevelDB admits one process). */
+async function inboxOf(run: Run, dir: string): Promise<Record<string, unknown>[]> {
+  run.child.kill("SIGTERM");
+  await run.exited;
+  const store = await LevelStore.open(join(dir, "data/db"), { durability: "os" });
+  try {
+    return (await (await HomeserverInbox.open(store)).pending(1000)).map((e) => e.event);
+  } finally {
+    await store.close();
+  }
+}
+
 describe("the appservice on a real Synapse", () => {
   let synapse: SynapseHandle;
   let good: Instance;
@@ -152,19 +164,10 @@ describe("the appservice on a real Synapse", () => {
     expect(created.status).toBe(200);
     const { room_id: roomId } = (await created.json()) as { room_id: string };
     const invited = async () => {
-      // Read the inbox as the process left it: stop it first (LevelDB admits one process).
-      run.child.kill("SIGTERM");
-      await run.exited;
-      const store = await LevelStore.open(join(good.dir, "data/db"), { durability: "os" });
-      try {
-        const entries = await (await HomeserverInbox.open(store)).pending(1000);
-        return entries
-          .map((e) => e.event)
-          .filter((e) => e.type === "m.room.member" && e.room_id === roomId)
-          .map((e) => e.state_key);
-      } finally {
-        await store.close();
-      }
+      const entries = await inboxOf(run, good.dir);
+      return entries
+        .filter((e) => e.type === "m.room.member" && e.room_id === roomId)
+        .map((e) => e.state_key);
     };
     // Give the homeserver time to deliver (transactions arrive within tens of ms here).
     const deadline = Date.now() + 15_000;
@@ -173,6 +176,38 @@ describe("the appservice on a real Synapse", () => {
     }
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect((await invited()).sort()).toEqual([`@_mimi_bob=40b.example:${HS}`, `@_mimi_bot:${HS}`].sort());
+  }, 90_000);
+
+  it("after a restart, what the homeserver queued meanwhile arrives at once, not after its backoff", async () => {
+    const alice = await synapse.registerUser("carol");
+    const invite = async (ghost: string) => {
+      const created = await fetch(`${synapse.url}/_matrix/client/v3/createRoom`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${alice.accessToken}`, "content-type": "application/json" },
+        body: JSON.stringify({ invite: [ghost] }),
+      });
+      expect(created.status).toBe(200);
+    };
+    // Down: the homeserver's deliveries fail and it backs off (2 s, 4 s, 8 s, 16 s, ...).
+    await invite(`@_mimi_down1=40b.example:${HS}`);
+    await new Promise((resolve) => setTimeout(resolve, 16_000));
+    await invite(`@_mimi_down2=40b.example:${HS}`);
+    const run = runMain(["-c", good.config]);
+    runs.push(run);
+    await ready(run);
+    const readyAt = Date.now();
+    // Its start-up ping makes the homeserver retry now, not after the 16 s or more it waits.
+    while (!run.stderr.includes('"duplicate":false') && Date.now() - readyAt < 30_000) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    const delay = Date.now() - readyAt;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const members = (await inboxOf(run, good.dir))
+      .filter((e) => e.type === "m.room.member")
+      .map((e) => e.state_key);
+    expect(members).toContain(`@_mimi_down1=40b.example:${HS}`);
+    expect(members).toContain(`@_mimi_down2=40b.example:${HS}`);
+    expect(delay).toBeLessThan(5_000);
   }, 90_000);
 
   it("refuses to start when the homeserver does not know its as_token, saying what to do", async () => {
