@@ -6,7 +6,9 @@ import type { KvStore } from "../store/kv";
 import { createAppserviceHandler, listenAppservice } from "./appserviceListener";
 import { HomeserverClient, HomeserverError } from "./homeserverClient";
 import { HomeserverInbox } from "./homeserverInbox";
+import { MatrixBridge } from "./matrixBridge";
 import type { Registration } from "./registration";
+import type { RoomsApi } from "../provider/roomsApiTypes";
 
 /** A start-up check that failed; its message says what to fix. */
 export class AppserviceStartError extends Error {
@@ -21,6 +23,9 @@ export interface AppserviceDeps {
   registration: Registration;
   kv: KvStore;
   log: Logger;
+  rooms: RoomsApi;
+  /** Our MIMI server name, for the MIMI user IDs of the homeserver's users. */
+  mimiServerName: string;
 }
 
 /**
@@ -33,6 +38,7 @@ export class Appservice {
     readonly inbox: HomeserverInbox,
     private readonly server: Server,
     readonly botUserId: string,
+    readonly bridge: MatrixBridge,
   ) {}
 
   get port(): number {
@@ -86,7 +92,18 @@ export class Appservice {
         `cannot listen on ${matrix.appservice.bindAddress}:${matrix.appservice.port} (${(err as NodeJS.ErrnoException).code ?? String(err)}): check appservice.port`,
       );
     });
-    const appservice = new Appservice(client, inbox, server, botUserId);
+    const bridge = new MatrixBridge({
+      kv: deps.kv,
+      inbox,
+      client,
+      rooms: deps.rooms,
+      matrix,
+      mimiServerName: deps.mimiServerName,
+      botUserId,
+      log,
+    });
+    const appservice = new Appservice(client, inbox, server, botUserId, bridge);
+    bridge.start();
     if (!versions.some((v) => /^v1\.(\d+)$/.test(v) && Number(v.slice(3)) >= 7)) {
       log.warn(
         "the homeserver does not offer the appservice ping (spec v1.7): queued transactions wait for its retry",
@@ -117,6 +134,7 @@ export class Appservice {
   }
 
   async stop(): Promise<void> {
+    await this.bridge.stop();
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }

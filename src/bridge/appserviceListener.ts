@@ -67,7 +67,12 @@ export function createAppserviceHandler(options: AppserviceListenerOptions) {
           throw new RequestError(400, "M_BAD_JSON", "events: must be a list of event objects");
         }
         const fresh = await options.inbox.accept(txnId, events as Record<string, unknown>[]);
-        options.log.debug("homeserver transaction", { txnId, events: events.length, duplicate: !fresh });
+        options.log.debug("homeserver transaction", {
+          txnId,
+          events: events.length,
+          rooms: [...new Set(events.map((e) => (e as { room_id?: unknown }).room_id))],
+          duplicate: !fresh,
+        });
         sendJson(res, 200, {});
         return;
       }

@@ -58,6 +58,29 @@ export class HomeserverClient {
     return { durationMs: Number((body as { duration_ms?: unknown }).duration_ms ?? 0) };
   }
 
+  /** The bot joins a room (`POST /join/{roomIdOrAlias}`); joining twice is harmless. */
+  async joinRoom(roomId: string): Promise<void> {
+    await this.request("POST", `/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, {});
+  }
+
+  /**
+   * Sends an event as the bot, under a transaction ID derived from what caused it: the
+   * homeserver makes one event per (sender, txnId), so a retry after a crash posts nothing twice.
+   */
+  async sendEvent(
+    roomId: string,
+    type: string,
+    content: Record<string, unknown>,
+    txnId: string,
+  ): Promise<string> {
+    const body = await this.request(
+      "PUT",
+      `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(txnId)}`,
+      content,
+    );
+    return String((body as { event_id?: unknown }).event_id ?? "");
+  }
+
   private async request(
     method: string,
     path: string,

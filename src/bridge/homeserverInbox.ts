@@ -33,6 +33,7 @@ export const TRANSACTION_RETENTION_MS = 7 * 24 * 60 * 60 * 1000;
 export class HomeserverInbox {
   private nextSeq = 0;
   private serial: Promise<unknown> = Promise.resolve();
+  private readonly listeners = new Set<() => void>();
 
   private constructor(
     private readonly kv: KvStore,
@@ -70,10 +71,17 @@ export class HomeserverInbox {
       );
       await this.kv.commit(ops);
       this.nextSeq = first + events.length;
+      if (events.length > 0) this.listeners.forEach((listener) => listener());
       return true;
     });
     this.serial = run.catch(() => undefined);
     return run;
+  }
+
+  /** Calls `listener` after each transaction that stored events; returns the unsubscribe function. */
+  onEvents(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
   }
 
   /** The oldest events not yet completed, in arrival order. */

@@ -76,6 +76,8 @@ async function main(argv: string[]): Promise<void> {
         registration,
         kv: provider.kv,
         log: createLogger("appservice"),
+        rooms: provider.rooms,
+        mimiServerName: config.serverName,
       });
     } catch (err) {
       await provider.stop();

@@ -5,14 +5,23 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { HomeserverInbox } from "../../src/bridge/homeserverInbox";
-import { LevelStore } from "../../src/store/levelStore";
 import { freePort } from "../../src/util/freePort";
 import { removeDir, tempDir } from "../support/services";
 import { ensureSynapse, startSynapse, type SynapseHandle } from "../support/synapse";
 
 const ROOT = join(__dirname, "../..");
 const HS = "hs1.test";
+const ADMIN_TOKEN = "admin-token-for-the-appservice-test";
+
+async function until<T>(probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error("timed out");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
 
 interface Run {
   child: ChildProcess;
@@ -78,7 +87,7 @@ async function instance(
       `  sender_localpart: ${extra.sender ?? "_mimi_bot"}`,
       `  user_prefix: ${extra.prefix ?? "_mimi_"}`,
       `  alias_prefix: ${extra.prefix ?? "_mimi_"}`,
-      "mls: { hosted_clients: false }",
+      "admin_api: { port: 0, token: " + ADMIN_TOKEN + " }",
       "logging: { level: debug }",
     ].join("\n"),
   );
@@ -88,18 +97,6 @@ async function instance(
 async function writeRegistration(i: Instance, url: string, file = i.registration): Promise<void> {
   const run = runMain(["-c", i.config, "-r", "-u", url, "-f", file]);
   expect(await run.exited).toBe(0);
-}
-
-/** The inbox as the process left it: it is stopped first (LevelDB admits one process). */
-async function inboxOf(run: Run, dir: string): Promise<Record<string, unknown>[]> {
-  run.child.kill("SIGTERM");
-  await run.exited;
-  const store = await LevelStore.open(join(dir, "data/db"), { durability: "os" });
-  try {
-    return (await (await HomeserverInbox.open(store)).pending(1000)).map((e) => e.event);
-  } finally {
-    await store.close();
-  }
 }
 
 describe("the appservice on a real Synapse", () => {
@@ -146,68 +143,101 @@ describe("the appservice on a real Synapse", () => {
     for (const dir of [good?.dir, unreachable?.dir, synapseDir]) if (dir !== undefined) removeDir(dir);
   });
 
-  it("starts: the homeserver knows its token and reaches it; what the homeserver sends is stored", async () => {
+  it("starts; a room created with the bot invited becomes the portal of a new MIMI room, and messages go to it encrypted", async () => {
     const run = runMain(["-c", good.config]);
     runs.push(run);
     const line = await ready(run);
     expect(line.appservice_port).toBe(good.appservicePort);
     expect(run.stderr).toContain("homeserver reached");
     expect(run.stderr).toContain(`@_mimi_bot:${HS}`);
+    let adminPort = line.admin_port;
+    const admin = async (path: string) => {
+      const response = await fetch(`http://127.0.0.1:${String(adminPort)}/_mimi/admin/v1${path}`, {
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      });
+      expect(response.status).toBe(200);
+      return (await response.json()) as Record<string, unknown>;
+    };
 
-    // Alice invites the bot and a ghost: the homeserver sends both invites to the appservice.
+    // Alice creates a room with the bot invited, as a client does.
     const alice = await synapse.registerUser("alice");
-    const created = await fetch(`${synapse.url}/_matrix/client/v3/createRoom`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${alice.accessToken}`, "content-type": "application/json" },
-      body: JSON.stringify({ invite: [`@_mimi_bot:${HS}`, `@_mimi_bob=40b.example:${HS}`] }),
-    });
+    const asAlice = (method: string, path: string, body?: unknown) =>
+      fetch(`${synapse.url}/_matrix/client/v3${path}`, {
+        method,
+        headers: { authorization: `Bearer ${alice.accessToken}`, "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    const created = await asAlice("POST", "/createRoom", { name: "Plans", invite: [`@_mimi_bot:${HS}`] });
     expect(created.status).toBe(200);
     const { room_id: roomId } = (await created.json()) as { room_id: string };
-    const invited = async () => {
-      const entries = await inboxOf(run, good.dir);
-      return entries
-        .filter((e) => e.type === "m.room.member" && e.room_id === roomId)
-        .map((e) => e.state_key);
+
+    // The bot joins and says which MIMI room this is; the MIMI room has Alice as its creator.
+    const notice = await until(async () => {
+      const page = (await (
+        await asAlice("GET", `/rooms/${encodeURIComponent(roomId)}/messages?dir=b&limit=20`)
+      ).json()) as {
+        chunk: { sender: string; content: { msgtype?: string; body?: string } }[];
+      };
+      return page.chunk.find((e) => e.sender === `@_mimi_bot:${HS}` && e.content.msgtype === "m.notice");
+    });
+    const mimiRoomId = /MIMI room (![^ ]+:hs1\.test)/.exec(notice.content.body ?? "")?.[1];
+    expect(mimiRoomId).toBeDefined();
+    const room = await admin(`/rooms/${encodeURIComponent(mimiRoomId!)}`);
+    expect(room.role).toBe("hub");
+    expect(room.participation).toEqual({ [`@alice:${HS}`]: "join" });
+
+    // Alice's message reaches the MIMI room as an m.room.encrypted event of hers, no plaintext in it.
+    const sent = await asAlice("PUT", `/rooms/${encodeURIComponent(roomId)}/send/m.room.message/t1`, {
+      msgtype: "m.text",
+      body: "see you at noon",
+    });
+    expect(sent.status).toBe(200);
+    const encrypted = await until(async () => {
+      const history = (await admin(`/rooms/${encodeURIComponent(mimiRoomId!)}/history?limit=100`)) as {
+        events: { type: string; sender: string; content: unknown }[];
+      };
+      return history.events.find((e) => e.type === "m.room.encrypted" && e.sender === `@alice:${HS}`);
+    });
+    expect(JSON.stringify(encrypted)).not.toContain("see you at noon");
+    // Redelivering or restarting makes no second portal and no second message.
+    run.child.kill("SIGTERM");
+    await run.exited;
+    const again = runMain(["-c", good.config]);
+    runs.push(again);
+    adminPort = (await ready(again)).admin_port;
+    const history = (await admin(`/rooms/${encodeURIComponent(mimiRoomId!)}/history?limit=100`)) as {
+      events: { type: string }[];
     };
-    // Give the homeserver time to deliver (transactions arrive within tens of ms here).
-    const deadline = Date.now() + 15_000;
-    while (!run.stderr.includes("homeserver transaction") && Date.now() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    expect((await invited()).sort()).toEqual([`@_mimi_bob=40b.example:${HS}`, `@_mimi_bot:${HS}`].sort());
+    expect(history.events.filter((e) => e.type === "m.room.encrypted")).toHaveLength(1);
+    expect(((await admin("/rooms")) as { rooms: string[] }).rooms).toEqual([mimiRoomId]);
   }, 90_000);
 
   it("after a restart, what the homeserver queued meanwhile arrives at once, not after its backoff", async () => {
     const alice = await synapse.registerUser("carol");
-    const invite = async (ghost: string) => {
+    const invite = async (ghost: string): Promise<string> => {
       const created = await fetch(`${synapse.url}/_matrix/client/v3/createRoom`, {
         method: "POST",
         headers: { authorization: `Bearer ${alice.accessToken}`, "content-type": "application/json" },
         body: JSON.stringify({ invite: [ghost] }),
       });
       expect(created.status).toBe(200);
+      return ((await created.json()) as { room_id: string }).room_id;
     };
     // Down: the homeserver's deliveries fail and it backs off (2 s, 4 s, 8 s, 16 s, ...).
-    await invite(`@_mimi_down1=40b.example:${HS}`);
+    const first = await invite(`@_mimi_down1=40b.example:${HS}`);
     await new Promise((resolve) => setTimeout(resolve, 16_000));
-    await invite(`@_mimi_down2=40b.example:${HS}`);
+    const second = await invite(`@_mimi_down2=40b.example:${HS}`);
     const run = runMain(["-c", good.config]);
     runs.push(run);
     await ready(run);
     const readyAt = Date.now();
     // Its start-up ping makes the homeserver retry now, not after the 16 s or more it waits.
-    while (!run.stderr.includes('"duplicate":false') && Date.now() - readyAt < 30_000) {
+    const arrived = () => run.stderr.includes(first) && run.stderr.includes(second);
+    while (!arrived() && Date.now() - readyAt < 30_000) {
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
-    const delay = Date.now() - readyAt;
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    const members = (await inboxOf(run, good.dir))
-      .filter((e) => e.type === "m.room.member")
-      .map((e) => e.state_key);
-    expect(members).toContain(`@_mimi_down1=40b.example:${HS}`);
-    expect(members).toContain(`@_mimi_down2=40b.example:${HS}`);
-    expect(delay).toBeLessThan(5_000);
+    expect(arrived()).toBe(true);
+    expect(Date.now() - readyAt).toBeLessThan(5_000);
   }, 90_000);
 
   it("refuses to start when the homeserver does not know its as_token, saying what to do", async () => {

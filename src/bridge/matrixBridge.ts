@@ -1,0 +1,212 @@
+import { createHash } from "node:crypto";
+import type { MatrixConfig } from "../config/config";
+import type { JsonObject } from "../events/types";
+import { isValidUserId, makeUserId } from "../identifiers";
+import type { Logger } from "../logging";
+import type { RoomsApi } from "../provider/roomsApiTypes";
+import type { BatchOp, KvStore } from "../store/kv";
+import type { HomeserverClient } from "./homeserverClient";
+import type { HomeserverInbox, InboxEntry } from "./homeserverInbox";
+
+/**
+ * Portal records (`␀` is U+0000). Matrix room IDs are opaque (room version 12 has no server
+ * part): they are keys here, never parsed.
+ *
+ * | Key                        | Value                                   |
+ * | -------------------------- | --------------------------------------- |
+ * | `bp␀<Matrix room ID>`      | `{mimiRoomId}`: the MIMI room it portals |
+ * | `bm␀<MIMI room ID>`        | the Matrix room ID of its portal        |
+ */
+const SEP = "\u0000";
+const portalKey = (matrixRoomId: string) => `bp${SEP}${matrixRoomId}`;
+const mimiKey = (mimiRoomId: string) => `bm${SEP}${mimiRoomId}`;
+
+/** Message types of m.room.message that map to MIMI as they are (the body and its formatting). */
+const TEXT_MSGTYPES = new Set(["m.text", "m.notice", "m.emote"]);
+
+export interface MatrixBridgeDeps {
+  kv: KvStore;
+  inbox: HomeserverInbox;
+  client: HomeserverClient;
+  rooms: RoomsApi;
+  matrix: MatrixConfig;
+  /** Our MIMI server name: a local Matrix user `@l:<domain>` is `@l:<mimiServerName>` in MIMI. */
+  mimiServerName: string;
+  botUserId: string;
+  log: Logger;
+}
+
+/** A stable transaction ID for what `eventId` causes (`purpose` tells several effects apart). */
+export const derivedTxnId = (purpose: string, eventId: string) =>
+  `mx-${purpose}-${createHash("sha256").update(eventId).digest("base64url").slice(0, 32)}`;
+
+/**
+ * Consumes the homeserver's events in the order they arrived, one batch per event: the bridge's
+ * records and the event's removal from the inbox land together, and what it asks of the rooms
+ * API and the homeserver carries transaction IDs derived from the event, so replaying an event
+ * after a crash makes nothing twice.
+ *
+ * Built so far: a local user creating a room with the bot invited creates a MIMI room with them
+ * as creator, and the room becomes its portal; their text messages in a portal go to the MIMI
+ * room, end-to-end encrypted. Anything else is acknowledged and not mapped yet.
+ */
+export class MatrixBridge {
+  private stopped = false;
+  private wake: (() => void) | undefined;
+  private running: Promise<void> | undefined;
+  private unsubscribe: (() => void) | undefined;
+
+  constructor(private readonly deps: MatrixBridgeDeps) {}
+
+  start(): void {
+    this.unsubscribe = this.deps.inbox.onEvents(() => this.wake?.());
+    this.running = this.loop();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.unsubscribe?.();
+    this.wake?.();
+    await this.running;
+  }
+
+  /** The MIMI room a Matrix room portals, if it is a portal. */
+  async portalOf(matrixRoomId: string): Promise<string | undefined> {
+    const record = await this.deps.kv.get(portalKey(matrixRoomId));
+    return record === undefined ? undefined : (JSON.parse(record) as { mimiRoomId: string }).mimiRoomId;
+  }
+
+  private async loop(): Promise<void> {
+    while (!this.stopped) {
+      const entries = await this.deps.inbox.pending(100);
+      if (entries.length === 0) {
+        await new Promise<void>((resolve) => {
+          this.wake = resolve;
+          // An event that landed between the read and now would otherwise wait for the next one.
+          void this.deps.inbox.pending(1).then((more) => more.length > 0 && resolve());
+        });
+        this.wake = undefined;
+        continue;
+      }
+      for (const entry of entries) {
+        if (this.stopped) return;
+        await this.consume(entry);
+      }
+    }
+  }
+
+  private async consume(entry: InboxEntry): Promise<void> {
+    let ops: BatchOp[] = [];
+    try {
+      ops = await this.handle(entry.event);
+    } catch (err) {
+      this.deps.log.warn("a homeserver event could not be mapped", {
+        eventId: entry.event.event_id,
+        type: entry.event.type,
+        error: err,
+      });
+    }
+    await this.deps.kv.commit([...ops, ...this.deps.inbox.completeOps([entry])]);
+  }
+
+  private async handle(event: Record<string, unknown>): Promise<BatchOp[]> {
+    const roomId = event.room_id;
+    const sender = event.sender;
+    const eventId = event.event_id;
+    if (typeof roomId !== "string" || typeof sender !== "string" || typeof eventId !== "string") return [];
+    const content = (event.content ?? {}) as Record<string, unknown>;
+    if (
+      event.type === "m.room.member" &&
+      event.state_key === this.deps.botUserId &&
+      content.membership === "invite"
+    ) {
+      return this.invitedBot(roomId, sender, eventId);
+    }
+    if (event.type === "m.room.message" && sender !== this.deps.botUserId) {
+      await this.message(roomId, sender, eventId, content);
+    }
+    return [];
+  }
+
+  /** A local user invited the bot: the room becomes the portal of a new MIMI room they created. */
+  private async invitedBot(roomId: string, sender: string, eventId: string): Promise<BatchOp[]> {
+    if ((await this.portalOf(roomId)) !== undefined) return [];
+    const creator = this.mimiUserOf(sender);
+    if (creator === undefined) {
+      this.deps.log.info("the bot was invited by a user of another homeserver; not joining", {
+        roomId,
+        sender,
+      });
+      return [];
+    }
+    await this.deps.client.joinRoom(roomId);
+    const { roomId: mimiRoomId } = await this.deps.rooms.createRoom({
+      creator,
+      txnId: derivedTxnId("create", eventId),
+    });
+    await this.notice(
+      roomId,
+      `This room is now the MIMI room ${mimiRoomId}, hosted by ${this.deps.mimiServerName}. ` +
+        "Messages sent here are end-to-end encrypted (MLS) between MIMI providers.",
+      derivedTxnId("created", eventId),
+    );
+    this.deps.log.info("portal created", { matrixRoomId: roomId, mimiRoomId, creator });
+    return [
+      { type: "put", key: portalKey(roomId), value: JSON.stringify({ mimiRoomId }) },
+      { type: "put", key: mimiKey(mimiRoomId), value: roomId },
+    ];
+  }
+
+  private async message(roomId: string, sender: string, eventId: string, content: Record<string, unknown>) {
+    const mimiRoomId = await this.portalOf(roomId);
+    if (mimiRoomId === undefined) return;
+    const user = this.mimiUserOf(sender);
+    if (user === undefined) return;
+    if (typeof content.msgtype !== "string" || !TEXT_MSGTYPES.has(content.msgtype)) {
+      await this.notice(
+        roomId,
+        `Not sent to the MIMI room: messages of type ${JSON.stringify(content.msgtype)} are not bridged yet.`,
+        derivedTxnId("refused", eventId),
+      );
+      return;
+    }
+    const mapped: JsonObject = { msgtype: content.msgtype, body: String(content.body ?? "") };
+    if (content.format === "org.matrix.custom.html" && typeof content.formatted_body === "string") {
+      mapped.format = content.format;
+      mapped.formatted_body = content.formatted_body;
+    }
+    try {
+      await this.deps.rooms.sendMessage({
+        roomId: mimiRoomId,
+        sender: user,
+        type: "m.room.message",
+        content: mapped,
+        txnId: derivedTxnId("message", eventId),
+      });
+    } catch (err) {
+      await this.notice(
+        roomId,
+        `Not sent to the MIMI room: ${(err as Error).message}`,
+        derivedTxnId("refused", eventId),
+      );
+    }
+  }
+
+  private async notice(roomId: string, body: string, txnId: string): Promise<void> {
+    await this.deps.client.sendEvent(roomId, "m.room.message", { msgtype: "m.notice", body }, txnId);
+  }
+
+  /** `@l:<homeserver domain>` is `@l:<our MIMI server name>`; users of other homeservers have none. */
+  private mimiUserOf(matrixUserId: string): string | undefined {
+    const suffix = `:${this.deps.matrix.domain}`;
+    if (!matrixUserId.startsWith("@") || !matrixUserId.endsWith(suffix)) return undefined;
+    const localpart = matrixUserId.slice(1, -suffix.length);
+    if (localpart.startsWith(this.deps.matrix.appservice.userPrefix)) return undefined;
+    try {
+      const userId = makeUserId(localpart, this.deps.mimiServerName);
+      return isValidUserId(userId) ? userId : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+}
