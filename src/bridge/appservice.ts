@@ -103,7 +103,7 @@ export class Appservice {
       log,
     });
     const appservice = new Appservice(client, inbox, server, botUserId, bridge);
-    bridge.start();
+    await bridge.start();
     if (!versions.some((v) => /^v1\.(\d+)$/.test(v) && Number(v.slice(3)) >= 7)) {
       log.warn(
         "the homeserver does not offer the appservice ping (spec v1.7): queued transactions wait for its retry",

@@ -13,6 +13,10 @@ export class HomeserverError extends Error {
   }
 }
 
+/** Application service API §Identity assertion: act as a user of our namespace. */
+const withUser = (path: string, userId: string | undefined) =>
+  userId === undefined ? path : `${path}?user_id=${encodeURIComponent(userId)}`;
+
 export interface HomeserverClientOptions {
   /** The client-server API base URL, without a trailing slash. */
   url: string;
@@ -58,9 +62,38 @@ export class HomeserverClient {
     return { durationMs: Number((body as { duration_ms?: unknown }).duration_ms ?? 0) };
   }
 
-  /** The bot joins a room (`POST /join/{roomIdOrAlias}`); joining twice is harmless. */
-  async joinRoom(roomId: string): Promise<void> {
-    await this.request("POST", `/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, {});
+  /** The bot, or `asUser` (a user of our namespace), joins a room; joining twice is harmless. */
+  async joinRoom(roomId: string, asUser?: string): Promise<void> {
+    await this.request("POST", withUser(`/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, asUser), {});
+  }
+
+  /** The bot invites `userId` into a room. */
+  async invite(roomId: string, userId: string): Promise<void> {
+    await this.request("POST", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/invite`, {
+      user_id: userId,
+    });
+  }
+
+  /** Registers a user of our exclusive namespace (a ghost); one that exists already is fine. */
+  async registerGhost(localpart: string): Promise<void> {
+    try {
+      await this.request("POST", "/_matrix/client/v3/register", {
+        type: "m.login.application_service",
+        username: localpart,
+        inhibit_login: true,
+      });
+    } catch (err) {
+      if (err instanceof HomeserverError && err.errcode === "M_USER_IN_USE") return;
+      throw err;
+    }
+  }
+
+  async setDisplayName(userId: string, displayName: string): Promise<void> {
+    await this.request(
+      "PUT",
+      withUser(`/_matrix/client/v3/profile/${encodeURIComponent(userId)}/displayname`, userId),
+      { displayname: displayName },
+    );
   }
 
   /**
@@ -72,10 +105,14 @@ export class HomeserverClient {
     type: string,
     content: Record<string, unknown>,
     txnId: string,
+    asUser?: string,
   ): Promise<string> {
     const body = await this.request(
       "PUT",
-      `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(txnId)}`,
+      withUser(
+        `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(txnId)}`,
+        asUser,
+      ),
       content,
     );
     return String((body as { event_id?: unknown }).event_id ?? "");

@@ -3,8 +3,9 @@ import type { MatrixConfig } from "../config/config";
 import type { JsonObject } from "../events/types";
 import { isValidUserId, makeUserId } from "../identifiers";
 import type { Logger } from "../logging";
-import type { RoomsApi } from "../provider/roomsApiTypes";
-import type { BatchOp, KvStore } from "../store/kv";
+import type { ReceivedMessage, RoomsApi } from "../provider/roomsApiTypes";
+import { prefixEnd, type BatchOp, type KvStore } from "../store/kv";
+import { ghostUserId, mimiUserOfGhost } from "./ghosts";
 import type { HomeserverClient } from "./homeserverClient";
 import type { HomeserverInbox, InboxEntry } from "./homeserverInbox";
 
@@ -14,12 +15,22 @@ import type { HomeserverInbox, InboxEntry } from "./homeserverInbox";
  *
  * | Key                        | Value                                   |
  * | -------------------------- | --------------------------------------- |
- * | `bp␀<Matrix room ID>`      | `{mimiRoomId}`: the MIMI room it portals |
+ * | `bp␀<Matrix room ID>`      | `{mimiRoomId, reader}`: the MIMI room it portals, and the local user whose client reads it for the portal |
  * | `bm␀<MIMI room ID>`        | the Matrix room ID of its portal        |
+ * | `bc␀<MIMI room ID>`        | the next position of the MIMI room to show in its portal |
  */
 const SEP = "\u0000";
 const portalKey = (matrixRoomId: string) => `bp${SEP}${matrixRoomId}`;
-const mimiKey = (mimiRoomId: string) => `bm${SEP}${mimiRoomId}`;
+const mimiPrefix = `bm${SEP}`;
+const mimiKey = (mimiRoomId: string) => `${mimiPrefix}${mimiRoomId}`;
+const cursorKey = (mimiRoomId: string) => `bc${SEP}${mimiRoomId}`;
+/** How long one read of a portal's MIMI room waits for a message (bounds how long stopping takes). */
+const FOLLOW_WAIT_MS = 2_000;
+
+interface PortalRecord {
+  mimiRoomId: string;
+  reader: string;
+}
 
 /** Message types of m.room.message that map to MIMI as they are (the body and its formatting). */
 const TEXT_MSGTYPES = new Set(["m.text", "m.notice", "m.emote"]);
@@ -48,19 +59,29 @@ export const derivedTxnId = (purpose: string, eventId: string) =>
  *
  * Built so far: a local user creating a room with the bot invited creates a MIMI room with them
  * as creator, and the room becomes its portal; their text messages in a portal go to the MIMI
- * room, end-to-end encrypted. Anything else is acknowledged and not mapped yet.
+ * room, end-to-end encrypted; inviting a ghost invites the MIMI user it stands for; remote users'
+ * messages appear in the portal from their ghosts. Anything else is acknowledged and not mapped yet.
  */
 export class MatrixBridge {
   private stopped = false;
   private wake: (() => void) | undefined;
   private running: Promise<void> | undefined;
   private unsubscribe: (() => void) | undefined;
+  private readonly followers = new Map<string, Promise<void>>();
+  private readonly ghostsIn = new Set<string>();
 
   constructor(private readonly deps: MatrixBridgeDeps) {}
 
-  start(): void {
+  async start(): Promise<void> {
     this.unsubscribe = this.deps.inbox.onEvents(() => this.wake?.());
     this.running = this.loop();
+    for await (const [key, matrixRoomId] of this.deps.kv.range({
+      gte: mimiPrefix,
+      lt: prefixEnd(mimiPrefix),
+    })) {
+      const record = await this.portal(matrixRoomId);
+      if (record !== undefined) this.follow(key.slice(mimiPrefix.length), matrixRoomId, record.reader);
+    }
   }
 
   async stop(): Promise<void> {
@@ -68,12 +89,17 @@ export class MatrixBridge {
     this.unsubscribe?.();
     this.wake?.();
     await this.running;
+    await Promise.all(this.followers.values());
   }
 
   /** The MIMI room a Matrix room portals, if it is a portal. */
   async portalOf(matrixRoomId: string): Promise<string | undefined> {
+    return (await this.portal(matrixRoomId))?.mimiRoomId;
+  }
+
+  private async portal(matrixRoomId: string): Promise<PortalRecord | undefined> {
     const record = await this.deps.kv.get(portalKey(matrixRoomId));
-    return record === undefined ? undefined : (JSON.parse(record) as { mimiRoomId: string }).mimiRoomId;
+    return record === undefined ? undefined : (JSON.parse(record) as PortalRecord);
   }
 
   private async loop(): Promise<void> {
@@ -122,6 +148,19 @@ export class MatrixBridge {
     ) {
       return this.invitedBot(roomId, sender, eventId);
     }
+    if (
+      event.type === "m.room.member" &&
+      content.membership === "invite" &&
+      typeof event.state_key === "string"
+    ) {
+      const target = mimiUserOfGhost(
+        event.state_key,
+        this.deps.matrix.appservice.userPrefix,
+        this.deps.matrix.domain,
+      );
+      if (target !== undefined) await this.invitedGhost(roomId, sender, eventId, target);
+      return [];
+    }
     if (event.type === "m.room.message" && sender !== this.deps.botUserId) {
       await this.message(roomId, sender, eventId, content);
     }
@@ -151,10 +190,134 @@ export class MatrixBridge {
       derivedTxnId("created", eventId),
     );
     this.deps.log.info("portal created", { matrixRoomId: roomId, mimiRoomId, creator });
+    const record: PortalRecord = { mimiRoomId, reader: creator };
+    // The follower starts once the portal is stored (it reads the record's cursor).
+    queueMicrotask(() => this.follow(mimiRoomId, roomId, creator));
     return [
-      { type: "put", key: portalKey(roomId), value: JSON.stringify({ mimiRoomId }) },
+      { type: "put", key: portalKey(roomId), value: JSON.stringify(record) },
       { type: "put", key: mimiKey(mimiRoomId), value: roomId },
     ];
+  }
+
+  /** A local user invited a ghost into a portal: the MIMI user it stands for is invited to the MIMI room. */
+  private async invitedGhost(roomId: string, sender: string, eventId: string, target: string): Promise<void> {
+    const mimiRoomId = await this.portalOf(roomId);
+    const inviter = this.mimiUserOf(sender);
+    if (mimiRoomId === undefined || inviter === undefined) return;
+    try {
+      await this.deps.rooms.invite({
+        roomId: mimiRoomId,
+        sender: inviter,
+        target,
+        txnId: derivedTxnId("invite", eventId),
+      });
+    } catch (err) {
+      await this.notice(
+        roomId,
+        `${target} was not invited to the MIMI room: ${(err as Error).message}`,
+        derivedTxnId("refused", eventId),
+      );
+    }
+  }
+
+  /** Shows the MIMI room's messages in its portal: remote users' as their ghosts, in order, once each. */
+  private follow(mimiRoomId: string, matrixRoomId: string, reader: string): void {
+    if (this.followers.has(mimiRoomId) || this.stopped) return;
+    const run = (async () => {
+      let from = Number((await this.deps.kv.get(cursorKey(mimiRoomId))) ?? "1");
+      while (!this.stopped) {
+        let page;
+        try {
+          page = await this.deps.rooms.messages(mimiRoomId, reader, {
+            fromSeq: from,
+            limit: 50,
+            waitMs: FOLLOW_WAIT_MS,
+          });
+        } catch (err) {
+          this.deps.log.warn("cannot read a portal's MIMI room", { mimiRoomId, error: err });
+          await new Promise((resolve) => setTimeout(resolve, FOLLOW_WAIT_MS));
+          continue;
+        }
+        for (const message of page) {
+          try {
+            await this.show(matrixRoomId, message);
+          } catch (err) {
+            // Not shown now: the cursor stays, and the next read tries again.
+            this.deps.log.warn("cannot show a MIMI message in its portal", {
+              mimiRoomId,
+              eventId: message.eventId,
+              error: err,
+            });
+            await new Promise((resolve) => setTimeout(resolve, FOLLOW_WAIT_MS));
+            break;
+          }
+          from = message.seq + 1;
+          await this.deps.kv.commit([{ type: "put", key: cursorKey(mimiRoomId), value: String(from) }]);
+        }
+      }
+    })();
+    this.followers.set(
+      mimiRoomId,
+      run.catch((err: unknown) => this.deps.log.error("portal follower stopped", { mimiRoomId, error: err })),
+    );
+  }
+
+  private async show(matrixRoomId: string, message: ReceivedMessage): Promise<void> {
+    if (message.sender.endsWith(`:${this.deps.mimiServerName}`)) return;
+    if (message.status !== "decrypted") {
+      if (message.status === "sent") return;
+      await this.notice(
+        matrixRoomId,
+        `A message from ${message.sender} could not be read (${message.status}${message.reason === undefined ? "" : `: ${message.reason}`}).`,
+        derivedTxnId("unreadable", message.eventId),
+      );
+      return;
+    }
+    const content = message.content ?? {};
+    const ghost = await this.ghostIn(matrixRoomId, message.sender);
+    if (
+      message.type === "m.room.message" &&
+      typeof content.msgtype === "string" &&
+      TEXT_MSGTYPES.has(content.msgtype)
+    ) {
+      const shown: Record<string, unknown> = { msgtype: content.msgtype, body: String(content.body ?? "") };
+      if (content.format === "org.matrix.custom.html" && typeof content.formatted_body === "string") {
+        shown.format = content.format;
+        shown.formatted_body = content.formatted_body;
+      }
+      await this.deps.client.sendEvent(
+        matrixRoomId,
+        "m.room.message",
+        shown,
+        derivedTxnId("show", message.eventId),
+        ghost,
+      );
+      return;
+    }
+    await this.notice(
+      matrixRoomId,
+      `${message.sender} sent a message of type ${message.type ?? "?"} that cannot be shown here yet.`,
+      derivedTxnId("unshown", message.eventId),
+    );
+  }
+
+  /** The ghost of a remote MIMI user, registered and joined to the portal. */
+  private async ghostIn(matrixRoomId: string, mimiUserId: string): Promise<string> {
+    const { userPrefix } = this.deps.matrix.appservice;
+    const ghost = ghostUserId(mimiUserId, userPrefix, this.deps.matrix.domain);
+    const key = `${ghost}${SEP}${matrixRoomId}`;
+    if (this.ghostsIn.has(key)) return ghost;
+    await this.deps.client.registerGhost(ghost.slice(1, ghost.indexOf(":")));
+    await this.deps.client.setDisplayName(ghost, mimiUserId);
+    try {
+      await this.deps.client.joinRoom(matrixRoomId, ghost);
+    } catch {
+      // Not invited yet: the bot invites it, then it joins.
+      await this.deps.client.invite(matrixRoomId, ghost);
+      await this.deps.client.joinRoom(matrixRoomId, ghost);
+    }
+    this.ghostsIn.add(key);
+    return ghost;
   }
 
   private async message(roomId: string, sender: string, eventId: string, content: Record<string, unknown>) {

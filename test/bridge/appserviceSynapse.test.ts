@@ -63,22 +63,59 @@ interface Instance {
   config: string;
   registration: string;
   appservicePort: number;
+  federationPort: number;
+}
+
+/** A provider without a homeserver, driven through its admin API, as another MIMI provider. */
+function plainProvider(name: string, federationPort: number, routes: Record<string, number>): Instance {
+  const dir = tempDir(`plain-${name}`);
+  mkdirSync(join(dir, "data"), { recursive: true });
+  const config = join(dir, "config.yaml");
+  writeFileSync(
+    config,
+    [
+      `server_name: ${name}`,
+      `federation: { port: ${federationPort}, bind_address: 127.0.0.1, well_known: false, static_routes: { ${Object.entries(
+        routes,
+      )
+        .map(([server, port]) => `${server}: "http://127.0.0.1:${port}"`)
+        .join(", ")} } }`,
+      "database: { durability: os }",
+      "admin_api: { port: 0, token: " + ADMIN_TOKEN + " }",
+      "logging: { level: warn }",
+    ].join("\n"),
+  );
+  return { dir, config, registration: "", appservicePort: 0, federationPort };
+}
+
+async function adminCall(port: unknown, method: string, path: string, body?: unknown) {
+  const response = await fetch(`http://127.0.0.1:${String(port)}/_mimi/admin/v1${path}`, {
+    method,
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  expect(response.status).toBe(200);
+  return (await response.json()) as Record<string, unknown>;
 }
 
 async function instance(
   name: string,
   homeserverUrl: string,
-  extra: { id?: string; sender?: string; prefix?: string } = {},
+  extra: { id?: string; sender?: string; prefix?: string; routes?: Record<string, number> } = {},
 ): Promise<Instance> {
   const dir = tempDir(`as-${name}`);
   mkdirSync(join(dir, "data"), { recursive: true });
   const appservicePort = await freePort();
+  const federationPort = await freePort();
+  const routes = Object.entries(extra.routes ?? {})
+    .map(([server, port]) => `${server}: "http://127.0.0.1:${port}"`)
+    .join(", ");
   const config = join(dir, "config.yaml");
   writeFileSync(
     config,
     [
       `server_name: ${HS}`,
-      "federation: { port: 0, bind_address: 127.0.0.1, well_known: false }",
+      `federation: { port: ${federationPort}, bind_address: 127.0.0.1, well_known: false, static_routes: { ${routes} } }`,
       "database: { durability: os }",
       `homeserver: { url: "${homeserverUrl}" }`,
       "appservice:",
@@ -91,7 +128,7 @@ async function instance(
       "logging: { level: debug }",
     ].join("\n"),
   );
-  return { dir, config, registration: join(dir, "registration.yaml"), appservicePort };
+  return { dir, config, registration: join(dir, "registration.yaml"), appservicePort, federationPort };
 }
 
 async function writeRegistration(i: Instance, url: string, file = i.registration): Promise<void> {
@@ -103,6 +140,7 @@ describe("the appservice on a real Synapse", () => {
   let synapse: SynapseHandle;
   let good: Instance;
   let unreachable: Instance;
+  let remote: Instance;
   let synapseDir: string;
   const runs: Run[] = [];
 
@@ -112,7 +150,9 @@ describe("the appservice on a real Synapse", () => {
     // The homeserver's URL is known once it has a port: pick it first.
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
-    good = await instance("good", url);
+    const remotePort = await freePort();
+    good = await instance("good", url, { routes: { "b.example": remotePort } });
+    remote = plainProvider("b.example", remotePort, { [HS]: good.federationPort });
     await writeRegistration(good, `http://127.0.0.1:${good.appservicePort}`);
     // A second appservice whose registration points where nothing listens.
     unreachable = await instance("unreachable", url, {
@@ -140,7 +180,8 @@ describe("the appservice on a real Synapse", () => {
 
   afterAll(async () => {
     await synapse?.stop();
-    for (const dir of [good?.dir, unreachable?.dir, synapseDir]) if (dir !== undefined) removeDir(dir);
+    for (const dir of [good?.dir, unreachable?.dir, remote?.dir, synapseDir])
+      if (dir !== undefined) removeDir(dir);
   });
 
   it("starts; a room created with the bot invited becomes the portal of a new MIMI room, and messages go to it encrypted", async () => {
@@ -211,6 +252,88 @@ describe("the appservice on a real Synapse", () => {
     expect(history.events.filter((e) => e.type === "m.room.encrypted")).toHaveLength(1);
     expect(((await admin("/rooms")) as { rooms: string[] }).rooms).toEqual([mimiRoomId]);
   }, 90_000);
+
+  it("a Matrix user and a user of another MIMI provider chat: invite by ghost, messages both ways", async () => {
+    const run = runMain(["-c", good.config]);
+    runs.push(run);
+    const line = await ready(run);
+    const other = runMain(["-c", remote.config]);
+    runs.push(other);
+    const otherLine = await ready(other);
+    const dave = await synapse.registerUser("dave");
+    const asDave = (method: string, path: string, body?: unknown) =>
+      fetch(`${synapse.url}/_matrix/client/v3${path}`, {
+        method,
+        headers: { authorization: `Bearer ${dave.accessToken}`, "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    const created = await asDave("POST", "/createRoom", { invite: [`@_mimi_bot:${HS}`] });
+    const { room_id: roomId } = (await created.json()) as { room_id: string };
+    const timeline = async () =>
+      (
+        (await (
+          await asDave("GET", `/rooms/${encodeURIComponent(roomId)}/messages?dir=b&limit=50`)
+        ).json()) as {
+          chunk: { sender: string; type: string; content: { msgtype?: string; body?: string } }[];
+        }
+      ).chunk;
+    const notice = await until(async () =>
+      (await timeline()).find((e) => e.sender === `@_mimi_bot:${HS}` && e.content.msgtype === "m.notice"),
+    );
+    const mimiRoomId = /MIMI room (![^ ]+:hs1\.test)/.exec(notice.content.body ?? "")![1]!;
+
+    // Dave invites Erin of b.example by inviting her ghost; b.example sees the invite, she joins there.
+    const erinGhost = `@_mimi_erin=3ab.example:${HS}`;
+    expect(
+      (await asDave("POST", `/rooms/${encodeURIComponent(roomId)}/invite`, { user_id: erinGhost })).status,
+    ).toBe(200);
+    await until(async () => {
+      const invites = (await adminCall(otherLine.admin_port, "GET", "/users/@erin:b.example/invites")) as {
+        invites: { room_id: string }[];
+      };
+      return invites.invites.find((i) => i.room_id === mimiRoomId);
+    });
+    await adminCall(otherLine.admin_port, "PUT", `/rooms/${encodeURIComponent(mimiRoomId)}/join/j1`, {
+      user: "@erin:b.example",
+    });
+
+    // Erin writes from b.example: Dave reads it in his room, from her ghost.
+    await until(async () => {
+      const response = await fetch(
+        `http://127.0.0.1:${String(otherLine.admin_port)}/_mimi/admin/v1/rooms/${encodeURIComponent(mimiRoomId)}/messages/m1`,
+        {
+          method: "PUT",
+          headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+          body: JSON.stringify({
+            sender: "@erin:b.example",
+            type: "m.room.message",
+            content: { msgtype: "m.text", body: "hi Dave" },
+          }),
+        },
+      );
+      return response.status === 200 ? true : undefined;
+    }, 30_000);
+    const shown = await until(
+      async () => (await timeline()).find((e) => e.sender === erinGhost && e.content.body === "hi Dave"),
+      30_000,
+    );
+    expect(shown.type).toBe("m.room.message");
+
+    // Dave answers in Matrix: Erin's client on b.example decrypts it.
+    await asDave("PUT", `/rooms/${encodeURIComponent(roomId)}/send/m.room.message/a1`, {
+      msgtype: "m.text",
+      body: "hi Erin",
+    });
+    await until(async () => {
+      const page = (await adminCall(
+        otherLine.admin_port,
+        "GET",
+        `/rooms/${encodeURIComponent(mimiRoomId)}/messages?user=${encodeURIComponent("@erin:b.example")}&wait_ms=1000`,
+      )) as { messages: { sender: string; content?: { body?: string } }[] };
+      return page.messages.find((m) => m.sender === `@dave:${HS}` && m.content?.body === "hi Erin");
+    }, 30_000);
+    expect(line.ready).toBe(true);
+  }, 120_000);
 
   it("after a restart, what the homeserver queued meanwhile arrives at once, not after its backoff", async () => {
     const alice = await synapse.registerUser("carol");
