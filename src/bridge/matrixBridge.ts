@@ -161,6 +161,14 @@ export class MatrixBridge {
       if (target !== undefined) await this.invitedGhost(roomId, sender, eventId, target);
       return [];
     }
+    if (
+      event.type === "m.room.member" &&
+      typeof event.state_key === "string" &&
+      (content.membership === "leave" || content.membership === "ban" || content.membership === "join")
+    ) {
+      await this.membership(roomId, sender, eventId, event.state_key, content.membership, content.reason);
+      return [];
+    }
     if (event.type === "m.room.message" && sender !== this.deps.botUserId) {
       await this.message(roomId, sender, eventId, content);
     }
@@ -215,6 +223,60 @@ export class MatrixBridge {
       await this.notice(
         roomId,
         `${target} was not invited to the MIMI room: ${(err as Error).message}`,
+        derivedTxnId("refused", eventId),
+      );
+    }
+  }
+
+  /**
+   * A membership change in a portal, by a local user: their own join or leave becomes theirs in
+   * the MIMI room; removing (kick) or banning a local user or a ghost becomes a kick or ban of the
+   * MIMI user. The MIMI room's policy decides; a refusal is answered by a notice.
+   */
+  private async membership(
+    roomId: string,
+    sender: string,
+    eventId: string,
+    stateKey: string,
+    membership: "join" | "leave" | "ban",
+    reason: unknown,
+  ): Promise<void> {
+    const mimiRoomId = await this.portalOf(roomId);
+    const actor = this.mimiUserOf(sender);
+    if (mimiRoomId === undefined || actor === undefined) return;
+    const target =
+      this.mimiUserOf(stateKey) ??
+      mimiUserOfGhost(stateKey, this.deps.matrix.appservice.userPrefix, this.deps.matrix.domain);
+    if (target === undefined) return;
+    const txnId = derivedTxnId("membership", eventId);
+    const why = typeof reason === "string" && reason !== "" ? { reason } : {};
+    try {
+      if (sender === stateKey) {
+        if (membership === "ban") return;
+        // A participation the MIMI room already has (the portal's creator joined) changes nothing.
+        const now = this.deps.rooms.roomInfo(mimiRoomId)?.participation[target];
+        if (membership === "join" && now === "join") return;
+        await this.deps.rooms.changeOwnParticipation({
+          roomId: mimiRoomId,
+          user: target,
+          change: membership,
+          txnId,
+          ...why,
+        });
+      } else if (membership !== "join") {
+        await this.deps.rooms.changeParticipationOf({
+          roomId: mimiRoomId,
+          sender: actor,
+          target,
+          change: membership,
+          txnId,
+          ...why,
+        });
+      }
+    } catch (err) {
+      await this.notice(
+        roomId,
+        `Not done in the MIMI room (${membership} of ${target}): ${(err as Error).message}`,
         derivedTxnId("refused", eventId),
       );
     }

@@ -332,6 +332,23 @@ describe("the appservice on a real Synapse", () => {
       )) as { messages: { sender: string; content?: { body?: string } }[] };
       return page.messages.find((m) => m.sender === `@dave:${HS}` && m.content?.body === "hi Erin");
     }, 30_000);
+
+    // Dave removes Erin's ghost from his room: Erin is kicked from the MIMI room, as b.example sees it.
+    const kicked = await asDave("POST", `/rooms/${encodeURIComponent(roomId)}/kick`, {
+      user_id: erinGhost,
+      reason: "wrong room",
+    });
+    expect(kicked.status).toBe(200);
+    await until(async () => {
+      const room = (await adminCall(
+        otherLine.admin_port,
+        "GET",
+        `/rooms/${encodeURIComponent(mimiRoomId)}`,
+      )) as {
+        participation: Record<string, string>;
+      };
+      return room.participation["@erin:b.example"] === "leave" ? true : undefined;
+    }, 30_000);
     expect(line.ready).toBe(true);
   }, 120_000);
 
