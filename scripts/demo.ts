@@ -3,12 +3,20 @@
  * on-disk LevelDB, play a short conversation in an MLS-encrypted room, and
  * print each room's linear history as every provider sees it (with the MLS
  * epoch of each event), one message as it crossed the wire, and what each
- * user's hosted MLS client decrypted.
+ * user's hosted MLS client decrypted. Then a real Synapse joins in: its user
+ * mia creates a room with the appservice's bot invited, invites bob of
+ * b.example through his ghost, and they chat, MLS-encrypted between providers.
  */
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { writeFileSync } from "node:fs";
+import { Appservice } from "../src/bridge/appservice";
+import { buildRegistration, registrationYaml } from "../src/bridge/registration";
+import { identityOf, readRegistration } from "../src/bridge/registrationFile";
 import { parseConfig } from "../src/config/config";
+import { createLogger } from "../src/logging";
+import { ensureSynapse, startSynapse } from "../test/support/synapse";
 import type { FullyFormedEvent, JsonObject } from "../src/events/types";
 import { MimiProvider } from "../src/provider/provider";
 import { decodeMlsMessageOf, fromBase64 } from "../src/mls/clients/wire";
@@ -18,6 +26,9 @@ import type { HistoryEntry } from "../src/provider/roomsApiTypes";
 import { freePort } from "../src/util/freePort";
 
 const NAMES = ["a.example", "b.example", "c.example"] as const;
+/** The fourth provider, the appservice of a real Synapse whose server name it shares. */
+const HS = "hs.example";
+const MIA = "@mia:hs.example";
 const ALICE = "@alice:a.example";
 const BOB = "@bob:b.example";
 const CAROL = "@carol:c.example";
@@ -66,7 +77,11 @@ function summary(event: FullyFormedEvent): string {
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "mimi-demo-"));
   const ports = await Promise.all(NAMES.map(() => freePort()));
-  const routes = NAMES.map((n, i) => `    ${n}: http://127.0.0.1:${ports[i]}`);
+  const hsPort = await freePort();
+  const routes = [
+    ...NAMES.map((n, i) => `    ${n}: http://127.0.0.1:${ports[i]}`),
+    `    ${HS}: http://127.0.0.1:${hsPort}`,
+  ];
   const providers: MimiProvider[] = [];
   try {
     for (const [i, name] of NAMES.entries()) {
@@ -115,7 +130,7 @@ async function main(): Promise<void> {
     await a.rooms.invite({ roomId, sender: ALICE, target: CAROL, txnId: txnId() });
     await c.rooms.changeOwnParticipation({ roomId, user: CAROL, change: "join", txnId: txnId() });
     step("alice lets carol in; carol joins");
-    await inOneGroup([
+    await inOneGroup(roomId, [
       [a, ALICE],
       [b, BOB],
       [c, CAROL],
@@ -146,7 +161,7 @@ async function main(): Promise<void> {
       reason: "off to lunch",
       txnId: txnId(),
     });
-    await inOneGroup([
+    await inOneGroup(roomId, [
       [a, ALICE],
       [b, BOB],
     ]);
@@ -219,15 +234,157 @@ async function main(): Promise<void> {
         ? "A message's plaintext is in the history!"
         : "No message's plaintext is in any event: each message crossed federation as an m.room.encrypted event.",
     );
+    await matrixPart(dir, routes, hsPort, b);
   } finally {
     await Promise.all(providers.map((p) => p.stop()));
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
+/** Part two: a Matrix user on a real Synapse chats with bob of b.example through the appservice. */
+async function matrixPart(dir: string, routes: string[], hsPort: number, b: MimiProvider): Promise<void> {
+  console.log(
+    "\nPart two, a Matrix homeserver: a real Synapse, and this project as its appservice (hs.example).",
+  );
+  ensureSynapse();
+  const [synapsePort, appservicePort] = [await freePort(), await freePort()];
+  const home = join(dir, HS);
+  mkdirSync(home);
+  const config = parseConfig(
+    [
+      `server_name: ${HS}`,
+      `federation: { bind_address: 127.0.0.1, port: ${hsPort}, well_known: false, static_routes: {} }`,
+      `homeserver: { url: "http://127.0.0.1:${synapsePort}" }`,
+      `appservice: { port: ${appservicePort} }`,
+      "logging: { level: warn }",
+    ].join("\n"),
+    home,
+  );
+  config.federation.staticRoutes = Object.fromEntries(
+    routes.map((line) => line.trim().split(": ") as [string, string]),
+  );
+  const matrix = config.matrix!;
+  // What `npm start -- -c config.yaml -r -u <url>` writes, for Synapse's app_service_config_files.
+  writeFileSync(
+    matrix.appservice.registrationPath,
+    registrationYaml(buildRegistration(identityOf(matrix), `http://127.0.0.1:${appservicePort}`)),
+  );
+  const synapse = await startSynapse({
+    serverName: HS,
+    dir: join(dir, "synapse"),
+    port: synapsePort,
+    appserviceRegistrations: [matrix.appservice.registrationPath],
+  });
+  const provider = await MimiProvider.start(config);
+  let appservice: Appservice | undefined;
+  try {
+    appservice = await Appservice.start({
+      matrix,
+      registration: readRegistration(matrix),
+      kv: provider.kv,
+      log: createLogger("appservice"),
+      rooms: provider.rooms,
+      mimiServerName: HS,
+    });
+    const step = (text: string) => console.log(`  * ${text}`);
+    step(
+      `Synapse on 127.0.0.1:${synapsePort}; the appservice passed its self-check (versions, whoami, ping)`,
+    );
+    const mia = await synapse.registerUser("mia");
+    const asMia = async (method: string, path: string, body?: unknown) => {
+      const response = await fetch(`${synapse.url}/_matrix/client/v3${path}`, {
+        method,
+        headers: { authorization: `Bearer ${mia.accessToken}`, "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      return (await response.json()) as Record<string, unknown>;
+    };
+    const timeline = async (matrixRoomId: string) =>
+      (
+        (await asMia("GET", `/rooms/${encodeURIComponent(matrixRoomId)}/messages?dir=f&limit=100`)) as {
+          chunk: {
+            sender: string;
+            type: string;
+            content: { msgtype?: string; body?: string; membership?: string };
+          }[];
+        }
+      ).chunk;
+    const until = async <T>(probe: () => Promise<T | undefined>): Promise<T> => {
+      for (let i = 0; i < 600; i++) {
+        const value = await probe();
+        if (value !== undefined) return value;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      throw new Error("the demo timed out");
+    };
+    const bot = `@_mimi_bot:${HS}`;
+    const { room_id: matrixRoomId } = (await asMia("POST", "/createRoom", {
+      name: "Matrix meets MIMI",
+      invite: [bot],
+    })) as { room_id: string };
+    const notice = await until(async () =>
+      (await timeline(matrixRoomId)).find((e) => e.sender === bot && e.content.msgtype === "m.notice"),
+    );
+    const mimiRoomId = /MIMI room (\S+),/.exec(notice.content.body ?? "")![1]!;
+    step(
+      `mia creates the Matrix room ${matrixRoomId} with the bot invited: it becomes the portal of ${mimiRoomId}`,
+    );
+    const bobGhost = `@_mimi_bob=3ab.example:${HS}`;
+    await asMia("POST", `/rooms/${encodeURIComponent(matrixRoomId)}/invite`, { user_id: bobGhost });
+    await until(async () => (await b.rooms.listInvites(BOB)).find((i) => i.roomId === mimiRoomId));
+    await b.rooms.changeOwnParticipation({ roomId: mimiRoomId, user: BOB, change: "join", txnId: "demo-m1" });
+    step(`mia invites bob's ghost ${bobGhost}; b.example gets the MIMI invite and bob joins`);
+    await inOneGroup(mimiRoomId, [
+      [provider, MIA],
+      [b, BOB],
+    ]);
+    await b.rooms.sendMessage({
+      roomId: mimiRoomId,
+      sender: BOB,
+      type: "m.room.message",
+      content: { msgtype: "m.text", body: "Hi Mia, this is Bob on b.example." },
+      txnId: "demo-m2",
+    });
+    await until(async () =>
+      (await timeline(matrixRoomId)).find((e) => e.sender === bobGhost && e.type === "m.room.message"),
+    );
+    await asMia("PUT", `/rooms/${encodeURIComponent(matrixRoomId)}/send/m.room.message/demo-m3`, {
+      msgtype: "m.text",
+      body: "Hi Bob, this is Mia in her Matrix client.",
+    });
+    const fromMia = await until(async () =>
+      (await b.rooms.messages(mimiRoomId, BOB, { fromSeq: 1, limit: 1000 })).find((m) => m.sender === MIA),
+    );
+    step("bob writes from b.example, mia answers from Matrix; each side decrypts the other's message");
+
+    console.log(`\nMia's Matrix room ${matrixRoomId}, as her client sees it:`);
+    for (const e of await timeline(matrixRoomId)) {
+      const what =
+        e.type === "m.room.member"
+          ? `(${e.content.membership})`
+          : e.type === "m.room.message"
+            ? `"${e.content.body}"`
+            : "";
+      if (e.type === "m.room.member" || e.type === "m.room.message") {
+        console.log(`  ${e.sender.padEnd(34)} ${e.type.padEnd(15)} ${what}`);
+      }
+    }
+    console.log(`\nThe MIMI room ${mimiRoomId} at its hub hs.example:`);
+    for (const { seq, event } of await historyOf(provider, mimiRoomId)) {
+      console.log(
+        `  ${String(seq).padStart(3)}  ${event.sender.padEnd(20)} ${event.type.padEnd(20)} ${summary(event)}`,
+      );
+    }
+    console.log(`\nBob's client on b.example decrypted mia's message: "${String(fromMia.content?.body)}"`);
+  } finally {
+    await appservice?.stop();
+    await provider.stop();
+    await synapse.stop();
+  }
+}
+
 /** Waits until these users' clients are in one group at one epoch, with no one else in it. */
-async function inOneGroup(users: (readonly [MimiProvider, string])[]): Promise<void> {
-  const roomId = "!demo:a.example";
+async function inOneGroup(roomId: string, users: (readonly [MimiProvider, string])[]): Promise<void> {
   for (let i = 0; i < 400; i++) {
     const views = await Promise.all(users.map(([p, user]) => p.rooms.clientGroup(roomId, user)));
     const epochs = new Set(views.map((v) => v?.epoch));
