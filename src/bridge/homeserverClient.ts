@@ -67,6 +67,15 @@ export class HomeserverClient {
     await this.request("POST", withUser(`/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, asUser), {});
   }
 
+  /** The bot creates a room (`POST /createRoom`); answers its room ID. */
+  async createRoom(body: Record<string, unknown>): Promise<string> {
+    const answer = await this.request("POST", "/_matrix/client/v3/createRoom", body);
+    const roomId = (answer as { room_id?: unknown }).room_id;
+    if (typeof roomId !== "string")
+      throw new HomeserverError("createRoom answered no room_id", 200, undefined);
+    return roomId;
+  }
+
   /** The bot invites `userId` into a room. */
   async invite(roomId: string, userId: string): Promise<void> {
     await this.request("POST", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/invite`, {

@@ -3,7 +3,7 @@ import type { MatrixConfig } from "../config/config";
 import type { JsonObject } from "../events/types";
 import { isValidUserId, makeUserId } from "../identifiers";
 import type { Logger } from "../logging";
-import type { ReceivedMessage, RoomsApi } from "../provider/roomsApiTypes";
+import type { InviteInfo, ReceivedMessage, RoomsApi } from "../provider/roomsApiTypes";
 import { prefixEnd, type BatchOp, type KvStore } from "../store/kv";
 import { ghostUserId, mimiUserOfGhost } from "./ghosts";
 import type { HomeserverClient } from "./homeserverClient";
@@ -69,19 +69,77 @@ export class MatrixBridge {
   private unsubscribe: (() => void) | undefined;
   private readonly followers = new Map<string, Promise<void>>();
   private readonly ghostsIn = new Set<string>();
+  private invites: Promise<void> = Promise.resolve();
 
   constructor(private readonly deps: MatrixBridgeDeps) {}
 
   async start(): Promise<void> {
-    this.unsubscribe = this.deps.inbox.onEvents(() => this.wake?.());
+    const unsubscribeInbox = this.deps.inbox.onEvents(() => this.wake?.());
+    const unsubscribeInvites = this.deps.rooms.onInvite((invite) => this.queueInvite(invite));
+    this.unsubscribe = () => {
+      unsubscribeInbox();
+      unsubscribeInvites();
+    };
     this.running = this.loop();
     for await (const [key, matrixRoomId] of this.deps.kv.range({
       gte: mimiPrefix,
       lt: prefixEnd(mimiPrefix),
     })) {
       const record = await this.portal(matrixRoomId);
-      if (record !== undefined) this.follow(key.slice(mimiPrefix.length), matrixRoomId, record.reader);
+      const mimiRoomId = key.slice(mimiPrefix.length);
+      // A portal made for an invite is followed once its user has joined the MIMI room.
+      if (record !== undefined && this.deps.rooms.roomInfo(mimiRoomId) !== undefined) {
+        this.follow(mimiRoomId, matrixRoomId, record.reader);
+      }
     }
+    for (const invite of await this.deps.rooms.allInvites()) this.queueInvite(invite);
+  }
+
+  private queueInvite(invite: InviteInfo): void {
+    this.invites = this.invites.then(() =>
+      this.deliverInvite(invite).catch((err: unknown) =>
+        this.deps.log.warn("cannot deliver a MIMI invite to the homeserver", {
+          roomId: invite.roomId,
+          userId: invite.userId,
+          error: err,
+        }),
+      ),
+    );
+  }
+
+  /**
+   * A local user is invited to a MIMI room this provider does not follow: the bot makes a portal
+   * room and invites the Matrix user into it; their join there joins the MIMI room.
+   */
+  private async deliverInvite(invite: InviteInfo): Promise<void> {
+    if (this.stopped || (await this.deps.kv.get(mimiKey(invite.roomId))) !== undefined) return;
+    const suffix = `:${this.deps.mimiServerName}`;
+    if (!invite.userId.endsWith(suffix)) return;
+    const matrixUser = `@${invite.userId.slice(1, -suffix.length)}:${this.deps.matrix.domain}`;
+    const name = invite.strippedState.find((e) => e.type === "m.room.name")?.content as
+      | { name?: unknown }
+      | undefined;
+    const matrixRoomId = await this.deps.client.createRoom({
+      preset: "private_chat",
+      name: typeof name?.name === "string" ? name.name : invite.roomId,
+      invite: [matrixUser],
+    });
+    const record: PortalRecord = { mimiRoomId: invite.roomId, reader: invite.userId };
+    await this.deps.kv.commit([
+      { type: "put", key: portalKey(matrixRoomId), value: JSON.stringify(record) },
+      { type: "put", key: mimiKey(invite.roomId), value: matrixRoomId },
+    ]);
+    await this.notice(
+      matrixRoomId,
+      `${invite.inviter} invites you to the MIMI room ${invite.roomId} (hosted by ${invite.hubServer}). ` +
+        "Join this room to accept.",
+      derivedTxnId("invited", `${invite.roomId}${SEP}${invite.userId}`),
+    );
+    this.deps.log.info("portal created for an invite", {
+      matrixRoomId,
+      mimiRoomId: invite.roomId,
+      user: matrixUser,
+    });
   }
 
   async stop(): Promise<void> {
@@ -89,6 +147,7 @@ export class MatrixBridge {
     this.unsubscribe?.();
     this.wake?.();
     await this.running;
+    await this.invites;
     await Promise.all(this.followers.values());
   }
 
@@ -263,6 +322,8 @@ export class MatrixBridge {
           txnId,
           ...why,
         });
+        if (membership === "join")
+          this.follow(mimiRoomId, roomId, (await this.portal(roomId))?.reader ?? target);
       } else if (membership !== "join") {
         await this.deps.rooms.changeParticipationOf({
           roomId: mimiRoomId,

@@ -96,6 +96,7 @@ export class PendingInvites {
   private readonly log: Logger;
   /** user -> room -> receivedTs, for every stored invite (expired ones until pruned). */
   private readonly byUser = new Map<string, Map<string, number>>();
+  private readonly listeners = new Set<(invite: PendingInvite) => void>();
   private total = 0;
   private ready: Promise<void> | undefined;
   /** Writes run one at a time, so the limits hold under concurrent invites. */
@@ -153,6 +154,23 @@ export class PendingInvites {
       await this.kv.commit(ops);
       this.forget(userId, roomId);
     });
+  }
+
+  /** Calls `listener` with each invite once it is stored; returns the unsubscribe function. */
+  onStored(listener: (invite: PendingInvite) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Every invite that has not expired, oldest first (at most the configured total). */
+  async all(): Promise<PendingInvite[]> {
+    const invites: PendingInvite[] = [];
+    for await (const [key] of this.kv.range({ gte: INDEX, lt: prefixEnd(INDEX) })) {
+      const { userId, roomId } = parseIndexKey(key);
+      const invite = await this.get(roomId, userId);
+      if (invite !== undefined) invites.push(invite);
+    }
+    return invites;
   }
 
   /** The user's invites that have not expired. */
@@ -297,6 +315,13 @@ export class PendingInvites {
     }
     if (replaced !== undefined) this.forget(userId, roomId);
     this.remember(userId, roomId, receivedTs);
+    for (const listener of this.listeners) {
+      try {
+        listener(stored);
+      } catch (err) {
+        this.log.warn("an invite listener failed", { error: err });
+      }
+    }
   }
 
   private remember(userId: string, roomId: string, ts: number): void {

@@ -3,7 +3,7 @@ import { computeEventId, createLimitedEvent } from "../events/pdu";
 import type { ServerSigningKey } from "../events/signingKey";
 import type { JsonObject, LimitedEvent } from "../events/types";
 import type { FederationClient } from "../federation/client";
-import type { PendingInvites } from "../federation/pendingInvites";
+import type { PendingInvite, PendingInvites } from "../federation/pendingInvites";
 import { makeRoomId, parseRoomId, parseUserId, randomRoomLocalpart, serverNameOf } from "../identifiers";
 import type { Logger } from "../logging";
 import { RoomError } from "../room/errors";
@@ -593,15 +593,15 @@ export class LocalRooms implements RoomsApi {
 
   async listInvites(userId: string): Promise<InviteInfo[]> {
     this.requireLocalUser(userId, "user");
-    return (await this.options.invites.forUser(userId)).map((invite) => ({
-      roomId: invite.roomId,
-      userId: invite.userId,
-      inviter: invite.inviter,
-      hubServer: invite.hubServer,
-      roomVersion: invite.roomVersion,
-      strippedState: invite.strippedState,
-      receivedTs: invite.receivedTs,
-    }));
+    return (await this.options.invites.forUser(userId)).map(inviteInfo);
+  }
+
+  async allInvites(): Promise<InviteInfo[]> {
+    return (await this.options.invites.all()).map(inviteInfo);
+  }
+
+  onInvite(listener: (invite: InviteInfo) => void): () => void {
+    return this.options.invites.onStored((invite) => listener(inviteInfo(invite)));
   }
 
   listRooms(): string[] {
@@ -704,4 +704,16 @@ function requireVersion(id: string): RoomVersion {
 
 function usedForAnother(record: TxnRecord): RoomError {
   return new RoomError("M_INVALID_PARAM", `this txnId was already used for another request (${record.kind})`);
+}
+
+function inviteInfo(invite: PendingInvite): InviteInfo {
+  return {
+    roomId: invite.roomId,
+    userId: invite.userId,
+    inviter: invite.inviter,
+    hubServer: invite.hubServer,
+    roomVersion: invite.roomVersion,
+    strippedState: invite.strippedState,
+    receivedTs: invite.receivedTs,
+  };
 }

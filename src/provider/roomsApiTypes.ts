@@ -42,6 +42,10 @@ export interface RoomsApi {
   changeParticipationOf(request: OtherParticipationRequest): Promise<{ eventId: string }>;
   /** Invites for a local user to rooms this provider does not follow yet. */
   listInvites(userId: string): Promise<InviteInfo[]>;
+  /** Every local user's invites to rooms this provider does not follow yet, oldest first. */
+  allInvites(): Promise<InviteInfo[]>;
+  /** Calls `listener` with each such invite once it is stored; returns the unsubscribe function. */
+  onInvite(listener: (invite: InviteInfo) => void): () => void;
   listRooms(): string[];
   /** Undefined for a room this provider is not in. */
   roomInfo(roomId: string): RoomInfo | undefined;

@@ -352,6 +352,79 @@ describe("the appservice on a real Synapse", () => {
     expect(line.ready).toBe(true);
   }, 120_000);
 
+  it("a user of another provider invites a Matrix user: the bot delivers it, and joining the portal joins the MIMI room", async () => {
+    const run = runMain(["-c", good.config]);
+    runs.push(run);
+    await ready(run);
+    const other = runMain(["-c", remote.config]);
+    runs.push(other);
+    const otherLine = await ready(other);
+    const frank = await synapse.registerUser("frank");
+    const asFrank = async (method: string, path: string, body?: unknown) => {
+      const response = await fetch(`${synapse.url}/_matrix/client/v3${path}`, {
+        method,
+        headers: { authorization: `Bearer ${frank.accessToken}`, "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      expect(response.status).toBe(200);
+      return (await response.json()) as Record<string, unknown>;
+    };
+    // Erin makes a room on b.example and invites Frank.
+    const { room_id: mimiRoomId } = (await adminCall(otherLine.admin_port, "PUT", "/createRoom/c1", {
+      creator: "@erin:b.example",
+    })) as { room_id: string };
+    await adminCall(otherLine.admin_port, "PUT", `/rooms/${encodeURIComponent(mimiRoomId)}/invite/i1`, {
+      sender: "@erin:b.example",
+      target: `@frank:${HS}`,
+    });
+    // Frank's client gets an invite from the bot; he accepts it.
+    const portal = await until(async () => {
+      // Synapse caches an initial sync for a while: a filter of its own each time gets a fresh one.
+      const filter = encodeURIComponent(
+        JSON.stringify({ room: { timeline: { limit: 1, not_types: [`x.${Date.now()}`] } } }),
+      );
+      const sync = (await asFrank("GET", `/sync?timeout=0&filter=${filter}`)) as {
+        rooms?: { invite?: Record<string, unknown> };
+      };
+      return Object.keys(sync.rooms?.invite ?? {})[0];
+    }, 30_000);
+    await asFrank("POST", `/join/${encodeURIComponent(portal)}`, {});
+    await until(async () => {
+      const room = (await adminCall(
+        otherLine.admin_port,
+        "GET",
+        `/rooms/${encodeURIComponent(mimiRoomId)}`,
+      )) as {
+        participation: Record<string, string>;
+      };
+      return room.participation[`@frank:${HS}`] === "join" ? true : undefined;
+    }, 30_000);
+    // Erin's message reaches him from her ghost.
+    await until(async () => {
+      const response = await fetch(
+        `http://127.0.0.1:${String(otherLine.admin_port)}/_mimi/admin/v1/rooms/${encodeURIComponent(mimiRoomId)}/messages/m2`,
+        {
+          method: "PUT",
+          headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+          body: JSON.stringify({
+            sender: "@erin:b.example",
+            type: "m.room.message",
+            content: { msgtype: "m.text", body: "welcome Frank" },
+          }),
+        },
+      );
+      return response.status === 200 ? true : undefined;
+    }, 30_000);
+    await until(async () => {
+      const page = (await asFrank("GET", `/rooms/${encodeURIComponent(portal)}/messages?dir=b&limit=30`)) as {
+        chunk: { sender: string; content: { body?: string } }[];
+      };
+      return page.chunk.find(
+        (e) => e.sender === `@_mimi_erin=3ab.example:${HS}` && e.content.body === "welcome Frank",
+      );
+    }, 30_000);
+  }, 120_000);
+
   it("after a restart, what the homeserver queued meanwhile arrives at once, not after its backoff", async () => {
     const alice = await synapse.registerUser("carol");
     const invite = async (ghost: string): Promise<string> => {

@@ -73,6 +73,12 @@ class Fakes implements RoomsApi, OperatorApi {
   async listInvites(userId: string) {
     return this.record(["listInvites", userId], this.inviteList);
   }
+  async allInvites() {
+    return this.record(["allInvites"], this.inviteList);
+  }
+  onInvite() {
+    return this.record(["onInvite"], () => undefined);
+  }
   listRooms() {
     return this.record(["listRooms"], [ROOM]);
   }
