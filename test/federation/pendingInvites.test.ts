@@ -99,6 +99,25 @@ describe("PendingInvites", () => {
     expect(await keys(`vi${SEP}`)).toHaveLength(2);
   });
 
+  it("lists every user's invites oldest first, and tells listeners of each once it is stored", async () => {
+    const p = invites();
+    const heard: string[] = [];
+    const unsubscribe = p.onStored((stored) => heard.push(`${stored.userId} ${stored.roomId}`));
+    await p.put(invite(BOB, 2, T0 + 2));
+    await p.put(invite(ALICE, 1, T0 + 1));
+    expect(heard).toEqual([`${BOB} !r2:b.example`, `${ALICE} !r1:b.example`]);
+    // Stored before the listener hears of it.
+    expect((await p.all()).map((i) => `${i.userId} ${i.roomId}`)).toEqual([
+      `${ALICE} !r1:b.example`,
+      `${BOB} !r2:b.example`,
+    ]);
+    unsubscribe();
+    await p.put(invite(ALICE, 3, T0 + 3));
+    expect(heard).toHaveLength(2);
+    clock.t = T0 + 40 * DAY;
+    expect(await p.all()).toEqual([]);
+  });
+
   it("keeps at most maxPerUser per user, dropping the user's oldest with a log line", async () => {
     const p = invites({ maxPerUser: 3 });
     for (let room = 1; room <= 5; room++) {
