@@ -6,7 +6,8 @@ import type { Logger } from "../logging";
 import type { InviteInfo, ReceivedMessage, RoomsApi } from "../provider/roomsApiTypes";
 import { prefixEnd, type BatchOp, type KvStore } from "../store/kv";
 import { ghostUserId, mimiUserOfGhost } from "./ghosts";
-import type { HomeserverClient } from "./homeserverClient";
+import { MimiError } from "../errors";
+import { HomeserverError, type HomeserverClient } from "./homeserverClient";
 import type { HomeserverInbox, InboxEntry } from "./homeserverInbox";
 
 /**
@@ -30,6 +31,21 @@ const FOLLOW_WAIT_MS = 2_000;
 interface PortalRecord {
   mimiRoomId: string;
   reader: string;
+}
+
+const RETRY_FIRST_MS = 1_000;
+const RETRY_MAX_MS = 60_000;
+
+/**
+ * A failure worth waiting out: the homeserver unreachable, overloaded or rate limiting, or the
+ * room layer busy or its hub unreachable. Anything else (a refusal, a bad event) will not change.
+ */
+export function isTransient(err: unknown): boolean {
+  if (err instanceof HomeserverError) {
+    return err.status === undefined || err.status >= 500 || err.status === 429;
+  }
+  if (err instanceof MimiError) return err.errcode === "M_LIMIT_EXCEEDED" || err.errcode === "M_UNKNOWN";
+  return false;
 }
 
 /** Message types of m.room.message that map to MIMI as they are (the body and its formatting). */
@@ -70,6 +86,7 @@ export class MatrixBridge {
   private readonly followers = new Map<string, Promise<void>>();
   private readonly ghostsIn = new Set<string>();
   private invites: Promise<void> = Promise.resolve();
+  private retryMs = 0;
 
   constructor(private readonly deps: MatrixBridgeDeps) {}
 
@@ -175,23 +192,36 @@ export class MatrixBridge {
       }
       for (const entry of entries) {
         if (this.stopped) return;
-        await this.consume(entry);
+        if (!(await this.consume(entry))) {
+          // The homeserver or the hub is unreachable for now: the event waits, in its place.
+          this.retryMs = Math.min(this.retryMs === 0 ? RETRY_FIRST_MS : this.retryMs * 2, RETRY_MAX_MS);
+          await new Promise<void>((resolve) => {
+            this.wake = resolve;
+            setTimeout(resolve, this.retryMs).unref();
+          });
+          this.wake = undefined;
+          break;
+        }
+        this.retryMs = 0;
       }
     }
   }
 
-  private async consume(entry: InboxEntry): Promise<void> {
+  /** Maps one event and removes it from the inbox; false when it must be tried again later. */
+  private async consume(entry: InboxEntry): Promise<boolean> {
     let ops: BatchOp[] = [];
     try {
       ops = await this.handle(entry.event);
     } catch (err) {
-      this.deps.log.warn("a homeserver event could not be mapped", {
-        eventId: entry.event.event_id,
-        type: entry.event.type,
-        error: err,
-      });
+      const fields = { eventId: entry.event.event_id, type: entry.event.type, error: err };
+      if (isTransient(err)) {
+        this.deps.log.warn("a homeserver event waits: its mapping failed for now", fields);
+        return false;
+      }
+      this.deps.log.warn("a homeserver event could not be mapped", fields);
     }
     await this.deps.kv.commit([...ops, ...this.deps.inbox.completeOps([entry])]);
+    return true;
   }
 
   private async handle(event: Record<string, unknown>): Promise<BatchOp[]> {
@@ -279,6 +309,7 @@ export class MatrixBridge {
         txnId: derivedTxnId("invite", eventId),
       });
     } catch (err) {
+      if (isTransient(err)) throw err;
       await this.notice(
         roomId,
         `${target} was not invited to the MIMI room: ${(err as Error).message}`,
@@ -335,6 +366,7 @@ export class MatrixBridge {
         });
       }
     } catch (err) {
+      if (isTransient(err)) throw err;
       await this.notice(
         roomId,
         `Not done in the MIMI room (${membership} of ${target}): ${(err as Error).message}`,
@@ -470,6 +502,7 @@ export class MatrixBridge {
         txnId: derivedTxnId("message", eventId),
       });
     } catch (err) {
+      if (isTransient(err)) throw err;
       await this.notice(
         roomId,
         `Not sent to the MIMI room: ${(err as Error).message}`,

@@ -1,0 +1,126 @@
+/**
+ * The bridge's consumer of homeserver events, on a real inbox on LevelDB: a failure worth waiting
+ * out keeps the event in its place until it succeeds; any other failure is logged and the event
+ * is done with. The homeserver and rooms API here are recorders (the real ones are exercised on
+ * Synapse in appserviceSynapse.test.ts).
+ */
+import { join } from "node:path";
+import { HomeserverError, type HomeserverClient } from "../../src/bridge/homeserverClient";
+import { HomeserverInbox } from "../../src/bridge/homeserverInbox";
+import { MatrixBridge, isTransient } from "../../src/bridge/matrixBridge";
+import { parseConfig } from "../../src/config/config";
+import { MimiError } from "../../src/errors";
+import { createLogger } from "../../src/logging";
+import type { RoomsApi } from "../../src/provider/roomsApiTypes";
+import { LevelStore } from "../../src/store/levelStore";
+import { removeDir, tempDir } from "../support/services";
+
+const BOT = "@_mimi_bot:hs.test";
+const matrix = parseConfig(
+  'server_name: hs.test\nfederation: { port: 0 }\nhomeserver: { url: "http://127.0.0.1:1" }\n',
+  "/tmp",
+).matrix!;
+
+describe("isTransient", () => {
+  it.each([
+    ["the homeserver unreachable", true, new HomeserverError("down", undefined, undefined)],
+    ["a 502 from the homeserver", true, new HomeserverError("bad gateway", 502, "M_UNKNOWN")],
+    ["a 429 from the homeserver", true, new HomeserverError("slow down", 429, "M_LIMIT_EXCEEDED")],
+    ["a 403 from the homeserver", false, new HomeserverError("no", 403, "M_FORBIDDEN")],
+    ["the room layer rate limiting", true, new MimiError("M_LIMIT_EXCEEDED", "later")],
+    ["the hub not answering", true, new MimiError("M_UNKNOWN", "no answer")],
+    ["a policy refusal", false, new MimiError("M_FORBIDDEN", "not allowed")],
+    ["a bug", false, new TypeError("x is undefined")],
+  ])("%s: %s", (_name, transient, err) => {
+    expect(isTransient(err)).toBe(transient);
+  });
+});
+
+describe("the bridge's consumer", () => {
+  let dir: string;
+  let store: LevelStore;
+  let inbox: HomeserverInbox;
+  let bridge: MatrixBridge;
+  const joins: string[] = [];
+  const created: string[] = [];
+  let failures: Error[];
+
+  const invite = (n: number) => ({
+    type: "m.room.member",
+    room_id: `!m${n}`,
+    sender: "@alice:hs.test",
+    state_key: BOT,
+    event_id: `$invite${n}`,
+    content: { membership: "invite" },
+  });
+
+  beforeEach(async () => {
+    dir = tempDir("bridge-consumer");
+    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    inbox = await HomeserverInbox.open(store);
+    joins.length = 0;
+    created.length = 0;
+    failures = [];
+    const client = {
+      joinRoom: async (roomId: string) => {
+        const failure = failures.shift();
+        if (failure !== undefined) throw failure;
+        joins.push(roomId);
+      },
+      sendEvent: async () => "$notice",
+    } as unknown as HomeserverClient;
+    const rooms = {
+      createRoom: async ({ txnId }: { txnId: string }) => {
+        created.push(txnId);
+        return { roomId: `!r${created.length}:hs.test` };
+      },
+      onInvite: () => () => undefined,
+      allInvites: async () => [],
+      roomInfo: () => undefined,
+      // The portal's follower long-polls the MIMI room: nothing arrives here.
+      messages: () => new Promise((resolve) => setTimeout(() => resolve([]), 50)),
+    } as unknown as RoomsApi;
+    bridge = new MatrixBridge({
+      kv: store,
+      inbox,
+      client,
+      rooms,
+      matrix,
+      mimiServerName: "hs.test",
+      botUserId: BOT,
+      log: createLogger("test"),
+    });
+  });
+
+  afterEach(async () => {
+    await bridge.stop();
+    await store.close();
+    removeDir(dir);
+  });
+
+  const until = async (check: () => boolean) => {
+    for (let i = 0; i < 200 && !check(); i++) await new Promise((resolve) => setTimeout(resolve, 25));
+    expect(check()).toBe(true);
+  };
+
+  it("keeps an event whose homeserver call failed for now, and maps it once the homeserver is back", async () => {
+    failures = [new HomeserverError("cannot reach the homeserver", undefined, undefined)];
+    await inbox.accept("1", [invite(1), invite(2)]);
+    await bridge.start();
+    // The first attempt failed; after its backoff (1 s) the same event is mapped, then the next.
+    await until(() => joins.length === 2);
+    expect(joins).toEqual(["!m1", "!m2"]);
+    expect(await bridge.portalOf("!m1")).toBe("!r1:hs.test");
+    expect(await inbox.pending()).toEqual([]);
+  });
+
+  it("does not retry a refusal: the event is logged and done with, the next one goes on", async () => {
+    failures = [new HomeserverError("M_FORBIDDEN", 403, "M_FORBIDDEN")];
+    await inbox.accept("1", [invite(1), invite(2)]);
+    await bridge.start();
+    await until(() => joins.length === 1);
+    expect(joins).toEqual(["!m2"]);
+    expect(await bridge.portalOf("!m1")).toBeUndefined();
+    expect(await inbox.pending()).toEqual([]);
+  });
+});
