@@ -67,6 +67,23 @@ export class HomeserverClient {
     await this.request("POST", withUser(`/_matrix/client/v3/join/${encodeURIComponent(roomId)}`, asUser), {});
   }
 
+  /** A state event's content as the bot sees it, or undefined when the room has none. */
+  async stateContent(
+    roomId: string,
+    type: string,
+    stateKey = "",
+  ): Promise<Record<string, unknown> | undefined> {
+    try {
+      return (await this.request(
+        "GET",
+        `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/${encodeURIComponent(type)}/${encodeURIComponent(stateKey)}`,
+      )) as Record<string, unknown>;
+    } catch (err) {
+      if (err instanceof HomeserverError && err.errcode === "M_NOT_FOUND") return undefined;
+      throw err;
+    }
+  }
+
   /** The bot creates a room (`POST /createRoom`); answers its room ID. */
   async createRoom(body: Record<string, unknown>): Promise<string> {
     const answer = await this.request("POST", "/_matrix/client/v3/createRoom", body);

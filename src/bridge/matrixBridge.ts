@@ -258,6 +258,10 @@ export class MatrixBridge {
       await this.membership(roomId, sender, eventId, event.state_key, content.membership, content.reason);
       return [];
     }
+    if ((event.type === "m.room.name" || event.type === "m.room.topic") && event.state_key === "") {
+      await this.roomState(roomId, sender, eventId, event.type, content);
+      return [];
+    }
     if (event.type === "m.room.message" && sender !== this.deps.botUserId) {
       await this.message(roomId, sender, eventId, content);
     }
@@ -280,6 +284,12 @@ export class MatrixBridge {
       creator,
       txnId: derivedTxnId("create", eventId),
     });
+    // The room's name and topic, set before the bot was there, become the MIMI room's.
+    for (const type of ["m.room.name", "m.room.topic"] as const) {
+      const content = await this.deps.client.stateContent(roomId, type);
+      if (content !== undefined)
+        await this.roomState(roomId, sender, `${eventId}${SEP}${type}`, type, content, mimiRoomId);
+    }
     await this.notice(
       roomId,
       `This room is now the MIMI room ${mimiRoomId}, hosted by ${this.deps.mimiServerName}. ` +
@@ -294,6 +304,40 @@ export class MatrixBridge {
       { type: "put", key: portalKey(roomId), value: JSON.stringify(record) },
       { type: "put", key: mimiKey(mimiRoomId), value: roomId },
     ];
+  }
+
+  /** A local user renames a portal or sets its topic: the MIMI room gets the same state. */
+  private async roomState(
+    roomId: string,
+    sender: string,
+    eventId: string,
+    type: "m.room.name" | "m.room.topic",
+    content: Record<string, unknown>,
+    portalOf?: string,
+  ): Promise<void> {
+    const mimiRoomId = portalOf ?? (await this.portalOf(roomId));
+    const user = this.mimiUserOf(sender);
+    if (mimiRoomId === undefined || user === undefined) return;
+    const field = type === "m.room.name" ? "name" : "topic";
+    const value = content[field];
+    if (typeof value !== "string") return;
+    try {
+      await this.deps.rooms.send({
+        roomId: mimiRoomId,
+        sender: user,
+        type,
+        stateKey: "",
+        content: { [field]: value },
+        txnId: derivedTxnId("state", eventId),
+      });
+    } catch (err) {
+      if (isTransient(err)) throw err;
+      await this.notice(
+        roomId,
+        `Not done in the MIMI room (${type}): ${(err as Error).message}`,
+        derivedTxnId("refused", eventId),
+      );
+    }
   }
 
   /** A local user invited a ghost into a portal: the MIMI user it stands for is invited to the MIMI room. */

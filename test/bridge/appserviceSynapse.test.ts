@@ -226,6 +226,11 @@ describe("the appservice on a real Synapse", () => {
     const room = await admin(`/rooms/${encodeURIComponent(mimiRoomId!)}`);
     expect(room.role).toBe("hub");
     expect(room.participation).toEqual({ [`@alice:${HS}`]: "join" });
+    // The name she gave the room before the bot came is the MIMI room's.
+    expect(
+      (room.state as { type: string; content: { name?: string } }[]).find((e) => e.type === "m.room.name")
+        ?.content.name,
+    ).toBe("Plans");
 
     // Alice's message reaches the MIMI room as an m.room.encrypted event of hers, no plaintext in it.
     const sent = await asAlice("PUT", `/rooms/${encodeURIComponent(roomId)}/send/m.room.message/t1`, {
@@ -240,6 +245,17 @@ describe("the appservice on a real Synapse", () => {
       return history.events.find((e) => e.type === "m.room.encrypted" && e.sender === `@alice:${HS}`);
     });
     expect(JSON.stringify(encrypted)).not.toContain("see you at noon");
+    // Her topic for the room becomes the MIMI room's.
+    expect(
+      (await asAlice("PUT", `/rooms/${encodeURIComponent(roomId)}/state/m.room.topic/`, { topic: "Lunch" }))
+        .status,
+    ).toBe(200);
+    await until(async () => {
+      const state = (await admin(`/rooms/${encodeURIComponent(mimiRoomId!)}`)) as {
+        state: { type: string; content: { topic?: string } }[];
+      };
+      return state.state.find((e) => e.type === "m.room.topic" && e.content.topic === "Lunch");
+    });
     // Redelivering or restarting makes no second portal and no second message.
     run.child.kill("SIGTERM");
     await run.exited;

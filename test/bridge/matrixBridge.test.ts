@@ -68,6 +68,7 @@ describe("the bridge's consumer", () => {
         joins.push(roomId);
       },
       sendEvent: async () => "$notice",
+      stateContent: async () => undefined,
     } as unknown as HomeserverClient;
     const rooms = {
       createRoom: async ({ txnId }: { txnId: string }) => {
