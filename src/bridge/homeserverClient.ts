@@ -93,6 +93,15 @@ export class HomeserverClient {
     return roomId;
   }
 
+  /** `asUser` (a user of our namespace) leaves a room. */
+  async leaveRoom(roomId: string, asUser: string): Promise<void> {
+    await this.request(
+      "POST",
+      withUser(`/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/leave`, asUser),
+      {},
+    );
+  }
+
   /** The bot invites `userId` into a room. */
   async invite(roomId: string, userId: string): Promise<void> {
     await this.request("POST", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/invite`, {

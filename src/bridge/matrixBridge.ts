@@ -453,12 +453,37 @@ export class MatrixBridge {
           from = message.seq + 1;
           await this.deps.kv.commit([{ type: "put", key: cursorKey(mimiRoomId), value: String(from) }]);
         }
+        await this.syncGhosts(mimiRoomId, matrixRoomId).catch((err: unknown) =>
+          this.deps.log.warn("cannot bring a portal's ghosts in line with the MIMI room", {
+            mimiRoomId,
+            error: err,
+          }),
+        );
       }
     })();
     this.followers.set(
       mimiRoomId,
       run.catch((err: unknown) => this.deps.log.error("portal follower stopped", { mimiRoomId, error: err })),
     );
+  }
+
+  /**
+   * The portal's ghosts follow the MIMI room's participation: a remote user who joined has their
+   * ghost join, one who left or was removed has it leave (those this process let in).
+   */
+  private async syncGhosts(mimiRoomId: string, matrixRoomId: string): Promise<void> {
+    const participation = this.deps.rooms.roomInfo(mimiRoomId)?.participation;
+    if (participation === undefined) return;
+    for (const [user, state] of Object.entries(participation)) {
+      if (user.endsWith(`:${this.deps.mimiServerName}`)) continue;
+      const ghost = ghostUserId(user, this.deps.matrix.appservice.userPrefix, this.deps.matrix.domain);
+      const key = `${ghost}${SEP}${matrixRoomId}`;
+      if (state === "join" && !this.ghostsIn.has(key)) await this.ghostIn(matrixRoomId, user);
+      else if (state !== "join" && this.ghostsIn.has(key)) {
+        this.ghostsIn.delete(key);
+        await this.deps.client.leaveRoom(matrixRoomId, ghost);
+      }
+    }
   }
 
   private async show(matrixRoomId: string, message: ReceivedMessage): Promise<void> {

@@ -313,6 +313,18 @@ describe("the appservice on a real Synapse", () => {
       user: "@erin:b.example",
     });
 
+    // Her ghost joins Dave's room as soon as she joins the MIMI room, before she says anything.
+    await until(
+      async () =>
+        (await timeline()).find(
+          (e) =>
+            e.sender === erinGhost &&
+            e.type === "m.room.member" &&
+            (e.content as { membership?: string }).membership === "join",
+        ),
+      30_000,
+    );
+
     // Erin writes from b.example: Dave reads it in his room, from her ghost.
     await until(async () => {
       const response = await fetch(
