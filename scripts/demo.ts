@@ -253,15 +253,17 @@ async function matrixPart(dir: string, routes: string[], hsPort: number, b: Mimi
   const config = parseConfig(
     [
       `server_name: ${HS}`,
-      `federation: { bind_address: 127.0.0.1, port: ${hsPort}, well_known: false, static_routes: {} }`,
+      "federation:",
+      "  bind_address: 127.0.0.1",
+      `  port: ${hsPort}`,
+      "  well_known: false",
+      "  static_routes:",
+      ...routes,
       `homeserver: { url: "http://127.0.0.1:${synapsePort}" }`,
       `appservice: { port: ${appservicePort} }`,
       "logging: { level: warn }",
     ].join("\n"),
     home,
-  );
-  config.federation.staticRoutes = Object.fromEntries(
-    routes.map((line) => line.trim().split(": ") as [string, string]),
   );
   const matrix = config.matrix!;
   // What `npm start -- -c config.yaml -r -u <url>` writes, for Synapse's app_service_config_files.

@@ -586,6 +586,7 @@ export class MatrixBridge {
 
   /** `@l:<homeserver domain>` is `@l:<our MIMI server name>`; users of other homeservers have none. */
   private mimiUserOf(matrixUserId: string): string | undefined {
+    if (matrixUserId === this.deps.botUserId) return undefined;
     const suffix = `:${this.deps.matrix.domain}`;
     if (!matrixUserId.startsWith("@") || !matrixUserId.endsWith(suffix)) return undefined;
     const localpart = matrixUserId.slice(1, -suffix.length);

@@ -136,6 +136,35 @@ async function writeRegistration(i: Instance, url: string, file = i.registration
   expect(await run.exited).toBe(0);
 }
 
+/** A Matrix client's call to the homeserver's client-server API, with the user's access token. */
+const clientCall = (baseUrl: string, accessToken: string) => (method: string, path: string, body?: unknown) =>
+  fetch(`${baseUrl}/_matrix/client/v3${path}`, {
+    method,
+    headers: { authorization: `Bearer ${accessToken}`, "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+
+/**
+ * A message of erin's from b.example, through its admin API; tried until her client is in the
+ * room's group (right after her join it may still be on its way).
+ */
+const erinSays = (adminPort: unknown, roomId: string, txnId: string, body: string) =>
+  until(async () => {
+    const response = await fetch(
+      `http://127.0.0.1:${String(adminPort)}/_mimi/admin/v1/rooms/${encodeURIComponent(roomId)}/messages/${txnId}`,
+      {
+        method: "PUT",
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify({
+          sender: "@erin:b.example",
+          type: "m.room.message",
+          content: { msgtype: "m.text", body },
+        }),
+      },
+    );
+    return response.status === 200 ? true : undefined;
+  }, 30_000);
+
 describe("the appservice on a real Synapse", () => {
   let synapse: SynapseHandle;
   let good: Instance;
@@ -202,12 +231,7 @@ describe("the appservice on a real Synapse", () => {
 
     // Alice creates a room with the bot invited, as a client does.
     const alice = await synapse.registerUser("alice");
-    const asAlice = (method: string, path: string, body?: unknown) =>
-      fetch(`${synapse.url}/_matrix/client/v3${path}`, {
-        method,
-        headers: { authorization: `Bearer ${alice.accessToken}`, "content-type": "application/json" },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
+    const asAlice = clientCall(synapse.url, alice.accessToken);
     const created = await asAlice("POST", "/createRoom", { name: "Plans", invite: [`@_mimi_bot:${HS}`] });
     expect(created.status).toBe(200);
     const { room_id: roomId } = (await created.json()) as { room_id: string };
@@ -277,12 +301,7 @@ describe("the appservice on a real Synapse", () => {
     runs.push(other);
     const otherLine = await ready(other);
     const dave = await synapse.registerUser("dave");
-    const asDave = (method: string, path: string, body?: unknown) =>
-      fetch(`${synapse.url}/_matrix/client/v3${path}`, {
-        method,
-        headers: { authorization: `Bearer ${dave.accessToken}`, "content-type": "application/json" },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
+    const asDave = clientCall(synapse.url, dave.accessToken);
     const created = await asDave("POST", "/createRoom", { invite: [`@_mimi_bot:${HS}`] });
     const { room_id: roomId } = (await created.json()) as { room_id: string };
     const timeline = async () =>
@@ -326,21 +345,7 @@ describe("the appservice on a real Synapse", () => {
     );
 
     // Erin writes from b.example: Dave reads it in his room, from her ghost.
-    await until(async () => {
-      const response = await fetch(
-        `http://127.0.0.1:${String(otherLine.admin_port)}/_mimi/admin/v1/rooms/${encodeURIComponent(mimiRoomId)}/messages/m1`,
-        {
-          method: "PUT",
-          headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
-          body: JSON.stringify({
-            sender: "@erin:b.example",
-            type: "m.room.message",
-            content: { msgtype: "m.text", body: "hi Dave" },
-          }),
-        },
-      );
-      return response.status === 200 ? true : undefined;
-    }, 30_000);
+    await erinSays(otherLine.admin_port, mimiRoomId, "m1", "hi Dave");
     const shown = await until(
       async () => (await timeline()).find((e) => e.sender === erinGhost && e.content.body === "hi Dave"),
       30_000,
@@ -388,12 +393,9 @@ describe("the appservice on a real Synapse", () => {
     runs.push(other);
     const otherLine = await ready(other);
     const frank = await synapse.registerUser("frank");
+    const frankCalls = clientCall(synapse.url, frank.accessToken);
     const asFrank = async (method: string, path: string, body?: unknown) => {
-      const response = await fetch(`${synapse.url}/_matrix/client/v3${path}`, {
-        method,
-        headers: { authorization: `Bearer ${frank.accessToken}`, "content-type": "application/json" },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
+      const response = await frankCalls(method, path, body);
       expect(response.status).toBe(200);
       return (await response.json()) as Record<string, unknown>;
     };
@@ -428,21 +430,7 @@ describe("the appservice on a real Synapse", () => {
       return room.participation[`@frank:${HS}`] === "join" ? true : undefined;
     }, 30_000);
     // Erin's message reaches him from her ghost.
-    await until(async () => {
-      const response = await fetch(
-        `http://127.0.0.1:${String(otherLine.admin_port)}/_mimi/admin/v1/rooms/${encodeURIComponent(mimiRoomId)}/messages/m2`,
-        {
-          method: "PUT",
-          headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
-          body: JSON.stringify({
-            sender: "@erin:b.example",
-            type: "m.room.message",
-            content: { msgtype: "m.text", body: "welcome Frank" },
-          }),
-        },
-      );
-      return response.status === 200 ? true : undefined;
-    }, 30_000);
+    await erinSays(otherLine.admin_port, mimiRoomId, "m2", "welcome Frank");
     await until(async () => {
       const page = (await asFrank("GET", `/rooms/${encodeURIComponent(portal)}/messages?dir=b&limit=30`)) as {
         chunk: { sender: string; content: { body?: string } }[];

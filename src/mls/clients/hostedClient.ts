@@ -40,7 +40,7 @@ import {
 } from "./stateCodec";
 import { epochCommitKey, groupStateKey, groupTreesKey, pendingCommitKey } from "./storeKeys";
 import { suiteForAlgorithm, loadSuite } from "./suite";
-import { decodeMlsMessageOf, decodeWhole, fromBase64, sameBytes, toBase64 } from "./wire";
+import { decodeMlsMessageOf, decodeWhole, fromBase64, sameBytes, toBase64, type MlsMessageOf } from "./wire";
 
 /**
  * A local user's MLS client in one room's group (LM-04 §MLS Considerations: the group ID is the
@@ -281,22 +281,7 @@ export async function processCommit(
     const accepted = commitAccepted(group, commitEventId);
     return { ...accepted, epoch: group.pending.state.groupContext.epoch, own: true, removed: false };
   }
-  const state = activeState(group);
-  checkGroupAndEpoch(group, state, content.groupId, content.epoch);
-  const cs = await loadSuite(state.groupContext.cipherSuite);
-  const { config, auth } = clientConfigFor(group.groupId, group.policy);
-  const withConfig: ClientState = { ...state, clientConfig: config };
-  const result = await guarded(auth, "IO.MIMI_APPSERVICE.MLS_BAD_PROPOSAL", "commit.process", () =>
-    processMessage(decoded, withConfig, makePskIndex(withConfig, {}), acceptAll, cs),
-  );
-  if (result.kind !== "newState") {
-    throw new MlsError(
-      "IO.MIMI_APPSERVICE.MLS_MALFORMED",
-      "commit.content_type",
-      "the message is not a commit",
-    );
-  }
-  const newState = result.newState;
+  const { state, newState } = await processPublic(group, decoded, "commit");
   const removed = newState.groupActiveState.kind === "removedFromGroup";
   // A removed client stays at the epoch it last had keys for: the commit's epoch is not its own.
   const next: HostedGroup = {
@@ -310,6 +295,31 @@ export async function processCommit(
   if (group.pending !== undefined)
     ops.push({ type: "del", key: pendingCommitKey(group.userId, group.roomId) });
   return { group: next, ops, epoch: newState.groupContext.epoch, own: false, removed };
+}
+
+/** ts-mls processes a PublicMessage of the client's group and epoch, a commit or a proposal. */
+async function processPublic(
+  group: HostedGroup,
+  decoded: MlsMessageOf<"mls_public_message">,
+  kind: "commit" | "proposal",
+): Promise<{ state: ClientState; newState: ClientState }> {
+  const content = decoded.publicMessage.content;
+  const state = activeState(group);
+  checkGroupAndEpoch(group, state, content.groupId, content.epoch);
+  const cs = await loadSuite(state.groupContext.cipherSuite);
+  const { config, auth } = clientConfigFor(group.groupId, group.policy);
+  const withConfig: ClientState = { ...state, clientConfig: config };
+  const result = await guarded(auth, "IO.MIMI_APPSERVICE.MLS_BAD_PROPOSAL", `${kind}.process`, () =>
+    processMessage(decoded, withConfig, makePskIndex(withConfig, {}), acceptAll, cs),
+  );
+  if (result.kind !== "newState") {
+    throw new MlsError(
+      "IO.MIMI_APPSERVICE.MLS_MALFORMED",
+      `${kind}.content_type`,
+      `the message is not a ${kind}`,
+    );
+  }
+  return { state, newState: result.newState };
 }
 
 /**
@@ -327,23 +337,9 @@ export async function processProposal(group: HostedGroup, message: Uint8Array): 
       "the message is not a proposal",
     );
   }
-  const state = activeState(group);
-  checkGroupAndEpoch(group, state, content.groupId, content.epoch);
-  const cs = await loadSuite(state.groupContext.cipherSuite);
-  const { config, auth } = clientConfigFor(group.groupId, group.policy);
-  const withConfig: ClientState = { ...state, clientConfig: config };
-  const result = await guarded(auth, "IO.MIMI_APPSERVICE.MLS_BAD_PROPOSAL", "proposal.process", () =>
-    processMessage(decoded, withConfig, makePskIndex(withConfig, {}), acceptAll, cs),
-  );
-  if (result.kind !== "newState") {
-    throw new MlsError(
-      "IO.MIMI_APPSERVICE.MLS_MALFORMED",
-      "proposal.content_type",
-      "the message is not a proposal",
-    );
-  }
-  const next: HostedGroup = { ...group, state: result.newState };
-  return { group: next, ops: stateOps(next, result.newState, group.commitEventId, state) };
+  const { state, newState } = await processPublic(group, decoded, "proposal");
+  const next: HostedGroup = { ...group, state: newState };
+  return { group: next, ops: stateOps(next, newState, group.commitEventId, state) };
 }
 
 /** The leaves that proposals the client holds for the current epoch remove. */
