@@ -3,7 +3,11 @@ import type { Server } from "node:http";
 import type { MatrixConfig } from "../config/config";
 import type { Logger } from "../logging";
 import type { KvStore } from "../store/kv";
-import { createAppserviceHandler, listenAppservice } from "./appserviceListener";
+import {
+  createAppserviceHandler,
+  listenAppservice,
+  type AppserviceListenerOptions,
+} from "./appserviceListener";
 import { HomeserverClient, HomeserverError } from "./homeserverClient";
 import { HomeserverInbox } from "./homeserverInbox";
 import { MatrixBridge } from "./matrixBridge";
@@ -26,6 +30,8 @@ export interface AppserviceDeps {
   rooms: RoomsApi;
   /** Our MIMI server name, for the MIMI user IDs of the homeserver's users. */
   mimiServerName: string;
+  /** Told of the homeserver's transactions and of the listener's error answers (metrics). */
+  observe?: Pick<AppserviceListenerOptions, "onTransaction" | "onError">;
 }
 
 /**
@@ -74,6 +80,8 @@ export class Appservice {
     }
     const inbox = await HomeserverInbox.open(deps.kv);
     const pingId = `mimi-start-${randomBytes(8).toString("hex")}`;
+    let bridgeStarted: (bridge: MatrixBridge | undefined) => void = () => undefined;
+    const bridgeReady = new Promise<MatrixBridge | undefined>((resolve) => (bridgeStarted = resolve));
     let pinged = false;
     const handler = createAppserviceHandler({
       hsToken: registration.hs_token,
@@ -82,6 +90,10 @@ export class Appservice {
       onPing: (transactionId) => {
         if (transactionId === pingId) pinged = true;
       },
+      // The bridge exists once we listen; a query before that finds nothing yet.
+      onRoomQuery: async (alias) => (await bridgeReady)?.portalForAlias(alias) ?? false,
+      onUserQuery: async (userId) => (await bridgeReady)?.ghostExists(userId) ?? false,
+      ...deps.observe,
     });
     const server = await listenAppservice(
       handler,
@@ -104,6 +116,7 @@ export class Appservice {
     });
     const appservice = new Appservice(client, inbox, server, botUserId, bridge);
     await bridge.start();
+    bridgeStarted(bridge);
     if (!versions.some((v) => /^v1\.(\d+)$/.test(v) && Number(v.slice(3)) >= 7)) {
       log.warn(
         "the homeserver does not offer the appservice ping (spec v1.7): queued transactions wait for its retry",

@@ -8,6 +8,8 @@ import type { HomeserverInbox } from "./homeserverInbox";
 export const MAX_TRANSACTION_BYTES = 16 * 1024 * 1024;
 const TRANSACTION_PATH = /^\/_matrix\/app\/v1\/transactions\/([^/]+)$/;
 const PING_PATH = "/_matrix/app/v1/ping";
+const ROOM_QUERY_PATH = /^\/_matrix\/app\/v1\/rooms\/([^/]+)$/;
+const USER_QUERY_PATH = /^\/_matrix\/app\/v1\/users\/([^/]+)$/;
 
 export interface AppserviceListenerOptions {
   hsToken: string;
@@ -15,6 +17,16 @@ export interface AppserviceListenerOptions {
   log: Logger;
   /** Called for each ping, with the homeserver's transaction_id (our own ping's, or none). */
   onPing?: (transactionId: string | undefined) => void;
+  /** Told of each transaction: stored (with its events), a duplicate, or rejected (a bad request). */
+  onTransaction?: (outcome: "stored" | "duplicate" | "rejected", events: number) => void;
+  /**
+   * Application service API §Querying: a room alias or a user of our namespace the homeserver
+   * does not know; true once it exists (the portal made, the ghost registered).
+   */
+  onRoomQuery?: (alias: string) => Promise<boolean>;
+  onUserQuery?: (userId: string) => Promise<boolean>;
+  /** Told of each error answer (e.g. to count them). */
+  onError?: (errcode: string, status: number) => void;
 }
 
 class RequestError extends Error {
@@ -31,7 +43,7 @@ const sha256 = (text: string) => createHash("sha256").update(text).digest();
 
 /**
  * The HTTP side the homeserver calls (application service API): `PUT /transactions/{txnId}`,
- * stored durably before the 200, and `POST /ping`. Every request must carry the hs_token
+ * stored durably before the 200, `POST /ping`, and the alias and user queries. Every request must carry the hs_token
  * (`Authorization: Bearer`, or the legacy `access_token` query parameter).
  */
 export function createAppserviceHandler(options: AppserviceListenerOptions) {
@@ -46,9 +58,23 @@ export function createAppserviceHandler(options: AppserviceListenerOptions) {
       throw new RequestError(403, "M_FORBIDDEN", "wrong hs_token");
   };
   return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    let transaction: RegExpExecArray | null = null;
     try {
       const url = new URL(req.url ?? "/", "http://appservice");
-      const transaction = TRANSACTION_PATH.exec(url.pathname);
+      transaction = TRANSACTION_PATH.exec(url.pathname);
+      const roomQuery = ROOM_QUERY_PATH.exec(url.pathname);
+      const userQuery = USER_QUERY_PATH.exec(url.pathname);
+      if (roomQuery !== null || userQuery !== null) {
+        if (req.method !== "GET") throw new RequestError(405, "M_UNRECOGNIZED", `use GET on ${url.pathname}`);
+        authorized(req, url);
+        const subject = decodeURIComponent((roomQuery ?? userQuery)![1]!);
+        const query = roomQuery !== null ? options.onRoomQuery : options.onUserQuery;
+        if (query !== undefined && (await query(subject))) {
+          sendJson(res, 200, {});
+          return;
+        }
+        throw new RequestError(404, "M_NOT_FOUND", `${subject} is not one of ours`);
+      }
       if (url.pathname !== PING_PATH && transaction === null) {
         throw new RequestError(404, "M_UNRECOGNIZED", `no such route: ${req.method} ${url.pathname}`);
       }
@@ -67,6 +93,7 @@ export function createAppserviceHandler(options: AppserviceListenerOptions) {
           throw new RequestError(400, "M_BAD_JSON", "events: must be a list of event objects");
         }
         const fresh = await options.inbox.accept(txnId, events as Record<string, unknown>[]);
+        options.onTransaction?.(fresh ? "stored" : "duplicate", events.length);
         options.log.debug("homeserver transaction", {
           txnId,
           events: events.length,
@@ -80,6 +107,9 @@ export function createAppserviceHandler(options: AppserviceListenerOptions) {
       options.onPing?.(transactionId);
       sendJson(res, 200, {});
     } catch (err) {
+      const { status, errcode } = err instanceof RequestError ? err : { status: 500, errcode: "M_UNKNOWN" };
+      if (transaction !== null) options.onTransaction?.("rejected", 0);
+      options.onError?.(errcode, status);
       if (err instanceof RequestError) {
         sendJson(res, err.status, { errcode: err.errcode, error: err.message });
         return;

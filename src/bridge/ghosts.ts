@@ -46,3 +46,20 @@ export function mimiUserOfGhost(matrixUserId: string, prefix: string, domain: st
   if (!matrixUserId.startsWith(head) || !matrixUserId.endsWith(tail)) return undefined;
   return unescapeUserId(matrixUserId.slice(head.length, -tail.length));
 }
+
+/**
+ * A MIMI room's portal alias: `#<prefix><escaped room ID>:<domain>`, the room ID escaped as a
+ * user ID is (without its sigil), so `!r1:b.example` is `#_mimi_r1=3ab.example:<domain>`.
+ */
+export function portalAlias(mimiRoomId: string, prefix: string, domain: string): string {
+  return `#${prefix}${escapeUserId(mimiRoomId)}:${domain}`;
+}
+
+/** The MIMI room ID a portal alias of ours names (not yet checked against the room ID grammar). */
+export function mimiRoomOfAlias(alias: string, prefix: string, domain: string): string | undefined {
+  const head = `#${prefix}`;
+  const tail = `:${domain}`;
+  if (!alias.startsWith(head) || !alias.endsWith(tail)) return undefined;
+  const asUser = unescapeUserId(alias.slice(head.length, -tail.length));
+  return asUser === undefined ? undefined : `!${asUser.slice(1)}`;
+}

@@ -102,11 +102,13 @@ export class HomeserverClient {
     );
   }
 
-  /** The bot invites `userId` into a room. */
-  async invite(roomId: string, userId: string): Promise<void> {
-    await this.request("POST", `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/invite`, {
-      user_id: userId,
-    });
+  /** The bot (or `asUser`) invites `userId` into a room. */
+  async invite(roomId: string, userId: string, asUser?: string): Promise<void> {
+    await this.request(
+      "POST",
+      withUser(`/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/invite`, asUser),
+      { user_id: userId },
+    );
   }
 
   /** Registers a user of our exclusive namespace (a ghost); one that exists already is fine. */
@@ -146,6 +148,70 @@ export class HomeserverClient {
       "PUT",
       withUser(
         `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/${encodeURIComponent(type)}/${encodeURIComponent(txnId)}`,
+        asUser,
+      ),
+      content,
+    );
+    return String((body as { event_id?: unknown }).event_id ?? "");
+  }
+
+  /** `asUser` (or the bot) redacts an event; `txnId` makes a repeat harmless. */
+  async redact(
+    roomId: string,
+    eventId: string,
+    txnId: string,
+    reason?: string,
+    asUser?: string,
+  ): Promise<void> {
+    await this.request(
+      "PUT",
+      withUser(
+        `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/redact/${encodeURIComponent(eventId)}/${encodeURIComponent(txnId)}`,
+        asUser,
+      ),
+      reason === undefined ? {} : { reason },
+    );
+  }
+
+  /** The bot (or `asUser`) kicks, bans or unbans a user. */
+  async moderate(
+    action: "kick" | "ban" | "unban",
+    roomId: string,
+    userId: string,
+    reason?: string,
+    asUser?: string,
+  ): Promise<void> {
+    await this.request(
+      "POST",
+      withUser(`/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/${action}`, asUser),
+      { user_id: userId, ...(reason === undefined ? {} : { reason }) },
+    );
+  }
+
+  /** The bot points a room alias of our namespace at a room (`PUT /directory/room/{alias}`). */
+  async setAlias(alias: string, roomId: string): Promise<void> {
+    try {
+      await this.request("PUT", `/_matrix/client/v3/directory/room/${encodeURIComponent(alias)}`, {
+        room_id: roomId,
+      });
+    } catch (err) {
+      // It exists already (an earlier query made it): fine.
+      if (!(err instanceof HomeserverError && err.status === 409)) throw err;
+    }
+  }
+
+  /** The bot (or `asUser`) sets a state event. */
+  async setState(
+    roomId: string,
+    type: string,
+    stateKey: string,
+    content: Record<string, unknown>,
+    asUser?: string,
+  ): Promise<string> {
+    const body = await this.request(
+      "PUT",
+      withUser(
+        `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/state/${encodeURIComponent(type)}/${encodeURIComponent(stateKey)}`,
         asUser,
       ),
       content,

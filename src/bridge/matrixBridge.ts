@@ -1,14 +1,17 @@
 import { createHash } from "node:crypto";
 import type { MatrixConfig } from "../config/config";
-import type { JsonObject } from "../events/types";
-import { isValidUserId, makeUserId } from "../identifiers";
+import type { FullyFormedEvent, JsonObject } from "../events/types";
+import { isValidRoomId, isValidUserId, makeUserId, serverNameOf } from "../identifiers";
 import type { Logger } from "../logging";
 import type { InviteInfo, ReceivedMessage, RoomsApi } from "../provider/roomsApiTypes";
 import { prefixEnd, type BatchOp, type KvStore } from "../store/kv";
-import { ghostUserId, mimiUserOfGhost } from "./ghosts";
+import { ghostUserId, mimiRoomOfAlias, mimiUserOfGhost } from "./ghosts";
 import { MimiError } from "../errors";
 import { HomeserverError, type HomeserverClient } from "./homeserverClient";
 import type { HomeserverInbox, InboxEntry } from "./homeserverInbox";
+import { mapMessageContent, referencedEventIds } from "./messageContent";
+import { greeting, notAllowed, parseCommand, runCommand } from "./botCommands";
+import { permissionLevel, type PermissionLevel } from "./permissions";
 
 /**
  * Portal records (`␀` is U+0000). Matrix room IDs are opaque (room version 12 has no server
@@ -19,12 +22,40 @@ import type { HomeserverInbox, InboxEntry } from "./homeserverInbox";
  * | `bp␀<Matrix room ID>`      | `{mimiRoomId, reader}`: the MIMI room it portals, and the local user whose client reads it for the portal |
  * | `bm␀<MIMI room ID>`        | the Matrix room ID of its portal        |
  * | `bc␀<MIMI room ID>`        | the next position of the MIMI room to show in its portal |
+ * | `bd␀<Matrix room ID>`      | the Matrix user ID whose command room (direct chat with the bot) it is |
  */
 const SEP = "\u0000";
 const portalKey = (matrixRoomId: string) => `bp${SEP}${matrixRoomId}`;
 const mimiPrefix = `bm${SEP}`;
 const mimiKey = (mimiRoomId: string) => `${mimiPrefix}${mimiRoomId}`;
 const cursorKey = (mimiRoomId: string) => `bc${SEP}${mimiRoomId}`;
+const commandRoomKey = (matrixRoomId: string) => `bd${SEP}${matrixRoomId}`;
+const stateCursorKey = (mimiRoomId: string) => `bs${SEP}${mimiRoomId}`;
+const matrixLinkKey = (matrixEventId: string) => `bx${SEP}${matrixEventId}`;
+const mimiLinkKey = (mimiEventId: string) => `be${SEP}${mimiEventId}`;
+
+/** One side's view of a bridged message: the other side's event ID, its room, and the MIMI sender. */
+interface EventLink {
+  eventId: string;
+  roomId: string;
+  sender: string;
+}
+
+/** The two records linking a Matrix event and the MIMI event of the same message. */
+function linkOps(
+  matrixEventId: string,
+  matrixRoomId: string,
+  mimiEventId: string,
+  mimiRoomId: string,
+  sender: string,
+): BatchOp[] {
+  const toMimi: EventLink = { eventId: mimiEventId, roomId: mimiRoomId, sender };
+  const toMatrix: EventLink = { eventId: matrixEventId, roomId: matrixRoomId, sender };
+  return [
+    { type: "put", key: matrixLinkKey(matrixEventId), value: JSON.stringify(toMimi) },
+    { type: "put", key: mimiLinkKey(mimiEventId), value: JSON.stringify(toMatrix) },
+  ];
+}
 /** How long one read of a portal's MIMI room waits for a message (bounds how long stopping takes). */
 const FOLLOW_WAIT_MS = 2_000;
 
@@ -32,6 +63,13 @@ interface PortalRecord {
   mimiRoomId: string;
   reader: string;
 }
+
+/** State a user sets on purpose that the MIMI room would not see: worth a notice. */
+const NOTED_STATE_TYPES: ReadonlySet<string> = new Set([
+  "m.room.avatar",
+  "m.room.encryption",
+  "m.room.pinned_events",
+]);
 
 const RETRY_FIRST_MS = 1_000;
 const RETRY_MAX_MS = 60_000;
@@ -47,9 +85,6 @@ export function isTransient(err: unknown): boolean {
   if (err instanceof MimiError) return err.errcode === "M_LIMIT_EXCEEDED" || err.errcode === "M_UNKNOWN";
   return false;
 }
-
-/** Message types of m.room.message that map to MIMI as they are (the body and its formatting). */
-const TEXT_MSGTYPES = new Set(["m.text", "m.notice", "m.emote"]);
 
 export interface MatrixBridgeDeps {
   kv: KvStore;
@@ -76,7 +111,9 @@ export const derivedTxnId = (purpose: string, eventId: string) =>
  * Built so far: a local user creating a room with the bot invited creates a MIMI room with them
  * as creator, and the room becomes its portal; their text messages in a portal go to the MIMI
  * room, end-to-end encrypted; inviting a ghost invites the MIMI user it stands for; remote users'
- * messages appear in the portal from their ghosts. Anything else is acknowledged and not mapped yet.
+ * messages appear in the portal from their ghosts. A direct chat with the bot is the user's
+ * command room (botCommands.ts). A local user whose level in `appservice.permissions` is `none`
+ * changes nothing in MIMI. Anything else is acknowledged and not mapped yet.
  */
 export class MatrixBridge {
   private stopped = false;
@@ -130,22 +167,23 @@ export class MatrixBridge {
    */
   private async deliverInvite(invite: InviteInfo): Promise<void> {
     if (this.stopped || (await this.deps.kv.get(mimiKey(invite.roomId))) !== undefined) return;
-    const suffix = `:${this.deps.mimiServerName}`;
-    if (!invite.userId.endsWith(suffix)) return;
-    const matrixUser = `@${invite.userId.slice(1, -suffix.length)}:${this.deps.matrix.domain}`;
+    const matrixUser = this.matrixUserOf(invite.userId);
+    if (matrixUser === undefined) return;
+    if (this.levelOf(matrixUser) === "none") {
+      this.deps.log.info("a MIMI invite for a user not allowed to use the bridge is not delivered", {
+        mimiRoomId: invite.roomId,
+        user: matrixUser,
+      });
+      return;
+    }
     const name = invite.strippedState.find((e) => e.type === "m.room.name")?.content as
       | { name?: unknown }
       | undefined;
-    const matrixRoomId = await this.deps.client.createRoom({
-      preset: "private_chat",
-      name: typeof name?.name === "string" ? name.name : invite.roomId,
-      invite: [matrixUser],
-    });
-    const record: PortalRecord = { mimiRoomId: invite.roomId, reader: invite.userId };
-    await this.deps.kv.commit([
-      { type: "put", key: portalKey(matrixRoomId), value: JSON.stringify(record) },
-      { type: "put", key: mimiKey(invite.roomId), value: matrixRoomId },
-    ]);
+    const matrixRoomId = await this.openPortal(
+      invite.roomId,
+      invite.userId,
+      typeof name?.name === "string" ? name.name : undefined,
+    );
     await this.notice(
       matrixRoomId,
       `${invite.inviter} invites you to the MIMI room ${invite.roomId} (hosted by ${invite.hubServer}). ` +
@@ -159,6 +197,33 @@ export class MatrixBridge {
     });
   }
 
+  /**
+   * The portal of a MIMI room for a local user (`mimiUser`, who reads the room for it): when the
+   * MIMI room has none yet, the bot creates a Matrix room named `name` (else the MIMI room ID),
+   * invites the user's Matrix account and records the room as the portal (`bp`, `bm`) before
+   * answering. Answers the portal's Matrix room ID. Following the MIMI room is the caller's call
+   * (a user only invited has no client in the room to read it yet).
+   */
+  async openPortal(mimiRoomId: string, mimiUser: string, name?: string): Promise<string> {
+    const existing = await this.deps.kv.get(mimiKey(mimiRoomId));
+    if (existing !== undefined) return existing;
+    const matrixUser = this.matrixUserOf(mimiUser);
+    if (matrixUser === undefined) {
+      throw new MimiError("M_INVALID_PARAM", `${mimiUser} is not a user of this homeserver`);
+    }
+    const matrixRoomId = await this.deps.client.createRoom({
+      preset: "private_chat",
+      name: name ?? mimiRoomId,
+      invite: [matrixUser],
+    });
+    const record: PortalRecord = { mimiRoomId, reader: mimiUser };
+    await this.deps.kv.commit([
+      { type: "put", key: portalKey(matrixRoomId), value: JSON.stringify(record) },
+      { type: "put", key: mimiKey(mimiRoomId), value: matrixRoomId },
+    ]);
+    return matrixRoomId;
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     this.unsubscribe?.();
@@ -166,6 +231,76 @@ export class MatrixBridge {
     await this.running;
     await this.invites;
     await Promise.all(this.followers.values());
+  }
+
+  /**
+   * The homeserver asks for an alias of our namespace: a portal alias names a MIMI room, and the
+   * bot makes a portal for it with that alias, which anyone on the homeserver may join; their
+   * join there is their join of the MIMI room, whose policy decides (a refused join is undone).
+   * A room that has a portal already gets the alias on it.
+   */
+  async portalForAlias(alias: string): Promise<boolean> {
+    const { aliasPrefix } = this.deps.matrix.appservice;
+    const mimiRoomId = mimiRoomOfAlias(alias, aliasPrefix, this.deps.matrix.domain);
+    if (mimiRoomId === undefined || !isValidRoomId(mimiRoomId) || this.stopped) return false;
+    const existing = await this.deps.kv.get(mimiKey(mimiRoomId));
+    if (existing !== undefined) {
+      await this.deps.client.setAlias(alias, existing);
+      return true;
+    }
+    const localpart = alias.slice(1, alias.lastIndexOf(":"));
+    const matrixRoomId = await this.deps.client.createRoom({
+      preset: "public_chat",
+      visibility: "private",
+      room_alias_name: localpart,
+      name: mimiRoomId,
+      topic: `The MIMI room ${mimiRoomId}, hosted by ${serverNameOf(mimiRoomId)}`,
+    });
+    // No reader yet: the first local user to join reads the MIMI room for the portal.
+    const record: PortalRecord = { mimiRoomId, reader: "" };
+    await this.deps.kv.commit([
+      { type: "put", key: portalKey(matrixRoomId), value: JSON.stringify(record) },
+      { type: "put", key: mimiKey(mimiRoomId), value: matrixRoomId },
+    ]);
+    this.deps.log.info("portal created for an alias", { alias, matrixRoomId, mimiRoomId });
+    return true;
+  }
+
+  /** The homeserver asks for a user of our namespace: a ghost is registered, with the MIMI user ID as its name. */
+  async ghostExists(userId: string): Promise<boolean> {
+    const { userPrefix } = this.deps.matrix.appservice;
+    const mimiUser = mimiUserOfGhost(userId, userPrefix, this.deps.matrix.domain);
+    if (
+      mimiUser === undefined ||
+      !isValidUserId(mimiUser) ||
+      mimiUser.endsWith(`:${this.deps.mimiServerName}`)
+    )
+      return false;
+    await this.deps.client.registerGhost(userId.slice(1, userId.indexOf(":")));
+    await this.deps.client.setDisplayName(userId, mimiUser);
+    return true;
+  }
+
+  /**
+   * A local user is in the MIMI room through a portal: the portal follows it, read by its first
+   * local member's client; a portal made for an alias takes the MIMI room's name and topic then.
+   */
+  private async joinedPortal(roomId: string, mimiRoomId: string, user: string): Promise<void> {
+    const record = await this.portal(roomId);
+    if (record !== undefined && record.reader === "") {
+      await this.deps.kv.commit([
+        { type: "put", key: portalKey(roomId), value: JSON.stringify({ ...record, reader: user }) },
+      ]);
+      for (const entry of this.deps.rooms.roomInfo(mimiRoomId)?.state ?? []) {
+        if ((entry.type === "m.room.name" || entry.type === "m.room.topic") && entry.stateKey === "")
+          await this.deps.client
+            .setState(roomId, entry.type, "", entry.content)
+            .catch((err: unknown) =>
+              this.deps.log.warn("cannot copy the MIMI room's state to its portal", { roomId, error: err }),
+            );
+      }
+    }
+    this.follow(mimiRoomId, roomId, record?.reader || user);
   }
 
   /** The MIMI room a Matrix room portals, if it is a portal. */
@@ -230,11 +365,14 @@ export class MatrixBridge {
     const eventId = event.event_id;
     if (typeof roomId !== "string" || typeof sender !== "string" || typeof eventId !== "string") return [];
     const content = (event.content ?? {}) as Record<string, unknown>;
+    if (await this.refusedUser(event, roomId, sender, eventId, content)) return [];
     if (
       event.type === "m.room.member" &&
       event.state_key === this.deps.botUserId &&
       content.membership === "invite"
     ) {
+      // A direct chat with the bot is a command room; any other room becomes a portal.
+      if (content.is_direct === true) return this.invitedBotDirect(roomId, sender, eventId);
       return this.invitedBot(roomId, sender, eventId);
     }
     if (
@@ -247,7 +385,9 @@ export class MatrixBridge {
         this.deps.matrix.appservice.userPrefix,
         this.deps.matrix.domain,
       );
-      if (target !== undefined) await this.invitedGhost(roomId, sender, eventId, target);
+      const invited = target ?? this.mimiUserOf(event.state_key);
+      if (invited !== undefined)
+        await this.invitedUser(roomId, sender, eventId, invited, target !== undefined);
       return [];
     }
     if (
@@ -263,9 +403,179 @@ export class MatrixBridge {
       return [];
     }
     if (event.type === "m.room.message" && sender !== this.deps.botUserId) {
-      await this.message(roomId, sender, eventId, content);
+      const owner = await this.commandRoomOwner(roomId);
+      if (owner !== undefined) {
+        await this.command(roomId, owner, sender, eventId, content);
+        return [];
+      }
+      return this.message(roomId, sender, eventId, content);
     }
+    if (event.type === "m.room.redaction") {
+      // Room versions up to 10 carry `redacts` at the top; 11 and later in the content.
+      return this.redaction(roomId, sender, eventId, content.redacts ?? event.redacts, content.reason);
+    }
+    if (typeof event.type === "string")
+      await this.unmapped(roomId, sender, eventId, event.type, event.state_key);
     return [];
+  }
+
+  /**
+   * A local user's event in a portal that has no MIMI counterpart: they get a notice saying so,
+   * rather than believing the other side saw it. The room settings a Matrix client makes on its
+   * own (power levels, join rules, history visibility, ...) stay Matrix-only without a word.
+   */
+  private async unmapped(
+    roomId: string,
+    sender: string,
+    eventId: string,
+    type: string,
+    stateKey: unknown,
+  ): Promise<void> {
+    if (stateKey !== undefined && !NOTED_STATE_TYPES.has(type)) return;
+    if (this.mimiUserOf(sender) === undefined || (await this.portalOf(roomId)) === undefined) return;
+    const what =
+      type === "m.room.encrypted" || type === "m.room.encryption"
+        ? "Matrix end-to-end encryption in a portal hides messages from the bridge; they cannot reach the MIMI room (its messages are end-to-end encrypted with MLS already)"
+        : `${type} events are not bridged to the MIMI room`;
+    await this.notice(roomId, `Not sent to the MIMI room: ${what}.`, derivedTxnId("unmapped", eventId));
+  }
+
+  /** The bridge's permission level of a Matrix user (`appservice.permissions`). */
+  private levelOf(matrixUserId: string): PermissionLevel {
+    return permissionLevel(this.deps.matrix.appservice.permissions, matrixUserId);
+  }
+
+  /**
+   * A local user whose level is `none` changes nothing in MIMI: an event of theirs that would act
+   * there (inviting the bot; in a portal, a message, a redaction, a join, leave, kick or ban, an
+   * invite of a ghost or a local user, a name or topic; in a command room, a message) is answered by one notice
+   * from the bot instead. Answers whether the event was refused.
+   */
+  private async refusedUser(
+    event: Record<string, unknown>,
+    roomId: string,
+    sender: string,
+    eventId: string,
+    content: Record<string, unknown>,
+  ): Promise<boolean> {
+    if (this.mimiUserOf(sender) === undefined || this.levelOf(sender) !== "none") return false;
+    const txnId = derivedTxnId("not-allowed", eventId);
+    const stateKey = event.state_key;
+    if (
+      event.type === "m.room.member" &&
+      stateKey === this.deps.botUserId &&
+      content.membership === "invite"
+    ) {
+      // The bot joins only to say so, and leaves.
+      await this.deps.client.joinRoom(roomId);
+      await this.notice(roomId, notAllowed(sender), txnId);
+      await this.deps.client.leaveRoom(roomId, this.deps.botUserId);
+      this.deps.log.info("refused an invite of the bot by a user not allowed to use the bridge", {
+        roomId,
+        sender,
+      });
+      return true;
+    }
+    let acts: boolean;
+    if ((await this.portalOf(roomId)) !== undefined) {
+      const { userPrefix } = this.deps.matrix.appservice;
+      acts =
+        event.type === "m.room.message" ||
+        event.type === "m.room.redaction" ||
+        ((event.type === "m.room.name" || event.type === "m.room.topic") && stateKey === "") ||
+        (event.type === "m.room.member" &&
+          typeof stateKey === "string" &&
+          (content.membership === "invite"
+            ? mimiUserOfGhost(stateKey, userPrefix, this.deps.matrix.domain) !== undefined ||
+              this.mimiUserOf(stateKey) !== undefined
+            : content.membership === "join" ||
+              content.membership === "leave" ||
+              content.membership === "ban"));
+    } else {
+      acts = event.type === "m.room.message" && (await this.commandRoomOwner(roomId)) !== undefined;
+    }
+    if (!acts) return false;
+    await this.notice(roomId, notAllowed(sender), txnId);
+    this.deps.log.info("refused an event of a user not allowed to use the bridge", {
+      roomId,
+      sender,
+      type: event.type,
+    });
+    return true;
+  }
+
+  /** The Matrix user whose command room this is, if it is one. */
+  private commandRoomOwner(matrixRoomId: string): Promise<string | undefined> {
+    return this.deps.kv.get(commandRoomKey(matrixRoomId));
+  }
+
+  /**
+   * A local user opened a direct chat with the bot: the bot joins, greets them with the command
+   * list, and the room becomes their command room (`bd`, in the event's batch).
+   */
+  private async invitedBotDirect(roomId: string, sender: string, eventId: string): Promise<BatchOp[]> {
+    if ((await this.commandRoomOwner(roomId)) !== undefined || (await this.portalOf(roomId)) !== undefined)
+      return [];
+    if (this.mimiUserOf(sender) === undefined) {
+      this.deps.log.info("a user of another homeserver opened a direct chat with the bot; not joining", {
+        roomId,
+        sender,
+      });
+      return [];
+    }
+    await this.deps.client.joinRoom(roomId);
+    await this.notice(roomId, greeting(this.levelOf(sender)), derivedTxnId("greet", eventId));
+    this.deps.log.info("command room opened", { matrixRoomId: roomId, user: sender });
+    return [{ type: "put", key: commandRoomKey(roomId), value: sender }];
+  }
+
+  /**
+   * A message in a command room: its owner's `m.text` is a command (botCommands.ts), answered by
+   * a notice from the bot whose transaction ID is derived from the message, like every call the
+   * command makes. Anyone else's messages there are left alone.
+   */
+  private async command(
+    roomId: string,
+    owner: string,
+    sender: string,
+    eventId: string,
+    content: Record<string, unknown>,
+  ): Promise<void> {
+    const mimiUser = this.mimiUserOf(sender);
+    if (sender !== owner || mimiUser === undefined) return;
+    if (content.msgtype !== "m.text" || typeof content.body !== "string") return;
+    const command = parseCommand(content.body);
+    if (command === undefined) return;
+    const { userPrefix } = this.deps.matrix.appservice;
+    const answer = await runCommand(
+      command,
+      {
+        matrixUser: sender,
+        mimiUser,
+        level: this.levelOf(sender),
+        txnId: (purpose) => derivedTxnId(`command-${purpose}`, eventId),
+      },
+      {
+        rooms: this.deps.rooms,
+        openPortal: async (mimiRoomId, user, name) => {
+          const portal = await this.openPortal(mimiRoomId, user, name);
+          this.follow(mimiRoomId, portal, user);
+          return portal;
+        },
+        portalOf: (matrixRoomId) => this.portalOf(matrixRoomId),
+        portalFor: (mimiRoomId) => this.deps.kv.get(mimiKey(mimiRoomId)),
+        invitePortal: async (mimiRoomId, user) => {
+          const matrixUser = this.matrixUserOf(user);
+          const portal = await this.deps.kv.get(mimiKey(mimiRoomId));
+          if (matrixUser === undefined || portal === undefined) return undefined;
+          await this.deps.client.invite(portal, matrixUser);
+          return portal;
+        },
+        mimiUserOfGhost: (matrixUserId) => mimiUserOfGhost(matrixUserId, userPrefix, this.deps.matrix.domain),
+        isTransient,
+      },
+    );
+    await this.notice(roomId, answer, derivedTxnId("answer", eventId));
   }
 
   /** A local user invited the bot: the room becomes the portal of a new MIMI room they created. */
@@ -332,16 +642,37 @@ export class MatrixBridge {
       });
     } catch (err) {
       if (isTransient(err)) throw err;
+      // The portal shows the MIMI room's value again (none: empty).
+      const current = this.deps.rooms
+        .roomInfo(mimiRoomId)
+        ?.state.find((e) => e.type === type && e.stateKey === "");
+      const previous = current?.content[field];
+      let undone = "";
+      try {
+        await this.deps.client.setState(roomId, type, "", {
+          [field]: typeof previous === "string" ? previous : "",
+        });
+        undone = " Set back to the MIMI room's.";
+      } catch (undoErr) {
+        if (isTransient(undoErr)) throw undoErr;
+        undone = ` The bridge could not set it back here: ${(undoErr as Error).message}`;
+      }
       await this.notice(
         roomId,
-        `Not done in the MIMI room (${type}): ${(err as Error).message}`,
+        `Not done in the MIMI room (${type}): ${(err as Error).message}${undone}`,
         derivedTxnId("refused", eventId),
       );
     }
   }
 
-  /** A local user invited a ghost into a portal: the MIMI user it stands for is invited to the MIMI room. */
-  private async invitedGhost(roomId: string, sender: string, eventId: string, target: string): Promise<void> {
+  /** A local user invited a ghost (or another local user) into a portal: the MIMI user is invited to the MIMI room. */
+  private async invitedUser(
+    roomId: string,
+    sender: string,
+    eventId: string,
+    target: string,
+    isGhost: boolean,
+  ): Promise<void> {
     const mimiRoomId = await this.portalOf(roomId);
     const inviter = this.mimiUserOf(sender);
     if (mimiRoomId === undefined || inviter === undefined) return;
@@ -354,6 +685,13 @@ export class MatrixBridge {
       });
     } catch (err) {
       if (isTransient(err)) throw err;
+      // The ghost turns the invite down, so the portal does not show an invite that is not there.
+      if (isGhost) {
+        const ghost = ghostUserId(target, this.deps.matrix.appservice.userPrefix, this.deps.matrix.domain);
+        await this.deps.client.leaveRoom(roomId, ghost).catch((leaveErr: unknown) => {
+          if (isTransient(leaveErr)) throw leaveErr;
+        });
+      }
       await this.notice(
         roomId,
         `${target} was not invited to the MIMI room: ${(err as Error).message}`,
@@ -397,8 +735,7 @@ export class MatrixBridge {
           txnId,
           ...why,
         });
-        if (membership === "join")
-          this.follow(mimiRoomId, roomId, (await this.portal(roomId))?.reader ?? target);
+        if (membership === "join") await this.joinedPortal(roomId, mimiRoomId, target);
       } else if (membership !== "join") {
         await this.deps.rooms.changeParticipationOf({
           roomId: mimiRoomId,
@@ -411,11 +748,46 @@ export class MatrixBridge {
       }
     } catch (err) {
       if (isTransient(err)) throw err;
+      const undone = await this.undoMembership(roomId, stateKey, target, sender === stateKey, membership);
       await this.notice(
         roomId,
-        `Not done in the MIMI room (${membership} of ${target}): ${(err as Error).message}`,
+        `Not done in the MIMI room (${membership} of ${target}): ${(err as Error).message}` +
+          (undone === undefined ? "" : ` ${undone}`),
         derivedTxnId("refused", eventId),
       );
+    }
+  }
+
+  /**
+   * Puts a portal's membership back after the MIMI room refused the change: a refused kick or ban
+   * is reverted (unban, then the bot invites the user back; a ghost rejoins), a refused own join
+   * is undone by a kick. Answers what it did, or why it could not (the bot lacks the power).
+   */
+  private async undoMembership(
+    roomId: string,
+    matrixUser: string,
+    target: string,
+    own: boolean,
+    membership: "join" | "leave" | "ban",
+  ): Promise<string | undefined> {
+    const isGhost = !target.endsWith(`:${this.deps.mimiServerName}`);
+    try {
+      if (own) {
+        if (membership !== "join") return undefined;
+        await this.deps.client.moderate("kick", roomId, matrixUser, "the MIMI room refused this join");
+        return "Removed from this room again.";
+      }
+      if (membership === "ban") await this.deps.client.moderate("unban", roomId, matrixUser);
+      if (isGhost) {
+        this.ghostsIn.delete(`${matrixUser}${SEP}${roomId}`);
+        await this.ghostIn(roomId, target);
+      } else {
+        await this.deps.client.invite(roomId, matrixUser);
+      }
+      return isGhost ? "Put back in this room." : "Invited back to this room.";
+    } catch (err) {
+      if (isTransient(err)) throw err;
+      return `The bridge could not undo it here: ${(err as Error).message}`;
     }
   }
 
@@ -438,8 +810,9 @@ export class MatrixBridge {
           continue;
         }
         for (const message of page) {
+          let ops: BatchOp[];
           try {
-            await this.show(matrixRoomId, message);
+            ops = await this.show(mimiRoomId, matrixRoomId, message);
           } catch (err) {
             // Not shown now: the cursor stays, and the next read tries again.
             this.deps.log.warn("cannot show a MIMI message in its portal", {
@@ -451,7 +824,10 @@ export class MatrixBridge {
             break;
           }
           from = message.seq + 1;
-          await this.deps.kv.commit([{ type: "put", key: cursorKey(mimiRoomId), value: String(from) }]);
+          await this.deps.kv.commit([
+            ...ops,
+            { type: "put", key: cursorKey(mimiRoomId), value: String(from) },
+          ]);
         }
         await this.syncGhosts(mimiRoomId, matrixRoomId).catch((err: unknown) =>
           this.deps.log.warn("cannot bring a portal's ghosts in line with the MIMI room", {
@@ -461,10 +837,149 @@ export class MatrixBridge {
         );
       }
     })();
+    const state = this.followState(mimiRoomId, matrixRoomId);
     this.followers.set(
       mimiRoomId,
-      run.catch((err: unknown) => this.deps.log.error("portal follower stopped", { mimiRoomId, error: err })),
+      Promise.all([run, state])
+        .then(() => undefined)
+        .catch((err: unknown) => this.deps.log.error("portal follower stopped", { mimiRoomId, error: err })),
     );
+  }
+
+  /**
+   * Shows in the portal what remote users do to the MIMI room's state from the time the portal
+   * follows it: invites of local users bring them into the portal, kicks and bans of local users
+   * remove them from it, invites of remote users invite their ghosts, name and topic changes are
+   * set on the portal. What the bot cannot do there (it lacks the power) becomes a notice.
+   */
+  private async followState(mimiRoomId: string, matrixRoomId: string): Promise<void> {
+    const stored = await this.deps.kv.get(stateCursorKey(mimiRoomId));
+    let from =
+      stored === undefined ? (this.deps.rooms.roomInfo(mimiRoomId)?.headSeq ?? 0) + 1 : Number(stored);
+    if (stored === undefined)
+      await this.deps.kv.commit([{ type: "put", key: stateCursorKey(mimiRoomId), value: String(from) }]);
+    while (!this.stopped) {
+      let page;
+      try {
+        page = await this.deps.rooms.history(mimiRoomId, {
+          fromSeq: from,
+          limit: 50,
+          waitMs: FOLLOW_WAIT_MS,
+        });
+      } catch (err) {
+        this.deps.log.warn("cannot read a portal's MIMI room history", { mimiRoomId, error: err });
+        await new Promise((resolve) => setTimeout(resolve, FOLLOW_WAIT_MS));
+        continue;
+      }
+      for (const entry of page.events) {
+        try {
+          await this.showState(matrixRoomId, entry.eventId, entry.event);
+        } catch (err) {
+          if (isTransient(err)) {
+            this.deps.log.warn("cannot show a MIMI state change in its portal for now", {
+              mimiRoomId,
+              eventId: entry.eventId,
+              error: err,
+            });
+            await new Promise((resolve) => setTimeout(resolve, FOLLOW_WAIT_MS));
+            break;
+          }
+          this.deps.log.warn("a MIMI state change was not shown in its portal", {
+            mimiRoomId,
+            eventId: entry.eventId,
+            error: err,
+          });
+        }
+        from = entry.seq + 1;
+        await this.deps.kv.commit([{ type: "put", key: stateCursorKey(mimiRoomId), value: String(from) }]);
+      }
+    }
+  }
+
+  private async showState(matrixRoomId: string, eventId: string, event: FullyFormedEvent): Promise<void> {
+    const local = `:${this.deps.mimiServerName}`;
+    // Local users' actions came from the portal (or the admin API) and are there already.
+    if (event.sender.endsWith(local) || event.state_key === undefined) return;
+    const { userPrefix } = this.deps.matrix.appservice;
+    const txnId = (purpose: string) => derivedTxnId(purpose, eventId);
+    if (event.type === "m.room.name" || event.type === "m.room.topic") {
+      const field = event.type === "m.room.name" ? "name" : "topic";
+      const value = event.content[field];
+      if (typeof value !== "string") return;
+      await this.botOrNotice(
+        matrixRoomId,
+        () => this.deps.client.setState(matrixRoomId, event.type, "", { [field]: value }),
+        `${event.sender} set the MIMI room's ${field} to ${JSON.stringify(value)}`,
+        txnId("state-notice"),
+      );
+      return;
+    }
+    if (event.type !== "m.room.user") return;
+    const target = event.state_key;
+    const participation = event.content.participation;
+    const reason = typeof event.content.reason === "string" ? event.content.reason : undefined;
+    const byWhom = `by ${event.sender} in the MIMI room${reason === undefined ? "" : `: ${reason}`}`;
+    if (target.endsWith(local)) {
+      const matrixUser = `@${target.slice(1, -local.length)}:${this.deps.matrix.domain}`;
+      if (participation === "invite") {
+        await this.botOrNotice(
+          matrixRoomId,
+          () => this.deps.client.invite(matrixRoomId, matrixUser),
+          `${event.sender} invited ${matrixUser}; invite them here to let them in`,
+          txnId("invite-notice"),
+        );
+      } else if ((participation === "leave" || participation === "ban") && event.sender !== target) {
+        const action = participation === "ban" ? "ban" : "kick";
+        await this.botOrNotice(
+          matrixRoomId,
+          () =>
+            this.deps.client.moderate(
+              action,
+              matrixRoomId,
+              matrixUser,
+              `${action === "ban" ? "banned" : "removed"} ${byWhom}`,
+            ),
+          `${matrixUser} was ${action === "ban" ? "banned" : "removed"} ${byWhom}`,
+          txnId("moderate-notice"),
+        );
+      }
+      return;
+    }
+    if (participation === "invite") {
+      const inviter = await this.ghostIn(matrixRoomId, event.sender);
+      const ghost = ghostUserId(target, userPrefix, this.deps.matrix.domain);
+      await this.deps.client.registerGhost(ghost.slice(1, ghost.indexOf(":")));
+      await this.deps.client.setDisplayName(ghost, target);
+      await this.deps.client.invite(matrixRoomId, ghost, inviter).catch(async (err: unknown) => {
+        if (isTransient(err)) throw err;
+        await this.notice(
+          matrixRoomId,
+          `${event.sender} invited ${target} to the MIMI room.`,
+          txnId("invite-notice"),
+        );
+      });
+    } else if (participation === "ban" && event.sender !== target) {
+      await this.notice(matrixRoomId, `${target} was banned ${byWhom}.`, txnId("ban-notice"));
+    }
+  }
+
+  /** The bot does something in a portal; when the homeserver refuses it, a notice says what happened instead. */
+  private async botOrNotice(
+    matrixRoomId: string,
+    act: () => Promise<unknown>,
+    instead: string,
+    txnId: string,
+  ): Promise<void> {
+    try {
+      await act();
+    } catch (err) {
+      if (isTransient(err)) throw err;
+      await this.notice(
+        matrixRoomId,
+        `${instead}. (The bridge could not do it here: ${(err as Error).message})`,
+        txnId,
+      );
+    }
   }
 
   /**
@@ -481,48 +996,73 @@ export class MatrixBridge {
       if (state === "join" && !this.ghostsIn.has(key)) await this.ghostIn(matrixRoomId, user);
       else if (state !== "join" && this.ghostsIn.has(key)) {
         this.ghostsIn.delete(key);
-        await this.deps.client.leaveRoom(matrixRoomId, ghost);
+        await this.deps.client.leaveRoom(matrixRoomId, ghost).catch((err: unknown) => {
+          // Kicked or banned in the portal already: out is what was wanted.
+          if (!(err instanceof HomeserverError && err.status === 403)) throw err;
+        });
       }
     }
   }
 
-  private async show(matrixRoomId: string, message: ReceivedMessage): Promise<void> {
-    if (message.sender.endsWith(`:${this.deps.mimiServerName}`)) return;
+  /** Shows one MIMI message in the portal; answers the records to land with the follower's cursor. */
+  private async show(mimiRoomId: string, matrixRoomId: string, message: ReceivedMessage): Promise<BatchOp[]> {
+    if (message.sender.endsWith(`:${this.deps.mimiServerName}`)) return [];
     if (message.status !== "decrypted") {
-      if (message.status === "sent") return;
+      if (message.status === "sent") return [];
       await this.notice(
         matrixRoomId,
         `A message from ${message.sender} could not be read (${message.status}${message.reason === undefined ? "" : `: ${message.reason}`}).`,
         derivedTxnId("unreadable", message.eventId),
       );
-      return;
+      return [];
     }
     const content = message.content ?? {};
-    const ghost = await this.ghostIn(matrixRoomId, message.sender);
-    if (
-      message.type === "m.room.message" &&
-      typeof content.msgtype === "string" &&
-      TEXT_MSGTYPES.has(content.msgtype)
-    ) {
-      const shown: Record<string, unknown> = { msgtype: content.msgtype, body: String(content.body ?? "") };
-      if (content.format === "org.matrix.custom.html" && typeof content.formatted_body === "string") {
-        shown.format = content.format;
-        shown.formatted_body = content.formatted_body;
-      }
-      await this.deps.client.sendEvent(
+    if (message.type === "m.room.redaction") {
+      const link = typeof content.redacts === "string" ? await this.linkOfMimi(content.redacts) : undefined;
+      // Only a message's own sender takes it back; a redaction of anything else changes nothing.
+      if (link === undefined || link.sender !== message.sender || link.roomId !== matrixRoomId) return [];
+      const ghost = await this.ghostIn(matrixRoomId, message.sender);
+      const reason = typeof content.reason === "string" ? content.reason : undefined;
+      await this.deps.client.redact(
         matrixRoomId,
-        "m.room.message",
-        shown,
-        derivedTxnId("show", message.eventId),
+        link.eventId,
+        derivedTxnId("redact", message.eventId),
+        reason,
         ghost,
       );
-      return;
+      return [];
+    }
+    if (message.type === "m.room.message") {
+      const ids = new Map<string, string>();
+      for (const id of referencedEventIds(content)) {
+        const link = await this.linkOfMimi(id);
+        if (link !== undefined && link.roomId === matrixRoomId) ids.set(id, link.eventId);
+      }
+      const mapped = mapMessageContent(content, ids);
+      if ("ok" in mapped) {
+        const ghost = await this.ghostIn(matrixRoomId, message.sender);
+        const matrixEventId = await this.deps.client.sendEvent(
+          matrixRoomId,
+          "m.room.message",
+          mapped.ok,
+          derivedTxnId("show", message.eventId),
+          ghost,
+        );
+        return linkOps(matrixEventId, matrixRoomId, message.eventId, mimiRoomId, message.sender);
+      }
+      await this.notice(
+        matrixRoomId,
+        `${message.sender} sent a message that cannot be shown here: ${mapped.refused}.`,
+        derivedTxnId("unshown", message.eventId),
+      );
+      return [];
     }
     await this.notice(
       matrixRoomId,
-      `${message.sender} sent a message of type ${message.type ?? "?"} that cannot be shown here yet.`,
+      `${message.sender} sent a message of type ${message.type ?? "?"} that cannot be shown here.`,
       derivedTxnId("unshown", message.eventId),
     );
+    return [];
   }
 
   /** The ghost of a remote MIMI user, registered and joined to the portal. */
@@ -544,32 +1084,80 @@ export class MatrixBridge {
     return ghost;
   }
 
-  private async message(roomId: string, sender: string, eventId: string, content: Record<string, unknown>) {
+  /** A local user's message in a portal: sent to the MIMI room, end-to-end encrypted. */
+  private async message(
+    roomId: string,
+    sender: string,
+    eventId: string,
+    content: Record<string, unknown>,
+  ): Promise<BatchOp[]> {
     const mimiRoomId = await this.portalOf(roomId);
-    if (mimiRoomId === undefined) return;
     const user = this.mimiUserOf(sender);
-    if (user === undefined) return;
-    if (typeof content.msgtype !== "string" || !TEXT_MSGTYPES.has(content.msgtype)) {
+    if (mimiRoomId === undefined || user === undefined) return [];
+    const ids = new Map<string, string>();
+    for (const id of referencedEventIds(content)) {
+      const link = await this.linkOfMatrix(id);
+      if (link !== undefined && link.roomId === mimiRoomId) ids.set(id, link.eventId);
+    }
+    const mapped = mapMessageContent(content, ids);
+    if ("refused" in mapped) {
       await this.notice(
         roomId,
-        `Not sent to the MIMI room: messages of type ${JSON.stringify(content.msgtype)} are not bridged yet.`,
+        `Not sent to the MIMI room: ${mapped.refused}.`,
         derivedTxnId("refused", eventId),
       );
-      return;
+      return [];
     }
-    const mapped: JsonObject = { msgtype: content.msgtype, body: String(content.body ?? "") };
-    if (content.format === "org.matrix.custom.html" && typeof content.formatted_body === "string") {
-      mapped.format = content.format;
-      mapped.formatted_body = content.formatted_body;
+    return this.sendToMimi(roomId, mimiRoomId, user, eventId, "m.room.message", mapped.ok);
+  }
+
+  /**
+   * A local user's redaction in a portal: a redaction of their own bridged message is sent to the
+   * MIMI room as an encrypted `m.room.redaction` naming the MIMI event (protocol.md §13).
+   */
+  private async redaction(
+    roomId: string,
+    sender: string,
+    eventId: string,
+    redacts: unknown,
+    reason: unknown,
+  ): Promise<BatchOp[]> {
+    const mimiRoomId = await this.portalOf(roomId);
+    const user = this.mimiUserOf(sender);
+    if (mimiRoomId === undefined || user === undefined || typeof redacts !== "string") return [];
+    const link = await this.linkOfMatrix(redacts);
+    if (link === undefined || link.roomId !== mimiRoomId) return [];
+    if (link.sender !== user) {
+      await this.notice(
+        roomId,
+        "Removed here only: redacting another user's message is not bridged to the MIMI room.",
+        derivedTxnId("refused", eventId),
+      );
+      return [];
     }
+    const content: JsonObject = { redacts: link.eventId };
+    if (typeof reason === "string" && reason !== "") content.reason = reason;
+    return this.sendToMimi(roomId, mimiRoomId, user, eventId, "m.room.redaction", content);
+  }
+
+  /** Sends one message to the MIMI room; the records linking the two events land with the event's batch. */
+  private async sendToMimi(
+    roomId: string,
+    mimiRoomId: string,
+    user: string,
+    eventId: string,
+    type: string,
+    content: JsonObject,
+  ): Promise<BatchOp[]> {
+    let mimiEventId: string;
     try {
-      await this.deps.rooms.sendMessage({
+      ({ eventId: mimiEventId } = await this.deps.rooms.sendMessage({
         roomId: mimiRoomId,
         sender: user,
-        type: "m.room.message",
-        content: mapped,
+        type,
+        content,
         txnId: derivedTxnId("message", eventId),
-      });
+      }));
     } catch (err) {
       if (isTransient(err)) throw err;
       await this.notice(
@@ -577,11 +1165,30 @@ export class MatrixBridge {
         `Not sent to the MIMI room: ${(err as Error).message}`,
         derivedTxnId("refused", eventId),
       );
+      return [];
     }
+    return linkOps(eventId, roomId, mimiEventId, mimiRoomId, user);
+  }
+
+  private async linkOfMatrix(matrixEventId: string): Promise<EventLink | undefined> {
+    const value = await this.deps.kv.get(matrixLinkKey(matrixEventId));
+    return value === undefined ? undefined : (JSON.parse(value) as EventLink);
+  }
+
+  private async linkOfMimi(mimiEventId: string): Promise<EventLink | undefined> {
+    const value = await this.deps.kv.get(mimiLinkKey(mimiEventId));
+    return value === undefined ? undefined : (JSON.parse(value) as EventLink);
   }
 
   private async notice(roomId: string, body: string, txnId: string): Promise<void> {
     await this.deps.client.sendEvent(roomId, "m.room.message", { msgtype: "m.notice", body }, txnId);
+  }
+
+  /** `@l:<our MIMI server name>` is `@l:<homeserver domain>`; users of other providers have none. */
+  private matrixUserOf(mimiUserId: string): string | undefined {
+    const suffix = `:${this.deps.mimiServerName}`;
+    if (!mimiUserId.startsWith("@") || !mimiUserId.endsWith(suffix)) return undefined;
+    return `@${mimiUserId.slice(1, -suffix.length)}:${this.deps.matrix.domain}`;
   }
 
   /** `@l:<homeserver domain>` is `@l:<our MIMI server name>`; users of other homeservers have none. */

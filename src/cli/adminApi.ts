@@ -39,6 +39,8 @@ export interface AdminDeps {
   rooms: RoomsApi;
   operator: OperatorApi;
   token: string;
+  /** Told of each error answer (e.g. to count them); must not throw. */
+  onError?: (errcode: string, status: number) => void;
 }
 
 /** A request the admin API refuses before calling anything. */
@@ -606,7 +608,13 @@ function logLevelFor(status: number): LogLevel {
   return status === 401 ? "warn" : "info";
 }
 
-function sendError(req: IncomingMessage, path: string, res: ServerResponse, err: unknown): void {
+/** Answers `err`; returns the status and errcode it answered. */
+function sendError(
+  req: IncomingMessage,
+  path: string,
+  res: ServerResponse,
+  err: unknown,
+): { status: number; errcode: string } {
   const { status, body, headers } = answerFor(err);
   log[logLevelFor(status)](status >= 500 ? "admin request failed" : "admin request refused", {
     method: req.method,
@@ -616,11 +624,13 @@ function sendError(req: IncomingMessage, path: string, res: ServerResponse, err:
     error: err,
     ...(err instanceof MimiError || !(err instanceof Error) ? {} : { stack: err.stack }),
   });
+  const answered = { status, errcode: String(body.errcode) };
   if (res.headersSent) {
     res.destroy();
-    return;
+    return answered;
   }
   sendJson(res, status, body, headers, ADMIN_JSON);
+  return answered;
 }
 
 function parseQuery(search: string): Query {
@@ -658,7 +668,8 @@ export function createAdminApp(deps: AdminDeps): AdminApp {
       const answer = await route.handle({ params, query, body });
       sendJson(res, 200, answer, {}, ADMIN_JSON);
     } catch (err) {
-      sendError(req, path, res, err);
+      const answered = sendError(req, path, res, err);
+      deps.onError?.(answered.errcode, answered.status);
     }
   };
   return (req, res) => void serve(req, res);

@@ -7,6 +7,15 @@ import { Appservice, AppserviceStartError } from "../bridge/appservice";
 import { RegistrationError } from "../bridge/registration";
 import { readRegistration, writeRegistration } from "../bridge/registrationFile";
 import { createAdminApp, listenAdmin } from "./adminApi";
+import { createMetricsHandler, MetricsListener } from "../metrics/listener";
+import { MimiMetrics } from "../metrics/metrics";
+import {
+  adminErrorObserver,
+  appserviceObserver,
+  providerHealth,
+  providerMetricsSource,
+  providerObserver,
+} from "../metrics/wiring";
 
 const log = createLogger("main");
 
@@ -67,7 +76,12 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   const registration = config.matrix === undefined ? undefined : readRegistration(config.matrix);
-  const provider = await MimiProvider.start(config);
+  // Counting starts with the provider; the listener serving the counts starts once everything runs.
+  const metrics = config.metrics === undefined ? undefined : new MimiMetrics();
+  const provider = await MimiProvider.start(
+    config,
+    metrics === undefined ? {} : { observe: providerObserver(metrics) },
+  );
   let appservice: Appservice | undefined;
   if (config.matrix !== undefined && registration !== undefined) {
     try {
@@ -78,6 +92,7 @@ async function main(argv: string[]): Promise<void> {
         log: createLogger("appservice"),
         rooms: provider.rooms,
         mimiServerName: config.serverName,
+        ...(metrics === undefined ? {} : { observe: appserviceObserver(metrics) }),
       });
     } catch (err) {
       await provider.stop();
@@ -87,7 +102,12 @@ async function main(argv: string[]): Promise<void> {
   let admin: Server | undefined;
   if (config.admin !== undefined) {
     admin = await listenAdmin(
-      createAdminApp({ rooms: provider.rooms, operator: provider.operator, token: config.admin.token }),
+      createAdminApp({
+        rooms: provider.rooms,
+        operator: provider.operator,
+        token: config.admin.token,
+        ...(metrics === undefined ? {} : { onError: adminErrorObserver(metrics) }),
+      }),
       config.admin.bindAddress,
       config.admin.port,
     );
@@ -96,17 +116,27 @@ async function main(argv: string[]): Promise<void> {
       port: typeof address === "object" && address ? address.port : config.admin.port,
     });
   }
-  // Machine-readable line for supervisors and tests: the ports actually bound.
-  const adminAddress = admin?.address();
-  process.stdout.write(
-    JSON.stringify({
-      ready: true,
-      server_name: config.serverName,
-      federation_port: provider.federationPort,
-      admin_port: typeof adminAddress === "object" && adminAddress ? adminAddress.port : undefined,
-      appservice_port: appservice?.port,
-    }) + "\n",
-  );
+  let metricsListener: MetricsListener | undefined;
+  if (metrics !== undefined && config.metrics !== undefined) {
+    metrics.watch(providerMetricsSource(provider));
+    const handler = createMetricsHandler({
+      metrics,
+      health: providerHealth(provider),
+      log: log.child("metrics"),
+    });
+    try {
+      metricsListener = await MetricsListener.start(handler, config.metrics.bindAddress, config.metrics.port);
+    } catch (err) {
+      admin?.closeAllConnections();
+      admin?.close();
+      await appservice?.stop();
+      await provider.stop();
+      throw new Error(
+        `cannot listen for metrics on ${config.metrics.bindAddress}:${config.metrics.port} (${(err as NodeJS.ErrnoException).code ?? String(err)}): check metrics.port`,
+      );
+    }
+    log.info("metrics listening", { port: metricsListener.port });
+  }
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -116,10 +146,24 @@ async function main(argv: string[]): Promise<void> {
     admin?.close();
     await appservice?.stop();
     await provider.stop();
+    await metricsListener?.stop();
     process.exit(0);
   };
+  // Before the ready line: a supervisor may signal as soon as it reads it.
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
+  // Machine-readable line for supervisors and tests: the ports actually bound.
+  const adminAddress = admin?.address();
+  process.stdout.write(
+    JSON.stringify({
+      ready: true,
+      server_name: config.serverName,
+      federation_port: provider.federationPort,
+      admin_port: typeof adminAddress === "object" && adminAddress ? adminAddress.port : undefined,
+      appservice_port: appservice?.port,
+      metrics_port: metricsListener?.port,
+    }) + "\n",
+  );
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {

@@ -28,6 +28,8 @@ export interface ProviderConfig {
   oldVerifyKeys: { keyId: string; publicKeyBase64: string; expiredTs: number }[];
   admin: { bindAddress: string; port: number; token: string } | undefined;
   logging: { level: "debug" | "info" | "warn" | "error" };
+  /** The Prometheus metrics and health listener (`GET /metrics`, `GET /health`); none without it. */
+  metrics: { bindAddress: string; port: number } | undefined;
   /** The Matrix side: the homeserver this provider serves as an application service; none without it. */
   matrix: MatrixConfig | undefined;
   mls: {
@@ -61,8 +63,16 @@ export interface MatrixConfig {
     senderLocalpart: string;
     userPrefix: string;
     aliasPrefix: string;
+    /**
+     * Who may use the bridge: `*`, a homeserver domain or a Matrix user ID -> level; the most
+     * specific entry wins (src/bridge/permissions.ts). Default: the homeserver's domain -> `user`.
+     */
+    permissions: Record<string, PermissionLevel>;
   };
 }
+
+/** `none`: may not use the bridge; `user`: create, join, invite and chat; `admin`: also admin commands. */
+export type PermissionLevel = "none" | "user" | "admin";
 
 /** Bounds on what peers and local users can make this server hold or do; see config.sample.yaml. */
 export interface Limits {
@@ -142,6 +152,7 @@ interface RawConfig {
   old_verify_keys?: Record<string, { key: string; expired_ts: number }>;
   admin_api?: { bind_address?: string; port: number; token: string };
   logging?: { level?: "debug" | "info" | "warn" | "error" };
+  metrics?: { bind_address?: string; port: number };
   mls?: { hosted_clients?: boolean; join_wait_ms?: number; hub_user?: string };
   homeserver?: { url: string; domain?: string };
   appservice?: {
@@ -152,6 +163,7 @@ interface RawConfig {
     sender_localpart?: string;
     user_prefix?: string;
     alias_prefix?: string;
+    permissions?: Record<string, PermissionLevel>;
   };
 }
 
@@ -220,6 +232,9 @@ function describe(error: ErrorObject): string {
   }
   if (error.keyword === "required") {
     return `${where}: missing required key "${(error.params as { missingProperty: string }).missingProperty}"`;
+  }
+  if (error.keyword === "enum") {
+    return `${where}: must be one of ${(error.params as { allowedValues: unknown[] }).allowedValues.join(", ")}`;
   }
   return `${where}: ${error.message ?? "is invalid"}`;
 }
@@ -290,6 +305,10 @@ export function parseConfig(text: string, baseDir: string): ProviderConfig {
             token: raw.admin_api.token,
           },
     logging: { level: raw.logging?.level ?? "info" },
+    metrics:
+      raw.metrics === undefined
+        ? undefined
+        : { bindAddress: raw.metrics.bind_address ?? "127.0.0.1", port: raw.metrics.port },
     matrix: raw.homeserver === undefined ? undefined : matrixConfig(raw, baseDir),
     mls: {
       hostedClients: raw.mls?.hosted_clients ?? true,
@@ -325,8 +344,25 @@ function matrixConfig(raw: RawConfig, baseDir: string): MatrixConfig {
       senderLocalpart,
       userPrefix,
       aliasPrefix: appservice.alias_prefix ?? "_mimi_",
+      permissions: permissionsOf(appservice.permissions, domain),
     },
   };
+}
+
+/** `appservice.permissions`: every key `*`, a server name or a Matrix user ID `@localpart:server`. */
+function permissionsOf(
+  raw: Record<string, PermissionLevel> | undefined,
+  domain: string,
+): Record<string, PermissionLevel> {
+  if (raw === undefined) return { [domain]: "user" };
+  for (const key of Object.keys(raw)) {
+    const user = /^@[^:\s]+:(.+)$/.exec(key);
+    if (key === "*" || (user !== null ? isValidServerName(user[1]!) : isValidServerName(key))) continue;
+    throw new ConfigError(
+      `appservice.permissions: ${JSON.stringify(key)} is not "*", a server name (example.org) or a Matrix user ID (@alice:example.org)`,
+    );
+  }
+  return { ...raw };
 }
 
 export function loadConfig(path: string): ProviderConfig {

@@ -110,12 +110,23 @@ export const CONFIG_SCHEMA = {
         sender_localpart: { type: "string", pattern: "^[0-9a-z\\-.=_/+]{1,64}$" },
         user_prefix: { type: "string", pattern: "^[0-9a-z\\-.=_/+]{1,32}$" },
         alias_prefix: { type: "string", pattern: "^[0-9a-z\\-.=_/+]{1,32}$" },
+        // Keys: "*", a server name or a Matrix user ID, checked in config.ts (the error names the key).
+        permissions: { type: "object", additionalProperties: { enum: ["none", "user", "admin"] } },
       },
     },
     logging: {
       type: "object",
       additionalProperties: false,
       properties: { level: { enum: ["debug", "info", "warn", "error"] } },
+    },
+    metrics: {
+      type: "object",
+      additionalProperties: false,
+      required: ["port"],
+      properties: {
+        bind_address: { type: "string", minLength: 1 },
+        port: { type: "integer", minimum: 0, maximum: 65535 },
+      },
     },
   },
 } as const;

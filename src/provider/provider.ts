@@ -53,6 +53,24 @@ export interface ProviderOptions {
   backoff?: { baseMs?: number; capMs?: number };
   /** Per-room extensions of the hub and follower cores, after the MLS group's own. */
   extensions?: readonly RoomExtension[];
+  /** Told of what operators count (src/metrics). */
+  observe?: ProviderObserver;
+}
+
+/** What the provider reports as it happens, for metrics; a throwing callback is logged and ignored. */
+export interface ProviderObserver {
+  /** Each event once it is durably appended to a room's history, with our role in that room. */
+  eventAppended?(role: "hub" | "follower"): void;
+  /** Each error answer of the federation listener. */
+  federationError?(errcode: string, status: number): void;
+}
+
+/** One destination's outbound queue. */
+export interface QueueBacklog {
+  destination: string;
+  depth: number;
+  /** When its oldest queued item was enqueued (ms since the epoch); undefined when it has none. */
+  oldestEnqueuedTs: number | undefined;
 }
 
 /** What an operator sees and does (the admin API's operator routes). */
@@ -142,6 +160,8 @@ export class MimiProvider {
       extensions: [groupExtension, ...(options.extensions ?? [])],
       onListenerError: (error) => log.error("an event subscriber failed", { error }),
     });
+    const { eventAppended, federationError } = options.observe ?? {};
+    if (eventAppended !== undefined) roomService.subscribe((notice) => eventAppended(notice.role));
     const client = new FederationClient({
       signingKey,
       resolver,
@@ -288,6 +308,7 @@ export class MimiProvider {
       log,
     );
     provider.admitFederation = (origin) => federationRequests.check(origin);
+    if (federationError !== undefined) provider.onFederationError = federationError;
     provider.keyPackageApi = keyPackageApi;
     provider.keyPackageTokens = tokens;
     // KeyPackages are also topped up after each claim; this renews those nearing their expiry.
@@ -319,6 +340,7 @@ export class MimiProvider {
 
   private markStopped: () => void = () => undefined;
   private admitFederation: (origin: string) => void = () => undefined;
+  private onFederationError: (errcode: string, status: number) => void = () => undefined;
   private keyPackageApi: KeyPackageApi | undefined;
   private keyPackageTokens: BearerTokens | undefined;
   private background: { stop(): Promise<void> }[] = [];
@@ -331,6 +353,13 @@ export class MimiProvider {
       oldVerifyKeys: this.config.oldVerifyKeys,
       keyRing: this.keyRing,
       admit: (origin) => this.admitFederation(origin),
+      onError: (errcode, status) => {
+        try {
+          this.onFederationError(errcode, status);
+        } catch (error) {
+          this.log.error("the federation error observer failed", { error });
+        }
+      },
       ...(this.keyPackageApi === undefined
         ? {}
         : {
@@ -355,6 +384,34 @@ export class MimiProvider {
   get federationPort(): number {
     const address = this.httpServer?.address();
     return typeof address === "object" && address !== null ? address.port : this.config.federation.port;
+  }
+
+  /** Each destination's outbound queue: how many items wait, and since when. */
+  async queueBacklog(): Promise<QueueBacklog[]> {
+    return Promise.all(
+      this.queue.destinations().map(async (destination) => ({
+        destination,
+        depth: this.queue.depth(destination),
+        oldestEnqueuedTs: await this.queue.oldestEnqueuedTs(destination),
+      })),
+    );
+  }
+
+  /**
+   * Why the provider cannot serve (for `/health`): stopped, its store closed or failed, or rooms
+   * stopped after a failed write; undefined while it runs.
+   */
+  unavailableReason(): string | undefined {
+    if (this.stopped) return "the provider is stopped";
+    const store = this.kv.unavailableReason?.();
+    if (store !== undefined) return store;
+    const stoppedRooms = this.roomService.stoppedRooms();
+    if (stoppedRooms.length === 0) return undefined;
+    const [first] = stoppedRooms;
+    return (
+      `${stoppedRooms.length} room(s) stopped after a storage failure (${first!.roomId}: ${first!.reason}); ` +
+      "restart the provider"
+    );
   }
 
   /** A durable feed of every room's events for one consumer (e.g. the bridge). */

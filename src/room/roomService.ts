@@ -221,6 +221,13 @@ export class RoomService {
     return [...this.rooms.keys()];
   }
 
+  /** Rooms stopped after a failed write, with the failure: they refuse everything until a restart. */
+  stoppedRooms(): { roomId: string; reason: string }[] {
+    return [...this.rooms.values()]
+      .filter((loaded) => loaded.stopped !== undefined)
+      .map((loaded) => ({ roomId: loaded.record.roomId, reason: loaded.stopped!.message }));
+  }
+
   /** The room as of its last durable event. */
   room(roomId: string): { record: RoomRecord; state: RoomState; version: RoomVersion } | undefined {
     const loaded = this.rooms.get(roomId);

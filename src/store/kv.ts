@@ -32,6 +32,8 @@ export interface KvStore {
    * unsubscribe function.
    */
   onCommitted?(listener: (ops: readonly BatchOp[]) => void): () => void;
+  /** Where the backend tracks it: why it accepts no more writes (closed, or a write failed); else undefined. */
+  unavailableReason?(): string | undefined;
   close(): Promise<void>;
 }
 

@@ -148,6 +148,11 @@ export class LevelStore implements KvStore {
     this.flushing = false;
   }
 
+  unavailableReason(): string | undefined {
+    if (this.closed) return "the store is closed";
+    return this.failure?.message;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     while (this.flushing) await new Promise((r) => setTimeout(r, 1));

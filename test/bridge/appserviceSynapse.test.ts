@@ -2,147 +2,25 @@
  * The appservice against a real Synapse: the registration written by `-r`, the start-up
  * self-check and its clear failures, and the homeserver's transactions stored durably.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { freePort } from "../../src/util/freePort";
+import {
+  ADMIN_TOKEN,
+  adminCall,
+  clientCall,
+  HS,
+  instance,
+  plainProvider,
+  ready,
+  runMain,
+  until,
+  writeRegistration,
+  type Instance,
+  type Run,
+} from "../support/appserviceRuns";
 import { removeDir, tempDir } from "../support/services";
 import { ensureSynapse, startSynapse, type SynapseHandle } from "../support/synapse";
-
-const ROOT = join(__dirname, "../..");
-const HS = "hs1.test";
-const ADMIN_TOKEN = "admin-token-for-the-appservice-test";
-
-async function until<T>(probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error("timed out");
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
-
-interface Run {
-  child: ChildProcess;
-  stdout: string;
-  stderr: string;
-  exited: Promise<number | null>;
-}
-
-function runMain(args: string[]): Run {
-  const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "src/cli/main.ts"), ...args], {
-    cwd: ROOT,
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, MIMI_LOG_LEVEL: "info" },
-  });
-  const run: Run = {
-    child,
-    stdout: "",
-    stderr: "",
-    exited: new Promise((resolve) => child.once("exit", (code) => resolve(code))),
-  };
-  child.stdout!.on("data", (chunk: Buffer) => (run.stdout += chunk.toString()));
-  child.stderr!.on("data", (chunk: Buffer) => (run.stderr += chunk.toString()));
-  return run;
-}
-
-async function ready(run: Run): Promise<Record<string, unknown>> {
-  const deadline = Date.now() + 60_000;
-  while (Date.now() < deadline) {
-    const line = run.stdout.split("\n").find((l) => l.includes('"ready":true'));
-    if (line !== undefined) return JSON.parse(line) as Record<string, unknown>;
-    if (run.child.exitCode !== null) throw new Error(`exited ${run.child.exitCode}: ${run.stderr}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`not ready: ${run.stderr}`);
-}
-
-interface Instance {
-  dir: string;
-  config: string;
-  registration: string;
-  appservicePort: number;
-  federationPort: number;
-}
-
-/** A provider without a homeserver, driven through its admin API, as another MIMI provider. */
-function plainProvider(name: string, federationPort: number, routes: Record<string, number>): Instance {
-  const dir = tempDir(`plain-${name}`);
-  mkdirSync(join(dir, "data"), { recursive: true });
-  const config = join(dir, "config.yaml");
-  writeFileSync(
-    config,
-    [
-      `server_name: ${name}`,
-      `federation: { port: ${federationPort}, bind_address: 127.0.0.1, well_known: false, static_routes: { ${Object.entries(
-        routes,
-      )
-        .map(([server, port]) => `${server}: "http://127.0.0.1:${port}"`)
-        .join(", ")} } }`,
-      "database: { durability: os }",
-      "admin_api: { port: 0, token: " + ADMIN_TOKEN + " }",
-      "logging: { level: warn }",
-    ].join("\n"),
-  );
-  return { dir, config, registration: "", appservicePort: 0, federationPort };
-}
-
-async function adminCall(port: unknown, method: string, path: string, body?: unknown) {
-  const response = await fetch(`http://127.0.0.1:${String(port)}/_mimi/admin/v1${path}`, {
-    method,
-    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  expect(response.status).toBe(200);
-  return (await response.json()) as Record<string, unknown>;
-}
-
-async function instance(
-  name: string,
-  homeserverUrl: string,
-  extra: { id?: string; sender?: string; prefix?: string; routes?: Record<string, number> } = {},
-): Promise<Instance> {
-  const dir = tempDir(`as-${name}`);
-  mkdirSync(join(dir, "data"), { recursive: true });
-  const appservicePort = await freePort();
-  const federationPort = await freePort();
-  const routes = Object.entries(extra.routes ?? {})
-    .map(([server, port]) => `${server}: "http://127.0.0.1:${port}"`)
-    .join(", ");
-  const config = join(dir, "config.yaml");
-  writeFileSync(
-    config,
-    [
-      `server_name: ${HS}`,
-      `federation: { port: ${federationPort}, bind_address: 127.0.0.1, well_known: false, static_routes: { ${routes} } }`,
-      "database: { durability: os }",
-      `homeserver: { url: "${homeserverUrl}" }`,
-      "appservice:",
-      `  id: ${extra.id ?? "mimi"}`,
-      `  port: ${appservicePort}`,
-      `  sender_localpart: ${extra.sender ?? "_mimi_bot"}`,
-      `  user_prefix: ${extra.prefix ?? "_mimi_"}`,
-      `  alias_prefix: ${extra.prefix ?? "_mimi_"}`,
-      "admin_api: { port: 0, token: " + ADMIN_TOKEN + " }",
-      "logging: { level: debug }",
-    ].join("\n"),
-  );
-  return { dir, config, registration: join(dir, "registration.yaml"), appservicePort, federationPort };
-}
-
-async function writeRegistration(i: Instance, url: string, file = i.registration): Promise<void> {
-  const run = runMain(["-c", i.config, "-r", "-u", url, "-f", file]);
-  expect(await run.exited).toBe(0);
-}
-
-/** A Matrix client's call to the homeserver's client-server API, with the user's access token. */
-const clientCall = (baseUrl: string, accessToken: string) => (method: string, path: string, body?: unknown) =>
-  fetch(`${baseUrl}/_matrix/client/v3${path}`, {
-    method,
-    headers: { authorization: `Bearer ${accessToken}`, "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
 
 /**
  * A message of erin's from b.example, through its admin API; tried until her client is in the

@@ -120,9 +120,15 @@ describe("the homeserver's transactions, over HTTP into a durable inbox", () => 
     ["a body that is a list", () => put("9", "[]"), 400, "M_BAD_JSON"],
     [
       "an unknown route",
-      () => fetch(`${base}/_matrix/app/v1/users/x`, { method: "GET" }),
+      () => fetch(`${base}/_matrix/app/v1/thirdparty/protocol/x`, { method: "GET" }),
       404,
       "M_UNRECOGNIZED",
+    ],
+    [
+      "a user query without the hs_token",
+      () => fetch(`${base}/_matrix/app/v1/users/${encodeURIComponent("@_mimi_x:hs")}`, { method: "GET" }),
+      401,
+      "M_UNAUTHORIZED",
     ],
     [
       "POST on a transaction",

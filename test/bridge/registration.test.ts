@@ -130,6 +130,7 @@ describe("the homeserver and appservice sections of the config", () => {
         senderLocalpart: "_mimi_bot",
         userPrefix: "_mimi_",
         aliasPrefix: "_mimi_",
+        permissions: { "mimi.example": "user" },
       },
     });
     expect(parseConfig(base, "/srv/mimi").matrix).toBeUndefined();

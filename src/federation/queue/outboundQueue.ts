@@ -408,6 +408,27 @@ export class OutboundQueue {
     return state === undefined ? 0 : Math.max(0, state.next - state.low);
   }
 
+  /**
+   * When the oldest item still queued for `destination` was enqueued (ms since the epoch; items
+   * stored without a time count from when the queue opened); undefined when none is queued.
+   */
+  async oldestEnqueuedTs(destination: string): Promise<number | undefined> {
+    const state = this.states.get(destination);
+    if (state === undefined || this.depth(destination) === 0) return undefined;
+    let oldest: Entry | undefined;
+    if (state.cache !== undefined) {
+      let first: number | undefined;
+      for (const seq of state.cache.values.keys()) if (first === undefined || seq < first) first = seq;
+      if (first !== undefined) oldest = parseEntry(first, state.cache.values.get(first)!);
+    } else {
+      const prefix = itemPrefix(destination);
+      for await (const [key, value] of this.kv.range({ gte: prefix, lt: prefixEnd(prefix), limit: 1 })) {
+        oldest = parseEntry(seqOfKey(key), value);
+      }
+    }
+    return oldest === undefined ? undefined : (oldest.ts ?? this.openedAt);
+  }
+
   /** Whether `destination` holds more than `maxDepth` items: `expire` will trim it. */
   overDepth(destination: string): boolean {
     return this.depth(destination) > this.maxDepth;

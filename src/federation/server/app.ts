@@ -51,6 +51,8 @@ export interface FederationAppOptions {
   keyRing: RequestKeySource;
   /** Called with the authenticated origin before a rate-limited endpoint's handler; throws to refuse. */
   admit?: (origin: string) => void;
+  /** Told of each error answer (e.g. to count them); must not throw. */
+  onError?: (errcode: string, status: number) => void;
   /** Our MLS endpoints (KeyPackage discovery and claims), under `mls.prefix`. */
   mls?: {
     prefix: string;
@@ -290,6 +292,7 @@ export function createFederationApp(options: FederationAppOptions): RequestListe
     } catch (err) {
       const { status, body } = errorResponse(err);
       if (status >= 500) log.error("request failed", { method, path, error: err });
+      options.onError?.(body.errcode, status);
       const headers: Record<string, string> = {};
       const retryAfterMs = (body as { retry_after_ms?: unknown }).retry_after_ms;
       if (typeof retryAfterMs === "number") headers["Retry-After"] = String(Math.ceil(retryAfterMs / 1000));
