@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: throughput and latency figures. Pass section names to run
- * only some (e.g. `npm run bench -- room`): room, federation, multiprocess, mls.
+ * only some (e.g. `npm run bench -- room`): room, federation, multiprocess, mls, bridge.
  * BENCH_BASELINE=<git rev> picks the multiprocess section's baseline checkout
  * (`none` skips it).
  */
@@ -40,6 +40,7 @@ const SECTIONS: Record<string, () => Promise<void>> = {
   federation: async () => (await import("./federation.js")).federationSection(),
   multiprocess: () => multiprocessSection(core),
   mls: () => runCompiledMls(),
+  bridge: async () => (await import("./bridge.js")).bridgeSection(),
 };
 
 /** Compiles the MLS section with tsc and runs it in a child process on the compiled code. */

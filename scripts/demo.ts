@@ -3,20 +3,29 @@
  * on-disk LevelDB, play a short conversation in an MLS-encrypted room, and
  * print each room's linear history as every provider sees it (with the MLS
  * epoch of each event), one message as it crossed the wire, and what each
- * user's hosted MLS client decrypted. Then a real Synapse joins in: its user
- * mia creates a room with the appservice's bot invited, invites bob of
- * b.example through his ghost, and they chat, MLS-encrypted between providers.
+ * user's hosted MLS client decrypted.
+ *
+ * Part two: two real Synapses, a.example and b.example, each with this project
+ * as its appservice (test/support/twoHomeservers.ts starts them). alice of
+ * a.example and bob and carol of b.example chat in the room "Lunch" through the
+ * client-server API only; the demo prints each user's client timeline, the MIMI
+ * room's linear history at its hub with the MLS epochs, and each user's MLS
+ * client. It stops everything it started, also on failure or Ctrl-C.
  */
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { writeFileSync } from "node:fs";
-import { Appservice } from "../src/bridge/appservice";
-import { buildRegistration, registrationYaml } from "../src/bridge/registration";
-import { identityOf, readRegistration } from "../src/bridge/registrationFile";
+import { mimiUserOfGhost } from "../src/bridge/ghosts";
 import { parseConfig } from "../src/config/config";
-import { createLogger } from "../src/logging";
-import { ensureSynapse, startSynapse } from "../test/support/synapse";
+import { ensureSynapse } from "../test/support/synapse";
+import {
+  startTwoHomeservers,
+  USER_PREFIX,
+  type Harness,
+  type Homeserver,
+  type MatrixClient,
+  type MatrixEvent,
+} from "../test/support/twoHomeservers";
 import type { FullyFormedEvent, JsonObject } from "../src/events/types";
 import { MimiProvider } from "../src/provider/provider";
 import { decodeMlsMessageOf, fromBase64 } from "../src/mls/clients/wire";
@@ -26,9 +35,6 @@ import type { HistoryEntry } from "../src/provider/roomsApiTypes";
 import { freePort } from "../src/util/freePort";
 
 const NAMES = ["a.example", "b.example", "c.example"] as const;
-/** The fourth provider, the appservice of a real Synapse whose server name it shares. */
-const HS = "hs.example";
-const MIA = "@mia:hs.example";
 const ALICE = "@alice:a.example";
 const BOB = "@bob:b.example";
 const CAROL = "@carol:c.example";
@@ -74,16 +80,17 @@ function summary(event: FullyFormedEvent): string {
   }
 }
 
-async function main(): Promise<void> {
+/** Part one: three providers in one process, no homeserver. */
+async function partOne(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "mimi-demo-"));
   const ports = await Promise.all(NAMES.map(() => freePort()));
-  const hsPort = await freePort();
-  const routes = [
-    ...NAMES.map((n, i) => `    ${n}: http://127.0.0.1:${ports[i]}`),
-    `    ${HS}: http://127.0.0.1:${hsPort}`,
-  ];
+  const routes = NAMES.map((n, i) => `    ${n}: http://127.0.0.1:${ports[i]}`);
   const providers: MimiProvider[] = [];
-  try {
+  const stop = async () => {
+    await Promise.all(providers.map((p) => p.stop()));
+    rmSync(dir, { recursive: true, force: true });
+  };
+  await withCleanup(stop, async () => {
     for (const [i, name] of NAMES.entries()) {
       mkdirSync(join(dir, name));
       const config = parseConfig(
@@ -234,155 +241,412 @@ async function main(): Promise<void> {
         ? "A message's plaintext is in the history!"
         : "No message's plaintext is in any event: each message crossed federation as an m.room.encrypted event.",
     );
-    await matrixPart(dir, routes, hsPort, b);
-  } finally {
-    await Promise.all(providers.map((p) => p.stop()));
-    rmSync(dir, { recursive: true, force: true });
+  });
+}
+
+/** What the demo started and has not stopped yet, stopped in reverse order on exit or Ctrl-C. */
+const cleanups: (() => Promise<void> | void)[] = [];
+let interrupted = false;
+
+async function runCleanups(): Promise<void> {
+  while (cleanups.length > 0) {
+    try {
+      await cleanups.pop()!();
+    } catch (err) {
+      console.error(`while stopping: ${(err as Error).message}`);
+    }
   }
 }
 
-/** Part two: a Matrix user on a real Synapse chats with bob of b.example through the appservice. */
-async function matrixPart(dir: string, routes: string[], hsPort: number, b: MimiProvider): Promise<void> {
-  console.log(
-    "\nPart two, a Matrix homeserver: a real Synapse, and this project as its appservice (hs.example).",
-  );
-  ensureSynapse();
-  const [synapsePort, appservicePort] = [await freePort(), await freePort()];
-  const home = join(dir, HS);
-  mkdirSync(home);
-  const config = parseConfig(
-    [
-      `server_name: ${HS}`,
-      "federation:",
-      "  bind_address: 127.0.0.1",
-      `  port: ${hsPort}`,
-      "  well_known: false",
-      "  static_routes:",
-      ...routes,
-      `homeserver: { url: "http://127.0.0.1:${synapsePort}" }`,
-      `appservice: { port: ${appservicePort} }`,
-      "logging: { level: warn }",
-    ].join("\n"),
-    home,
-  );
-  const matrix = config.matrix!;
-  // What `npm start -- -c config.yaml -r -u <url>` writes, for Synapse's app_service_config_files.
-  writeFileSync(
-    matrix.appservice.registrationPath,
-    registrationYaml(buildRegistration(identityOf(matrix), `http://127.0.0.1:${appservicePort}`)),
-  );
-  const synapse = await startSynapse({
-    serverName: HS,
-    dir: join(dir, "synapse"),
-    port: synapsePort,
-    appserviceRegistrations: [matrix.appservice.registrationPath],
-  });
-  const provider = await MimiProvider.start(config);
-  let appservice: Appservice | undefined;
+/** Runs `fn`, then `stop` (also if `fn` throws or the demo is interrupted). */
+async function withCleanup<T>(stop: () => Promise<void> | void, fn: () => Promise<T>): Promise<T> {
+  cleanups.push(stop);
   try {
-    appservice = await Appservice.start({
-      matrix,
-      registration: readRegistration(matrix),
-      kv: provider.kv,
-      log: createLogger("appservice"),
-      rooms: provider.rooms,
-      mimiServerName: HS,
-    });
-    const step = (text: string) => console.log(`  * ${text}`);
-    step(
-      `Synapse on 127.0.0.1:${synapsePort}; the appservice passed its self-check (versions, whoami, ping)`,
-    );
-    const mia = await synapse.registerUser("mia");
-    const asMia = async (method: string, path: string, body?: unknown) => {
-      const response = await fetch(`${synapse.url}/_matrix/client/v3${path}`, {
-        method,
-        headers: { authorization: `Bearer ${mia.accessToken}`, "content-type": "application/json" },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      return (await response.json()) as Record<string, unknown>;
-    };
-    const timeline = async (matrixRoomId: string) =>
-      (
-        (await asMia("GET", `/rooms/${encodeURIComponent(matrixRoomId)}/messages?dir=f&limit=100`)) as {
-          chunk: {
-            sender: string;
-            type: string;
-            content: { msgtype?: string; body?: string; membership?: string };
-          }[];
-        }
-      ).chunk;
-    const until = async <T>(probe: () => Promise<T | undefined>): Promise<T> => {
-      for (let i = 0; i < 600; i++) {
-        const value = await probe();
-        if (value !== undefined) return value;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      throw new Error("the demo timed out");
-    };
-    const bot = `@_mimi_bot:${HS}`;
-    const { room_id: matrixRoomId } = (await asMia("POST", "/createRoom", {
-      name: "Matrix meets MIMI",
-      invite: [bot],
-    })) as { room_id: string };
-    const notice = await until(async () =>
-      (await timeline(matrixRoomId)).find((e) => e.sender === bot && e.content.msgtype === "m.notice"),
-    );
-    const mimiRoomId = /MIMI room (\S+),/.exec(notice.content.body ?? "")![1]!;
-    step(
-      `mia creates the Matrix room ${matrixRoomId} with the bot invited: it becomes the portal of ${mimiRoomId}`,
-    );
-    const bobGhost = `@_mimi_bob=3ab.example:${HS}`;
-    await asMia("POST", `/rooms/${encodeURIComponent(matrixRoomId)}/invite`, { user_id: bobGhost });
-    await until(async () => (await b.rooms.listInvites(BOB)).find((i) => i.roomId === mimiRoomId));
-    await b.rooms.changeOwnParticipation({ roomId: mimiRoomId, user: BOB, change: "join", txnId: "demo-m1" });
-    step(`mia invites bob's ghost ${bobGhost}; b.example gets the MIMI invite and bob joins`);
-    await inOneGroup(mimiRoomId, [
-      [provider, MIA],
-      [b, BOB],
-    ]);
-    await b.rooms.sendMessage({
-      roomId: mimiRoomId,
-      sender: BOB,
-      type: "m.room.message",
-      content: { msgtype: "m.text", body: "Hi Mia, this is Bob on b.example." },
-      txnId: "demo-m2",
-    });
-    await until(async () =>
-      (await timeline(matrixRoomId)).find((e) => e.sender === bobGhost && e.type === "m.room.message"),
-    );
-    await asMia("PUT", `/rooms/${encodeURIComponent(matrixRoomId)}/send/m.room.message/demo-m3`, {
-      msgtype: "m.text",
-      body: "Hi Bob, this is Mia in her Matrix client.",
-    });
-    const fromMia = await until(async () =>
-      (await b.rooms.messages(mimiRoomId, BOB, { fromSeq: 1, limit: 1000 })).find((m) => m.sender === MIA),
-    );
-    step("bob writes from b.example, mia answers from Matrix; each side decrypts the other's message");
-
-    console.log(`\nMia's Matrix room ${matrixRoomId}, as her client sees it:`);
-    for (const e of await timeline(matrixRoomId)) {
-      const what =
-        e.type === "m.room.member"
-          ? `(${e.content.membership})`
-          : e.type === "m.room.message"
-            ? `"${e.content.body}"`
-            : "";
-      if (e.type === "m.room.member" || e.type === "m.room.message") {
-        console.log(`  ${e.sender.padEnd(34)} ${e.type.padEnd(15)} ${what}`);
-      }
-    }
-    console.log(`\nThe MIMI room ${mimiRoomId} at its hub hs.example:`);
-    for (const { seq, event } of await historyOf(provider, mimiRoomId)) {
-      console.log(
-        `  ${String(seq).padStart(3)}  ${event.sender.padEnd(20)} ${event.type.padEnd(20)} ${summary(event)}`,
-      );
-    }
-    console.log(`\nBob's client on b.example decrypted mia's message: "${String(fromMia.content?.body)}"`);
+    return await fn();
   } finally {
-    await appservice?.stop();
-    await provider.stop();
-    await synapse.stop();
+    const i = cleanups.lastIndexOf(stop);
+    if (i !== -1) {
+      cleanups.splice(i, 1);
+      await stop();
+    }
   }
+}
+
+const WAIT_MS = 60_000;
+const ROOM_NAME = "Lunch";
+/** Portal state a client shows in its room settings, not in the timeline. */
+const HIDDEN_STATE = new Set([
+  "m.room.power_levels",
+  "m.room.join_rules",
+  "m.room.history_visibility",
+  "m.room.guest_access",
+  "m.room.canonical_alias",
+]);
+
+const isMessage = (sender: string, body: string) => (e: MatrixEvent) =>
+  e.type === "m.room.message" && e.sender === sender && e.content.body === body;
+const isMembership = (stateKey: string, membership: string) => (e: MatrixEvent) =>
+  e.type === "m.room.member" && e.state_key === stateKey && e.content.membership === membership;
+const isBotNotice = (bot: string, pattern: RegExp) => (e: MatrixEvent) =>
+  e.type === "m.room.message" &&
+  e.sender === bot &&
+  e.content.msgtype === "m.notice" &&
+  pattern.test(String(e.content.body));
+const relatesTo = (e: MatrixEvent) => (e.content["m.relates_to"] ?? {}) as Record<string, unknown>;
+
+/**
+ * Part two: two real Synapses, a.example and b.example, each with this project as its
+ * appservice (a separate process), play a conversation as Matrix users would, through the
+ * client-server API only.
+ */
+async function matrixPart(): Promise<void> {
+  console.log(
+    "\nPart two, two Matrix homeservers: real Synapses a.example and b.example, each with this project" +
+      " as its appservice and MIMI provider (a process of its own).",
+  );
+  const started = Date.now();
+  const dir = mkdtempSync(join(tmpdir(), "mimi-demo-matrix-"));
+  let ok = false;
+  cleanups.push(() => {
+    if ((ok && !process.env.TMPKEEP) || interrupted) rmSync(dir, { recursive: true, force: true });
+    else console.error(`The homeservers' and appservices' logs are kept in ${dir}`);
+  });
+  // Installs Synapse into .synapse/venv on first run (about 20 s).
+  ensureSynapse();
+  const h = await startTwoHomeservers({ dir, logLevel: "warn" });
+  await withCleanup(
+    () => h.stop(),
+    async () => {
+      const step = (text: string) =>
+        console.log(`  * ${`${((Date.now() - started) / 1000).toFixed(1)} s`.padStart(6)}  ${text}`);
+      step(
+        `Synapse a.example on ${h.a.synapse.url}, b.example on ${h.b.synapse.url}; both appservices passed their ` +
+          "self-check",
+      );
+      const [alice, bob, carol] = await Promise.all([
+        h.a.registerUser("alice"),
+        h.b.registerUser("bob"),
+        h.b.registerUser("carol"),
+      ]);
+      const bobOnA = h.a.ghostOf(bob.userId);
+      const carolOnA = h.a.ghostOf(carol.userId);
+      const aliceOnB = h.b.ghostOf(alice.userId);
+      const sentBodies: string[] = [];
+      const say = (client: MatrixClient, roomId: string, body: string) => {
+        sentBodies.push(body);
+        return client.sendText(roomId, body);
+      };
+
+      const portalA = await alice.createRoom({ name: ROOM_NAME, invite: [h.a.botUserId] });
+      const created = await alice.waitForEvent(
+        portalA,
+        isBotNotice(h.a.botUserId, /MIMI room/),
+        WAIT_MS,
+        "the bot's notice",
+      );
+      const mimiRoomId = /MIMI room (![^\s,]+)/.exec(String(created.content.body))?.[1];
+      if (mimiRoomId === undefined)
+        throw new Error(`the bot's notice names no MIMI room: ${created.content.body}`);
+      step(`alice creates "${ROOM_NAME}" with the bot invited: the portal of the MIMI room ${mimiRoomId}`);
+
+      await alice.invite(portalA, bobOnA);
+      console.log("TMPDBG invited", Date.now() - started);
+      const invite = await bob.waitForInvite((i) => i.inviter === h.b.botUserId, WAIT_MS);
+      console.log("TMPDBG got invite", Date.now() - started);
+      const portalB = await bob.join(invite.roomId);
+      console.log("TMPDBG joined", Date.now() - started);
+      await alice.waitForEvent(portalA, isMembership(bobOnA, "join"), WAIT_MS, "bob's ghost joining");
+      console.log("TMPDBG ghost", Date.now() - started);
+      await bob.waitForEvent(portalB, isMembership(aliceOnB, "join"), WAIT_MS, "alice's ghost joining");
+      step(`alice invites bob's ghost ${bobOnA}; bob accepts the invite of b.example's bot`);
+
+      await say(alice, portalA, "Hello Bob, lunch today?");
+      await bob.waitForEvent(
+        portalB,
+        isMessage(aliceOnB, "Hello Bob, lunch today?"),
+        WAIT_MS,
+        "alice's text",
+      );
+      await say(bob, portalB, "Hi Alice! Sure.");
+      await alice.waitForEvent(portalA, isMessage(bobOnA, "Hi Alice! Sure."), WAIT_MS, "bob's text");
+      sentBodies.push("The **new** place?", "The <strong>new</strong> place?");
+      await alice.sendHtml(portalA, "The **new** place?", "The <strong>new</strong> place?");
+      const html = await bob.waitForEvent(
+        portalB,
+        isMessage(aliceOnB, "The **new** place?"),
+        WAIT_MS,
+        "alice's HTML message",
+      );
+      step("they write both ways, one message formatted (HTML)");
+
+      sentBodies.push("Yes, at noon");
+      await bob.sendEvent(portalB, "m.room.message", {
+        msgtype: "m.text",
+        body: `> <${aliceOnB}> The **new** place?\n\nYes, at noon`,
+        "m.relates_to": { "m.in_reply_to": { event_id: html.event_id } },
+      });
+      await alice.waitForEvent(
+        portalA,
+        (e) => e.sender === bobOnA && relatesTo(e)["m.in_reply_to"] !== undefined,
+        WAIT_MS,
+        "bob's reply",
+      );
+      const meet = await say(alice, portalA, "Meet at 12:30");
+      await bob.waitForEvent(portalB, isMessage(aliceOnB, "Meet at 12:30"), WAIT_MS, "alice's message");
+      sentBodies.push("* Meet at 12:15", "Meet at 12:15");
+      await alice.sendEvent(portalA, "m.room.message", {
+        msgtype: "m.text",
+        body: "* Meet at 12:15",
+        "m.new_content": { msgtype: "m.text", body: "Meet at 12:15" },
+        "m.relates_to": { rel_type: "m.replace", event_id: meet },
+      });
+      await bob.waitForEvent(
+        portalB,
+        (e) => e.sender === aliceOnB && relatesTo(e).rel_type === "m.replace",
+        WAIT_MS,
+        "alice's edit",
+      );
+      const oops = await say(alice, portalA, "oops, wrong room");
+      const oopsOnB = await bob.waitForEvent(
+        portalB,
+        isMessage(aliceOnB, "oops, wrong room"),
+        WAIT_MS,
+        "alice's slip",
+      );
+      await alice.redact(portalA, oops);
+      await bob.waitForEvent(
+        portalB,
+        (e) => e.type === "m.room.redaction" && (e.redacts ?? e.content.redacts) === oopsOnB.event_id,
+        WAIT_MS,
+        "the redaction",
+      );
+      step("bob replies to the HTML message; alice edits one message and redacts another");
+
+      await alice.invite(portalA, carolOnA);
+      await carol.waitForInvite((i) => i.roomId === portalB, WAIT_MS);
+      await carol.join(portalB);
+      await alice.waitForEvent(portalA, isMembership(carolOnA, "join"), WAIT_MS, "carol's ghost joining");
+      await say(carol, portalB, "Can I come too?");
+      await alice.waitForEvent(portalA, isMessage(carolOnA, "Can I come too?"), WAIT_MS, "carol's message");
+      step("alice invites carol of b.example (her ghost on a.example); carol joins and writes");
+
+      await alice.kick(portalA, carolOnA, "table for two");
+      await carol.waitForEvent(portalB, isMembership(carol.userId, "leave"), WAIT_MS, "carol removed");
+      await alice.invite(portalA, carolOnA);
+      await carol.waitForInvite((i) => i.roomId === portalB, WAIT_MS);
+      await alice.ban(portalA, carolOnA, "changed my mind");
+      await carol.waitForEvent(portalB, isMembership(carol.userId, "ban"), WAIT_MS, "carol banned");
+      step(
+        "alice kicks carol, invites her again, then bans her: b.example's bot does the same in bob's room",
+      );
+
+      await say(alice, portalA, "See you at noon");
+      await bob.waitForEvent(
+        portalB,
+        isMessage(aliceOnB, "See you at noon"),
+        WAIT_MS,
+        "alice's last message",
+      );
+      await bob.leave(portalB);
+      await alice.waitForEvent(portalA, isMembership(bobOnA, "leave"), WAIT_MS, "bob's ghost leaving");
+      step("alice says goodbye; bob leaves: his ghost leaves alice's room");
+
+      await Promise.all([alice, bob, carol].map((c) => c.sync(0)));
+      const domainOf = (userId: string) => userId.slice(userId.indexOf(":") + 1);
+      const homeserverOf = (c: MatrixClient) => (domainOf(c.userId) === h.a.domain ? h.a : h.b);
+      for (const [client, roomId] of [
+        [alice, portalA],
+        [bob, portalB],
+        [carol, portalB],
+      ] as const) {
+        const hs = homeserverOf(client);
+        console.log(`\n${client.userId}'s client, room "${ROOM_NAME}" (${roomId} on ${hs.domain}):`);
+        printTimeline(client.timeline(roomId), hs);
+      }
+
+      const history = await hubHistory(h, mimiRoomId);
+      printMimiHistory(mimiRoomId, history);
+
+      console.log("\nEach user's MLS client in the MIMI room, at the end (GET /rooms/:id/mls?user=):");
+      for (const client of [alice, bob, carol]) {
+        const hs = homeserverOf(client);
+        let line: string;
+        try {
+          const view = await hs.admin<{ epoch: string; members: string[]; active: boolean }>(
+            "GET",
+            `/rooms/${encodeURIComponent(mimiRoomId)}/mls?user=${encodeURIComponent(client.userId)}`,
+          );
+          line = `epoch ${view.epoch.padStart(2)}  ${view.active ? "active " : "removed"}  members ${view.members.join(", ")}`;
+        } catch (err) {
+          line = /404/.test((err as Error).message) ? "no MLS client in the room" : (err as Error).message;
+        }
+        console.log(`  ${client.userId.padEnd(18)} (${hs.domain})  ${line}`);
+      }
+
+      const wire = h.federation.map((c) => c.body);
+      const leaked = sentBodies.filter((body) => wire.some((w) => w.includes(body)));
+      console.log(
+        leaked.length > 0
+          ? `\nPlaintext crossed MIMI federation: ${JSON.stringify(leaked)}!`
+          : `\nNone of the ${sentBodies.length} message texts is in any of the ${wire.length} recorded MIMI ` +
+              "federation bodies: they crossed as m.room.encrypted.",
+      );
+      if (leaked.length > 0) throw new Error("a message body crossed MIMI federation in the clear");
+      console.log(`Matrix part: ${((Date.now() - started) / 1000).toFixed(1)} s.`);
+    },
+  );
+  ok = true;
+}
+
+/** The MIMI room's whole linear history from its hub's admin API. */
+async function hubHistory(h: Harness, roomId: string): Promise<HistoryJson[]> {
+  const hub = roomId.endsWith(`:${h.a.domain}`) ? h.a : h.b;
+  const events: HistoryJson[] = [];
+  let from: number | undefined = 1;
+  while (from !== undefined) {
+    const page: { events: HistoryJson[]; next_seq?: number } = await hub.admin(
+      "GET",
+      `/rooms/${encodeURIComponent(roomId)}/history?from=${from}&limit=1000`,
+    );
+    events.push(...page.events);
+    from = page.next_seq;
+  }
+  return events;
+}
+
+type HistoryJson = FullyFormedEvent & { seq: number; event_id: string };
+
+function printMimiHistory(roomId: string, history: HistoryJson[]): void {
+  const hub = roomId.slice(roomId.indexOf(":") + 1);
+  console.log(
+    `\nThe MIMI room ${roomId}, its linear history at the hub ${hub} (admin API), ${history.length} events:`,
+  );
+  const epochOf = new Map<string, string>();
+  const rows = history.map((e) => {
+    const c = e.content as Record<string, unknown>;
+    let epoch = "";
+    let what: string;
+    switch (e.type) {
+      case "m.mls.commit":
+        epoch = String(commitEpoch(e));
+        epochOf.set(e.event_id, epoch);
+        what = describeCommit(e);
+        break;
+      case "m.room.encrypted": {
+        epoch = epochOf.get(c.commit_event_id as string) ?? "?";
+        const bytes = Buffer.from(c.ciphertext as string, "base64");
+        what = `${bytes.length} bytes of ciphertext ${bytes.subarray(0, 6).toString("hex")}…`;
+        break;
+      }
+      case "m.room.user":
+        what = `${String(c.participation)}${c.reason ? ` (${String(c.reason)})` : ""}`;
+        break;
+      default:
+        what = summary(e);
+    }
+    return [String(e.seq), e.type, e.sender, e.state_key ?? "", epoch, what];
+  });
+  printTable(["seq", "type", "sender", "state key", "epoch", ""], rows);
+}
+
+function printTable(header: string[], rows: string[][]): void {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) =>
+    `  ${cells
+      .map((cell, i) =>
+        i === 0 ? cell.padStart(widths[i]!) : i === cells.length - 1 ? cell : cell.padEnd(widths[i]!),
+      )
+      .join("  ")}`.trimEnd();
+  console.log(line(header));
+  for (const row of rows) console.log(line(row));
+}
+
+/** One user's timeline as a client would show it: edits applied, redactions blanked, replies named. */
+function printTimeline(events: MatrixEvent[], hs: Homeserver): void {
+  const byId = new Map(events.map((e) => [e.event_id, e]));
+  const edits = new Map<string, MatrixEvent>();
+  const redacted = new Set<string>();
+  for (const e of events) {
+    const rel = relatesTo(e);
+    if (rel.rel_type === "m.replace" && typeof rel.event_id === "string") edits.set(rel.event_id, e);
+    if (e.type === "m.room.redaction") redacted.add(String(e.redacts ?? e.content.redacts));
+  }
+  const who = (userId: string) => {
+    const mimiUser = mimiUserOfGhost(userId, USER_PREFIX, hs.domain);
+    return mimiUser === undefined || userId === hs.botUserId ? userId : `${userId} (${mimiUser})`;
+  };
+  const text = (e: MatrixEvent): string => {
+    const content = (edits.get(e.event_id)?.content["m.new_content"] ?? e.content) as Record<string, unknown>;
+    // A reply's body starts with the quoted message as a fallback ("> ..." lines): a client hides it.
+    const body = String(content.body ?? "").replace(/^(>.*\n)+\n/, "");
+    const html =
+      content.format === "org.matrix.custom.html" ? `  [HTML: ${String(content.formatted_body)}]` : "";
+    return content.msgtype === "m.notice"
+      ? `[notice] ${body}`
+      : content.msgtype === "m.emote"
+        ? `* ${body}`
+        : body + html;
+  };
+  const rows: [string, string][] = [];
+  const memberships = new Map<string, string>();
+  for (const e of events) {
+    const c = e.content;
+    if (e.type === "m.room.message") {
+      if (relatesTo(e).rel_type === "m.replace") continue;
+      if (redacted.has(e.event_id)) {
+        rows.push([who(e.sender), "[redacted]"]);
+        continue;
+      }
+      const parent = (relatesTo(e)["m.in_reply_to"] as { event_id?: string } | undefined)?.event_id;
+      const to = parent === undefined ? undefined : byId.get(parent);
+      const reply =
+        parent === undefined
+          ? ""
+          : to === undefined
+            ? `(reply to ${parent}) `
+            : `(reply to ${to.sender}: "${text(to)}") `;
+      rows.push([who(e.sender), `${reply}${text(e)}${edits.has(e.event_id) ? " (edited)" : ""}`]);
+    } else if (e.type === "m.room.member" && e.state_key !== undefined) {
+      const before = memberships.get(e.state_key);
+      const now = String(c.membership);
+      memberships.set(e.state_key, now);
+      const target = who(e.state_key);
+      const reason = typeof c.reason === "string" ? `: ${c.reason}` : "";
+      const self = e.sender === e.state_key;
+      const what =
+        now === "join"
+          ? before === "join"
+            ? "— changed their profile"
+            : "— joined"
+          : now === "invite"
+            ? `— invited ${target}`
+            : now === "ban"
+              ? `— banned ${target}${reason}`
+              : now === "leave"
+                ? self
+                  ? before === "invite"
+                    ? "— declined the invite"
+                    : "— left"
+                  : before === "invite"
+                    ? `— withdrew the invite of ${target}${reason}`
+                    : `— kicked ${target}${reason}`
+                : `— ${now} ${target}`;
+      rows.push([who(e.sender), what]);
+    } else if (e.type === "m.room.create") {
+      rows.push([who(e.sender), "— created the room"]);
+    } else if (e.type === "m.room.name") {
+      rows.push([who(e.sender), `— named the room "${String(c.name)}"`]);
+    } else if (e.type === "m.room.topic") {
+      rows.push([who(e.sender), `— set the topic "${String(c.topic)}"`]);
+    } else if (e.type === "m.room.redaction" || HIDDEN_STATE.has(e.type)) {
+      continue;
+    } else {
+      rows.push([who(e.sender), `— ${e.type}`]);
+    }
+  }
+  const width = Math.max(...rows.map(([sender]) => sender.length));
+  for (const [sender, what] of rows)
+    console.log(`  ${sender.padStart(width)}${what.startsWith("—") ? " " : ": "}${what}`);
 }
 
 /** Waits until these users' clients are in one group at one epoch, with no one else in it. */
@@ -408,7 +672,24 @@ async function historyOf(provider: MimiProvider, roomId: string): Promise<Histor
   return all;
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    if (interrupted) process.exit(130); // a second Ctrl-C: the child processes are killed on exit
+    interrupted = true;
+    console.error(`\n${signal}: stopping everything the demo started...`);
+    void runCleanups().finally(() => process.exit(signal === "SIGINT" ? 130 : 143));
+  });
+}
+
+partOne()
+  .then(matrixPart)
+  .then(() => process.exit(0))
+  .catch(async (err: unknown) => {
+    if (interrupted) return; // the signal handler stops everything and exits
+    await runCleanups();
+    console.error(`\nThe demo failed: ${err instanceof Error ? err.message : String(err)}`);
+    if (err instanceof Error && err.stack !== undefined && !process.env.MIMI_DEMO_QUIET) {
+      console.error(err.stack.split("\n").slice(1, 6).join("\n"));
+    }
+    process.exit(1);
+  });

@@ -188,6 +188,23 @@ export class HomeserverClient {
     );
   }
 
+  /** The rooms the bot is joined to (`GET /joined_rooms`). */
+  async joinedRooms(): Promise<string[]> {
+    const body = await this.request("GET", "/_matrix/client/v3/joined_rooms");
+    const rooms = (body as { joined_rooms?: unknown }).joined_rooms;
+    return Array.isArray(rooms) ? rooms.filter((r): r is string => typeof r === "string") : [];
+  }
+
+  /** The users joined to a room, as the bot sees it (`GET /rooms/{roomId}/joined_members`). */
+  async joinedMembers(roomId: string): Promise<string[]> {
+    const body = await this.request(
+      "GET",
+      `/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/joined_members`,
+    );
+    const joined = (body as { joined?: unknown }).joined;
+    return typeof joined === "object" && joined !== null ? Object.keys(joined) : [];
+  }
+
   /** The bot points a room alias of our namespace at a room (`PUT /directory/room/{alias}`). */
   async setAlias(alias: string, roomId: string): Promise<void> {
     try {

@@ -22,6 +22,10 @@ import { permissionLevel, type PermissionLevel } from "./permissions";
  * | `bp␀<Matrix room ID>`      | `{mimiRoomId, reader}`: the MIMI room it portals, and the local user whose client reads it for the portal |
  * | `bm␀<MIMI room ID>`        | the Matrix room ID of its portal        |
  * | `bc␀<MIMI room ID>`        | the next position of the MIMI room to show in its portal |
+ * | `bs␀<MIMI room ID>`        | the next position of the MIMI room whose state changes to show in its portal |
+ * | `bo␀<MIMI room ID>`        | a portal room is being made for it (found again by its mark after a crash) |
+ * | `bx␀<Matrix event ID>`     | `{eventId, roomId, sender}`: the MIMI event of the same message |
+ * | `be␀<MIMI event ID>`       | `{eventId, roomId, sender}`: the portal's Matrix event of the same message |
  * | `bd␀<Matrix room ID>`      | the Matrix user ID whose command room (direct chat with the bot) it is |
  */
 const SEP = "\u0000";
@@ -30,6 +34,9 @@ const mimiPrefix = `bm${SEP}`;
 const mimiKey = (mimiRoomId: string) => `${mimiPrefix}${mimiRoomId}`;
 const cursorKey = (mimiRoomId: string) => `bc${SEP}${mimiRoomId}`;
 const commandRoomKey = (matrixRoomId: string) => `bd${SEP}${matrixRoomId}`;
+const creatingKey = (mimiRoomId: string) => `bo${SEP}${mimiRoomId}`;
+/** The state event marking a portal room the bot made with the MIMI room it portals. */
+const PORTAL_MARK = "io.mimi-appservice.portal";
 const stateCursorKey = (mimiRoomId: string) => `bs${SEP}${mimiRoomId}`;
 const matrixLinkKey = (matrixEventId: string) => `bx${SEP}${matrixEventId}`;
 const mimiLinkKey = (mimiEventId: string) => `be${SEP}${mimiEventId}`;
@@ -56,8 +63,10 @@ function linkOps(
     { type: "put", key: mimiLinkKey(mimiEventId), value: JSON.stringify(toMatrix) },
   ];
 }
-/** How long one read of a portal's MIMI room waits for a message (bounds how long stopping takes). */
-const FOLLOW_WAIT_MS = 2_000;
+/** How long one read of a portal's MIMI room waits for an event (stopping does not wait for it). */
+const FOLLOW_WAIT_MS = 25_000;
+/** How long a portal's follower waits before trying again after a failure. */
+const FOLLOW_RETRY_MS = 2_000;
 
 interface PortalRecord {
   mimiRoomId: string;
@@ -124,6 +133,8 @@ export class MatrixBridge {
   private readonly ghostsIn = new Set<string>();
   private invites: Promise<void> = Promise.resolve();
   private retryMs = 0;
+  private stopNow: () => void = () => undefined;
+  private readonly stopping = new Promise<undefined>((resolve) => (this.stopNow = () => resolve(undefined)));
 
   constructor(private readonly deps: MatrixBridgeDeps) {}
 
@@ -211,21 +222,56 @@ export class MatrixBridge {
     if (matrixUser === undefined) {
       throw new MimiError("M_INVALID_PARAM", `${mimiUser} is not a user of this homeserver`);
     }
-    const matrixRoomId = await this.deps.client.createRoom({
+    const { matrixRoomId, recovered } = await this.createPortalRoom(mimiRoomId, {
       preset: "private_chat",
       name: name ?? mimiRoomId,
       invite: [matrixUser],
     });
+    // A room made before a crash may not have had its invite out yet.
+    if (recovered) await this.deps.client.invite(matrixRoomId, matrixUser).catch(() => undefined);
     const record: PortalRecord = { mimiRoomId, reader: mimiUser };
     await this.deps.kv.commit([
       { type: "put", key: portalKey(matrixRoomId), value: JSON.stringify(record) },
       { type: "put", key: mimiKey(mimiRoomId), value: matrixRoomId },
+      { type: "del", key: creatingKey(mimiRoomId) },
     ]);
     return matrixRoomId;
   }
 
+  /**
+   * The bot creates a portal room, marked with the MIMI room it portals (state
+   * `io.mimi-appservice.portal`). A record of the attempt lands first: after a crash between the
+   * homeserver's answer and the portal record, the next attempt finds the room by its mark among
+   * the bot's rooms instead of making a second one.
+   */
+  private async createPortalRoom(
+    mimiRoomId: string,
+    body: Record<string, unknown>,
+  ): Promise<{ matrixRoomId: string; recovered: boolean }> {
+    if ((await this.deps.kv.get(creatingKey(mimiRoomId))) !== undefined) {
+      for (const roomId of await this.deps.client.joinedRooms()) {
+        const mark = await this.deps.client.stateContent(roomId, PORTAL_MARK).catch(() => undefined);
+        if (mark?.room_id === mimiRoomId && (await this.portal(roomId)) === undefined) {
+          this.deps.log.info("found the portal room made before a restart", {
+            matrixRoomId: roomId,
+            mimiRoomId,
+          });
+          return { matrixRoomId: roomId, recovered: true };
+        }
+      }
+    } else {
+      await this.deps.kv.commit([{ type: "put", key: creatingKey(mimiRoomId), value: String(Date.now()) }]);
+    }
+    const matrixRoomId = await this.deps.client.createRoom({
+      ...body,
+      initial_state: [{ type: PORTAL_MARK, state_key: "", content: { room_id: mimiRoomId } }],
+    });
+    return { matrixRoomId, recovered: false };
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
+    this.stopNow();
     this.unsubscribe?.();
     this.wake?.();
     await this.running;
@@ -249,18 +295,20 @@ export class MatrixBridge {
       return true;
     }
     const localpart = alias.slice(1, alias.lastIndexOf(":"));
-    const matrixRoomId = await this.deps.client.createRoom({
+    const { matrixRoomId, recovered } = await this.createPortalRoom(mimiRoomId, {
       preset: "public_chat",
       visibility: "private",
       room_alias_name: localpart,
       name: mimiRoomId,
       topic: `The MIMI room ${mimiRoomId}, hosted by ${serverNameOf(mimiRoomId)}`,
     });
+    if (recovered) await this.deps.client.setAlias(alias, matrixRoomId);
     // No reader yet: the first local user to join reads the MIMI room for the portal.
     const record: PortalRecord = { mimiRoomId, reader: "" };
     await this.deps.kv.commit([
       { type: "put", key: portalKey(matrixRoomId), value: JSON.stringify(record) },
       { type: "put", key: mimiKey(mimiRoomId), value: matrixRoomId },
+      { type: "del", key: creatingKey(mimiRoomId) },
     ]);
     this.deps.log.info("portal created for an alias", { alias, matrixRoomId, mimiRoomId });
     return true;
@@ -791,6 +839,30 @@ export class MatrixBridge {
     }
   }
 
+  /**
+   * A long wait that stopping cuts short (answers undefined then). What it waited for may still
+   * settle later, unobserved: its failure then is of no interest.
+   */
+  private untilStopped<T>(wait: Promise<T>): Promise<T | undefined> {
+    wait.catch(() => undefined);
+    return Promise.race([wait, this.stopping]);
+  }
+
+  /** The ghosts the portal has joined already, as the homeserver sees them (after a restart too). */
+  private async ghostsInPortal(matrixRoomId: string): Promise<void> {
+    try {
+      for (const member of await this.deps.client.joinedMembers(matrixRoomId)) {
+        if (
+          mimiUserOfGhost(member, this.deps.matrix.appservice.userPrefix, this.deps.matrix.domain) !==
+          undefined
+        )
+          this.ghostsIn.add(`${member}${SEP}${matrixRoomId}`);
+      }
+    } catch (err) {
+      this.deps.log.warn("cannot read a portal's members", { matrixRoomId, error: err });
+    }
+  }
+
   /** Shows the MIMI room's messages in its portal: remote users' as their ghosts, in order, once each. */
   private follow(mimiRoomId: string, matrixRoomId: string, reader: string): void {
     if (this.followers.has(mimiRoomId) || this.stopped) return;
@@ -799,14 +871,17 @@ export class MatrixBridge {
       while (!this.stopped) {
         let page;
         try {
-          page = await this.deps.rooms.messages(mimiRoomId, reader, {
-            fromSeq: from,
-            limit: 50,
-            waitMs: FOLLOW_WAIT_MS,
-          });
+          page = await this.untilStopped(
+            this.deps.rooms.messages(mimiRoomId, reader, {
+              fromSeq: from,
+              limit: 50,
+              waitMs: FOLLOW_WAIT_MS,
+            }),
+          );
+          if (page === undefined) return;
         } catch (err) {
           this.deps.log.warn("cannot read a portal's MIMI room", { mimiRoomId, error: err });
-          await new Promise((resolve) => setTimeout(resolve, FOLLOW_WAIT_MS));
+          await this.untilStopped(new Promise((resolve) => setTimeout(resolve, FOLLOW_RETRY_MS)));
           continue;
         }
         for (const message of page) {
@@ -820,7 +895,7 @@ export class MatrixBridge {
               eventId: message.eventId,
               error: err,
             });
-            await new Promise((resolve) => setTimeout(resolve, FOLLOW_WAIT_MS));
+            await this.untilStopped(new Promise((resolve) => setTimeout(resolve, FOLLOW_RETRY_MS)));
             break;
           }
           from = message.seq + 1;
@@ -829,12 +904,6 @@ export class MatrixBridge {
             { type: "put", key: cursorKey(mimiRoomId), value: String(from) },
           ]);
         }
-        await this.syncGhosts(mimiRoomId, matrixRoomId).catch((err: unknown) =>
-          this.deps.log.warn("cannot bring a portal's ghosts in line with the MIMI room", {
-            mimiRoomId,
-            error: err,
-          }),
-        );
       }
     })();
     const state = this.followState(mimiRoomId, matrixRoomId);
@@ -853,22 +922,29 @@ export class MatrixBridge {
    * set on the portal. What the bot cannot do there (it lacks the power) becomes a notice.
    */
   private async followState(mimiRoomId: string, matrixRoomId: string): Promise<void> {
+    await this.ghostsInPortal(matrixRoomId);
     const stored = await this.deps.kv.get(stateCursorKey(mimiRoomId));
     let from =
       stored === undefined ? (this.deps.rooms.roomInfo(mimiRoomId)?.headSeq ?? 0) + 1 : Number(stored);
     if (stored === undefined)
       await this.deps.kv.commit([{ type: "put", key: stateCursorKey(mimiRoomId), value: String(from) }]);
     while (!this.stopped) {
+      // First at the start (a remote user may have left while this process was down), then after each page.
+      await this.syncGhosts(mimiRoomId, matrixRoomId).catch((err: unknown) =>
+        this.deps.log.warn("cannot bring a portal's ghosts in line with the MIMI room", {
+          mimiRoomId,
+          error: err,
+        }),
+      );
       let page;
       try {
-        page = await this.deps.rooms.history(mimiRoomId, {
-          fromSeq: from,
-          limit: 50,
-          waitMs: FOLLOW_WAIT_MS,
-        });
+        page = await this.untilStopped(
+          this.deps.rooms.history(mimiRoomId, { fromSeq: from, limit: 50, waitMs: FOLLOW_WAIT_MS }),
+        );
+        if (page === undefined) return;
       } catch (err) {
         this.deps.log.warn("cannot read a portal's MIMI room history", { mimiRoomId, error: err });
-        await new Promise((resolve) => setTimeout(resolve, FOLLOW_WAIT_MS));
+        await this.untilStopped(new Promise((resolve) => setTimeout(resolve, FOLLOW_RETRY_MS)));
         continue;
       }
       for (const entry of page.events) {
@@ -881,7 +957,7 @@ export class MatrixBridge {
               eventId: entry.eventId,
               error: err,
             });
-            await new Promise((resolve) => setTimeout(resolve, FOLLOW_WAIT_MS));
+            await this.untilStopped(new Promise((resolve) => setTimeout(resolve, FOLLOW_RETRY_MS)));
             break;
           }
           this.deps.log.warn("a MIMI state change was not shown in its portal", {

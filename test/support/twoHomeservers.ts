@@ -50,6 +50,11 @@ export interface TwoHomeserversOptions {
   durability?: "os" | "fsync";
   /** The domains; default `a.example` and `b.example`. */
   domains?: [string, string];
+  /**
+   * What node runs instead of `--import tsx src/cli/main.ts` (e.g. `[<repo>/dist/cli/main.js]`,
+   * compiled by tsc, as `npm start` runs it). Default: the sources through tsx.
+   */
+  entry?: readonly string[];
 }
 
 /** One body that went over MIMI federation, as a recording proxy saw it. */
@@ -113,6 +118,8 @@ export class AppserviceProcess {
     readonly port: number,
     readonly federationPort: number,
     readonly adminPort: number,
+    /** What node runs instead of `--import tsx src/cli/main.ts`. */
+    private readonly entry: readonly string[] = ["--import", "tsx", MAIN],
   ) {}
 
   get logFile(): string {
@@ -133,7 +140,7 @@ export class AppserviceProcess {
       throw new Error(`the appservice of ${this.domain} is already running (pid ${this.pid})`);
     this.log ??= createWriteStream(this.logFile, { flags: "a" });
     this.log.write(`--- start ${new Date().toISOString()} ---\n`);
-    const child = spawn(process.execPath, ["--import", "tsx", MAIN, "-c", this.configPath], {
+    const child = spawn(process.execPath, [...this.entry, "-c", this.configPath], {
       cwd: ROOT,
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env },
@@ -377,6 +384,7 @@ export async function startTwoHomeservers(options: TwoHomeserversOptions): Promi
         port.appservice,
         port.federation,
         port.admin,
+        options.entry,
       );
       appservices.push(appservice);
       return { domain, home, port, registration, appservice, route: routes[domain]! };
