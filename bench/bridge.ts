@@ -33,6 +33,8 @@ const PORTALS = Number(process.env.BENCH_BRIDGE_PORTALS ?? 1000);
 const MEMBERS = Math.max(2, Number(process.env.BENCH_BRIDGE_MEMBERS ?? 10));
 /** Portals set up at once. */
 const CREATE_WINDOW = Number(process.env.BENCH_BRIDGE_WINDOW ?? 4);
+/** Which figures to measure, e.g. `2` (default: both). */
+const FIGURES = (process.env.BENCH_BRIDGE_FIGURES ?? "1,2").split(",").map((f) => f.trim());
 const RESTARTS = Number(process.env.BENCH_BRIDGE_RESTARTS ?? 3);
 /** BENCH_BRIDGE_PROFILE=1 always profiles figure 1; =0 never; unset: when a p99 misses the target. */
 const PROFILE = process.env.BENCH_BRIDGE_PROFILE;
@@ -516,8 +518,16 @@ const nextTxn = () => `bench-bridge-${process.pid}-${++adminTxn}`;
  * b's rooms API (its admin API); their ghosts join the portal on a.example. Done once every
  * ghost has joined on Matrix and alice's MLS client has every member in its group.
  */
-async function buildPortal(h: Harness, m: Members, k: number): Promise<Portal> {
+async function buildPortal(h: Harness, m: Members, k: number, steps: Map<string, number[]>): Promise<Portal> {
   const { alice, carol } = m;
+  let last = performance.now();
+  const step = (name: string) => {
+    const now = performance.now();
+    const list = steps.get(name) ?? [];
+    list.push((now - last) / 1000);
+    steps.set(name, list);
+    last = now;
+  };
   const matrixRoomId = await alice.createRoom({
     name: `bench portal ${k}`,
     preset: "private_chat",
@@ -530,29 +540,36 @@ async function buildPortal(h: Harness, m: Members, k: number): Promise<Portal> {
     "the bot's notice",
   );
   const mimiRoomId = /MIMI room (![^\s,]+)/.exec(String(notice.content.body))![1]!;
+  step("room created, bot's notice seen");
   await alice.invite(matrixRoomId, carol.userId);
   await carol.join(matrixRoomId);
+  step("carol invited and joined");
   for (const ghost of m.ghosts) await alice.invite(matrixRoomId, ghost);
+  step("ghosts invited");
   const path = `/rooms/${encodeURIComponent(mimiRoomId)}`;
   await waitUntil(`the MIMI invites of ${mimiRoomId}`, WAIT_MS, async () => {
     const info = await h.a.admin<{ participation: Record<string, string> }>("GET", path).catch(() => undefined);
     return m.remote.every((u) => info?.participation[u] === "invite" || info?.participation[u] === "join");
   });
+  step("MIMI invites at the hub");
   await Promise.all(
     m.remote.map((user) => h.b.admin("PUT", `${path}/join/${nextTxn()}`, { user })),
   );
+  step("remote joins answered by b");
   await alice.waitForTimeline(
     matrixRoomId,
     (timeline) => m.ghosts.every((g) => timeline.some(isMembership(g, "join"))),
     WAIT_MS,
     "every ghost joining",
   );
+  step("ghosts joined on Matrix");
   await waitUntil(`alice's MLS group of ${mimiRoomId} having ${MEMBERS} members`, WAIT_MS, async () => {
     const view = await h.a
       .admin<{ members: string[] }>("GET", `${path}/mls?user=${encodeURIComponent("@alice:a.example")}`)
       .catch(() => undefined);
     return new Set(view?.members.filter((u) => u !== "")).size >= MEMBERS;
   });
+  step("MLS group complete");
   return { matrixRoomId, mimiRoomId };
 }
 
@@ -754,11 +771,12 @@ async function portalsFigure(notes: string[]): Promise<void> {
     };
     const portals: Portal[] = [];
     const perPortal: number[] = [];
+    const steps = new Map<string, number[]>();
     const setupStart = performance.now();
     let done = 0;
     const run = await runWindow(PORTALS, CREATE_WINDOW, setupStart + SETUP_MAX_MS, async (k) => {
       const t = performance.now();
-      portals[k] = await buildPortal(h!, members, k);
+      portals[k] = await buildPortal(h!, members, k, steps);
       perPortal.push((performance.now() - t) / 1000);
       if (++done % 100 === 0)
         process.stderr.write(
@@ -794,7 +812,8 @@ async function portalsFigure(notes: string[]): Promise<void> {
     );
     for (const line of [
       `set-up: ${fmt(PORTALS)} portals in ${fmt(setupSeconds)} s, ${CREATE_WINDOW} at a time ` +
-        `(${fmt(PORTALS / setupSeconds, 2)} portals/s; one portal p50 ${fmt(per.p50, 1)} s, p90 ${fmt(per.p90, 1)} s, max ${fmt(per.max, 1)} s)`,
+        `(${fmt(PORTALS / setupSeconds, 2)} portals/s; one portal p50 ${fmt(per.p50, 1)} s, p90 ${fmt(per.p90, 1)} s, max ${fmt(per.max, 1)} s; ` +
+        `p50 per step: ${[...steps].map(([name, values]) => `${name} ${fmt(stats(values).p50, 2)} s`).join(", ")})`,
       `resident memory (VmRSS) of its appservice process: ${fmt(settled.rss)} MiB once settled ` +
         `(${fmt(settleSeconds)} s after the set-up), ${fmt(afterIdle.rss)} MiB after ${(IDLE_WINDOWS * IDLE_WINDOW_MS) / 1000} s idle; ` +
         `peak (VmHWM) ${fmt(afterIdle.hwm)} MiB; after its restarts, settled: ${fmt(restarted.rss)} MiB (${fmt(restartSettle)} s)`,
@@ -858,7 +877,7 @@ export async function bridgeSection(): Promise<void> {
     ].join("\n"),
   );
   const notes: string[] = [];
-  await latencyFigure(notes);
-  await portalsFigure(notes);
+  if (FIGURES.includes("1")) await latencyFigure(notes);
+  if (FIGURES.includes("2")) await portalsFigure(notes);
   for (const note of notes) console.log(note);
 }

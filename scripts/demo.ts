@@ -55,6 +55,8 @@ function describeCommit(event: FullyFormedEvent): string {
     (p) => p.proposalOrRefType === "proposal" && p.proposal.proposalType === "remove",
   ).length;
   if (removes > 0) parts.push(`remove ${removes} client${removes > 1 ? "s" : ""}`);
+  const referenced = content.commit.proposals.filter((p) => p.proposalOrRefType === "reference").length;
+  if (referenced > 0) parts.push(`the hub's proposal${referenced > 1 ? "s" : ""} (by reference)`);
   return parts.length > 0 ? parts.join(", ") : "new group (first commit)";
 }
 
@@ -281,6 +283,7 @@ const HIDDEN_STATE = new Set([
   "m.room.history_visibility",
   "m.room.guest_access",
   "m.room.canonical_alias",
+  "io.mimi-appservice.portal",
 ]);
 
 const isMessage = (sender: string, body: string) => (e: MatrixEvent) =>
@@ -467,21 +470,33 @@ async function matrixPart(): Promise<void> {
       const history = await hubHistory(h, mimiRoomId);
       printMimiHistory(mimiRoomId, history);
 
-      console.log("\nEach user's MLS client in the MIMI room, at the end (GET /rooms/:id/mls?user=):");
+      const hub = mimiRoomId.endsWith(`:${h.a.domain}`) ? h.a : h.b;
+      const { participation } = await hub.admin<{ participation: Record<string, string> }>(
+        "GET",
+        `/rooms/${encodeURIComponent(mimiRoomId)}`,
+      );
+      console.log(
+        "\nEach user's MLS client at the end (GET /rooms/:id/mls?user= on their provider), " +
+          "beside their participation at the hub:",
+      );
+      const mlsRows: string[][] = [];
       for (const client of [alice, bob, carol]) {
         const hs = homeserverOf(client);
-        let line: string;
+        const row = [client.userId, hs.domain, participation[client.userId] ?? "-"];
         try {
           const view = await hs.admin<{ epoch: string; members: string[]; active: boolean }>(
             "GET",
             `/rooms/${encodeURIComponent(mimiRoomId)}/mls?user=${encodeURIComponent(client.userId)}`,
           );
-          line = `epoch ${view.epoch.padStart(2)}  ${view.active ? "active " : "removed"}  members ${view.members.join(", ")}`;
+          row.push(`epoch ${view.epoch}`, view.active ? "active" : "removed", view.members.join(", "));
         } catch (err) {
-          line = /404/.test((err as Error).message) ? "no MLS client in the room" : (err as Error).message;
+          if (!/ 404 /.test((err as Error).message)) throw err;
+          row.push("-", "no MLS client", "");
         }
-        console.log(`  ${client.userId.padEnd(18)} (${hs.domain})  ${line}`);
+        mlsRows.push(row);
       }
+      printTable(["user", "provider", "participation", "MLS epoch", "client", "members (by leaf)"], mlsRows);
+      console.log("  (a client stops at the epoch in which its user left: later commits are not for it)");
 
       const wire = h.federation.map((c) => c.body);
       const leaked = sentBodies.filter((body) => wire.some((w) => w.includes(body)));
@@ -522,20 +537,64 @@ function printMimiHistory(roomId: string, history: HistoryJson[]): void {
     `\nThe MIMI room ${roomId}, its linear history at the hub ${hub} (admin API), ${history.length} events:`,
   );
   const epochOf = new Map<string, string>();
+  // The group's members by leaf index, replayed from the commits, to name whom a removal removes.
+  const leaves: (string | undefined)[] = [];
+  const place = (user: string) => {
+    const blank = leaves.findIndex((l) => l === undefined);
+    leaves[blank === -1 ? leaves.length : blank] = user;
+  };
+  const nameOf = (leaf: number) => leaves[leaf] ?? `leaf ${leaf}`;
+  /** Removals the hub proposed since the last commit (a commit takes them by reference). */
+  let proposed: number[] = [];
   const rows = history.map((e) => {
     const c = e.content as Record<string, unknown>;
     let epoch = "";
     let what: string;
     switch (e.type) {
-      case "m.mls.commit":
+      case "m.mls.commit": {
         epoch = String(commitEpoch(e));
         epochOf.set(e.event_id, epoch);
-        what = describeCommit(e);
+        const content = decodePublicMessageMessage(fromBase64(c.message as string), "commit").content;
+        if (content.contentType !== "commit") {
+          what = "?";
+          break;
+        }
+        if (leaves.length === 0 && content.sender.senderType === "member") leaves[0] = e.sender;
+        const removed = content.commit.proposals.flatMap((p) =>
+          p.proposalOrRefType === "proposal" && p.proposal.proposalType === "remove"
+            ? [p.proposal.remove.removed]
+            : [],
+        );
+        if (content.commit.proposals.some((p) => p.proposalOrRefType === "reference"))
+          removed.push(...proposed);
+        proposed = [];
+        const parts = removed.map((leaf) => `remove ${nameOf(leaf)}`);
+        for (const leaf of removed) leaves[leaf] = undefined;
+        for (const { userId } of addedUsers(fromBase64(c.message as string))) {
+          parts.push(`add ${userId}`);
+          place(userId);
+        }
+        if (content.sender.senderType === "new_member_commit") {
+          parts.push(`external join of ${e.sender}`);
+          place(e.sender);
+        }
+        what = parts.length > 0 ? parts.join(", ") : epoch === "1" ? `new group of ${e.sender}` : "update";
         break;
+      }
       case "m.room.encrypted": {
         epoch = epochOf.get(c.commit_event_id as string) ?? "?";
         const bytes = Buffer.from(c.ciphertext as string, "base64");
-        what = `${bytes.length} bytes of ciphertext ${bytes.subarray(0, 6).toString("hex")}…`;
+        what = `ciphertext, ${bytes.length} bytes (…${bytes.subarray(-4).toString("hex")})`;
+        break;
+      }
+      case "io.mimi-appservice.mls.proposal": {
+        const content = decodePublicMessageMessage(fromBase64(c.message as string), "proposal").content;
+        if (content.contentType === "proposal" && content.proposal.proposalType === "remove") {
+          proposed.push(content.proposal.remove.removed);
+          what = `the hub, MLS external sender, proposes: remove ${nameOf(content.proposal.remove.removed)}`;
+        } else {
+          what = `the hub proposes: ${content.contentType === "proposal" ? content.proposal.proposalType : "?"}`;
+        }
         break;
       }
       case "m.room.user":
@@ -547,6 +606,10 @@ function printMimiHistory(roomId: string, history: HistoryJson[]): void {
     return [String(e.seq), e.type, e.sender, e.state_key ?? "", epoch, what];
   });
   printTable(["seq", "type", "sender", "state key", "epoch", ""], rows);
+  const messages = history.filter((e) => e.type === "m.room.encrypted").length;
+  console.log(
+    `  (${messages} m.room.encrypted events: the messages, the reply, the edit and the redaction, as MLS ciphertext)`,
+  );
 }
 
 function printTable(header: string[], rows: string[][]): void {
@@ -575,12 +638,14 @@ function printTimeline(events: MatrixEvent[], hs: Homeserver): void {
     const mimiUser = mimiUserOfGhost(userId, USER_PREFIX, hs.domain);
     return mimiUser === undefined || userId === hs.botUserId ? userId : `${userId} (${mimiUser})`;
   };
-  const text = (e: MatrixEvent): string => {
+  const text = (e: MatrixEvent, withHtml = true): string => {
     const content = (edits.get(e.event_id)?.content["m.new_content"] ?? e.content) as Record<string, unknown>;
     // A reply's body starts with the quoted message as a fallback ("> ..." lines): a client hides it.
     const body = String(content.body ?? "").replace(/^(>.*\n)+\n/, "");
     const html =
-      content.format === "org.matrix.custom.html" ? `  [HTML: ${String(content.formatted_body)}]` : "";
+      withHtml && content.format === "org.matrix.custom.html"
+        ? `  [HTML: ${String(content.formatted_body)}]`
+        : "";
     return content.msgtype === "m.notice"
       ? `[notice] ${body}`
       : content.msgtype === "m.emote"
@@ -604,7 +669,7 @@ function printTimeline(events: MatrixEvent[], hs: Homeserver): void {
           ? ""
           : to === undefined
             ? `(reply to ${parent}) `
-            : `(reply to ${to.sender}: "${text(to)}") `;
+            : `(reply to ${to.sender}: "${text(to, false)}") `;
       rows.push([who(e.sender), `${reply}${text(e)}${edits.has(e.event_id) ? " (edited)" : ""}`]);
     } else if (e.type === "m.room.member" && e.state_key !== undefined) {
       const before = memberships.get(e.state_key);

@@ -21,6 +21,8 @@ import {
   type Run,
 } from "../support/appserviceRuns";
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { LevelStore } from "../../src/store/levelStore";
 import yaml from "js-yaml";
 import { portalAlias } from "../../src/bridge/ghosts";
 import { freePort } from "../../src/util/freePort";
@@ -461,6 +463,47 @@ describe("mapping between a portal and its MIMI room", () => {
     expect((await query(`@_mimi_Bad:${HS}`)).status).toBe(404);
     expect((await query(`@_mimi_ann=3a${HS}:${HS}`)).status).toBe(404);
   }, 60_000);
+
+  it("a portal room made just before a crash is found again by its mark, not made twice", async () => {
+    const { as_token: asToken } = yaml.load(readFileSync(local.registration, "utf8")) as { as_token: string };
+    const asBot = clientCall(synapse.url, asToken);
+    const botRooms = async () =>
+      ((await (await asBot("GET", "/joined_rooms")).json()) as { joined_rooms: string[] }).joined_rooms;
+    const { room_id: mimiRoomId } = (await remoteCall("PUT", "/createRoom/c-crash", { creator: ERIN })) as {
+      room_id: string;
+    };
+    // The state a crash leaves: the attempt recorded, the marked room made, no portal record.
+    localRun.child.kill("SIGKILL");
+    await localRun.exited;
+    const store = await LevelStore.open(join(local.dir, "data", "db"), { durability: "os" });
+    await store.commit([{ type: "put", key: `bo\u0000${mimiRoomId}`, value: "1" }]);
+    await store.close();
+    const made = await asBot("POST", "/createRoom", {
+      preset: "private_chat",
+      initial_state: [{ type: "io.mimi-appservice.portal", state_key: "", content: { room_id: mimiRoomId } }],
+    });
+    const { room_id: orphan } = (await made.json()) as { room_id: string };
+    const before = (await botRooms()).length;
+    localRun = runMain(["-c", local.config]);
+    await ready(localRun);
+
+    const kim = user(await synapse.registerUser("kim"));
+    await remoteCall("PUT", `/rooms/${encodeURIComponent(mimiRoomId)}/invite/i-kim`, {
+      sender: ERIN,
+      target: `@kim:${HS}`,
+    });
+    const portal = await until(async () => {
+      const filter = encodeURIComponent(
+        JSON.stringify({ room: { timeline: { limit: 1, not_types: [`x.${Date.now()}`] } } }),
+      );
+      const sync = (await kim.json("GET", `/sync?timeout=0&filter=${filter}`)) as {
+        rooms?: { invite?: Record<string, unknown> };
+      };
+      return Object.keys(sync.rooms?.invite ?? {})[0];
+    }, 30_000);
+    expect(portal).toBe(orphan);
+    expect((await botRooms()).length).toBe(before);
+  }, 120_000);
 
   it("what does not map is answered with a notice", async () => {
     const { dave, roomId } = await portalWithErin("dorothy");
