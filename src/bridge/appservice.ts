@@ -22,6 +22,12 @@ export class AppserviceStartError extends Error {
   }
 }
 
+/** Callbacks for the metrics: the listener's transactions and error answers, the bridge's unmapped events. */
+export type AppserviceObserver = Pick<AppserviceListenerOptions, "onTransaction" | "onError"> & {
+  /** A homeserver event whose mapping failed for good (`kind`: its errcode, or the error's name). */
+  onUnmapped?: (kind: string) => void;
+};
+
 export interface AppserviceDeps {
   matrix: MatrixConfig;
   registration: Registration;
@@ -31,7 +37,7 @@ export interface AppserviceDeps {
   /** Our MIMI server name, for the MIMI user IDs of the homeserver's users. */
   mimiServerName: string;
   /** Told of the homeserver's transactions and of the listener's error answers (metrics). */
-  observe?: Pick<AppserviceListenerOptions, "onTransaction" | "onError">;
+  observe?: AppserviceObserver;
 }
 
 /**
@@ -93,7 +99,8 @@ export class Appservice {
       // The bridge exists once we listen; a query before that finds nothing yet.
       onRoomQuery: async (alias) => (await bridgeReady)?.portalForAlias(alias) ?? false,
       onUserQuery: async (userId) => (await bridgeReady)?.ghostExists(userId) ?? false,
-      ...deps.observe,
+      ...(deps.observe?.onTransaction === undefined ? {} : { onTransaction: deps.observe.onTransaction }),
+      ...(deps.observe?.onError === undefined ? {} : { onError: deps.observe.onError }),
     });
     const server = await listenAppservice(
       handler,
@@ -113,6 +120,7 @@ export class Appservice {
       mimiServerName: deps.mimiServerName,
       botUserId,
       log,
+      ...(deps.observe?.onUnmapped === undefined ? {} : { onUnmapped: deps.observe.onUnmapped }),
     });
     const appservice = new Appservice(client, inbox, server, botUserId, bridge);
     await bridge.start();

@@ -105,6 +105,8 @@ export interface MatrixBridgeDeps {
   mimiServerName: string;
   botUserId: string;
   log: Logger;
+  /** Told of each homeserver event whose mapping failed for good (errcode, or the error's name). */
+  onUnmapped?: (kind: string) => void;
 }
 
 /** A stable transaction ID for what `eventId` causes (`purpose` tells several effects apart). */
@@ -402,6 +404,13 @@ export class MatrixBridge {
         return false;
       }
       this.deps.log.warn("a homeserver event could not be mapped", fields);
+      this.deps.onUnmapped?.(
+        err instanceof MimiError || err instanceof HomeserverError
+          ? (err.errcode ?? "M_UNKNOWN")
+          : err instanceof Error
+            ? err.name
+            : "unknown",
+      );
     }
     await this.deps.kv.commit([...ops, ...this.deps.inbox.completeOps([entry])]);
     return true;

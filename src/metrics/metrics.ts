@@ -3,7 +3,8 @@ import { collectDefaultMetrics, Counter, Gauge, Registry } from "prom-client";
 export type RoomRole = "hub" | "follower";
 export type HomeserverTransactionOutcome = "stored" | "duplicate" | "rejected";
 /** Where an error was answered or dropped. */
-export type ErrorEdge = "federation" | "admin" | "appservice";
+/** Where an error happened: a listener's error answers, or the bridge's homeserver events it could not map. */
+export type ErrorEdge = "federation" | "admin" | "appservice" | "bridge";
 
 /** One destination's outbound queue, as read at scrape time. */
 export interface QueueReading {

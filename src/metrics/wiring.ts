@@ -1,4 +1,4 @@
-import type { AppserviceListenerOptions } from "../bridge/appserviceListener";
+import type { AppserviceObserver } from "../bridge/appservice";
 import type { MimiProvider, ProviderObserver } from "../provider/provider";
 import type { HealthSource } from "./listener";
 import type { MetricsSource, MimiMetrics } from "./metrics";
@@ -33,12 +33,11 @@ export function providerHealth(provider: MimiProvider): HealthSource {
 }
 
 /** The appservice listener's callbacks (`AppserviceDeps.observe`): its transactions and error answers. */
-export function appserviceObserver(
-  metrics: MimiMetrics,
-): Required<Pick<AppserviceListenerOptions, "onTransaction" | "onError">> {
+export function appserviceObserver(metrics: MimiMetrics): Required<AppserviceObserver> {
   return {
     onTransaction: (outcome, events) => metrics.homeserverTransaction(outcome, events),
     onError: (errcode) => metrics.error("appservice", errcode),
+    onUnmapped: (kind) => metrics.error("bridge", kind),
   };
 }
 

@@ -44,6 +44,7 @@ describe("the bridge's consumer", () => {
   const joins: string[] = [];
   const created: string[] = [];
   let failures: Error[];
+  const unmapped: string[] = [];
 
   const invite = (n: number) => ({
     type: "m.room.member",
@@ -61,6 +62,7 @@ describe("the bridge's consumer", () => {
     joins.length = 0;
     created.length = 0;
     failures = [];
+    unmapped.length = 0;
     const client = {
       joinRoom: async (roomId: string) => {
         const failure = failures.shift();
@@ -69,6 +71,7 @@ describe("the bridge's consumer", () => {
       },
       sendEvent: async () => "$notice",
       stateContent: async () => undefined,
+      joinedMembers: async () => [],
     } as unknown as HomeserverClient;
     const rooms = {
       createRoom: async ({ txnId }: { txnId: string }) => {
@@ -80,6 +83,7 @@ describe("the bridge's consumer", () => {
       roomInfo: () => undefined,
       // The portal's follower long-polls the MIMI room: nothing arrives here.
       messages: () => new Promise((resolve) => setTimeout(() => resolve([]), 50)),
+      history: () => new Promise((resolve) => setTimeout(() => resolve({ events: [] }), 50)),
     } as unknown as RoomsApi;
     bridge = new MatrixBridge({
       kv: store,
@@ -90,6 +94,7 @@ describe("the bridge's consumer", () => {
       mimiServerName: "hs.test",
       botUserId: BOT,
       log: createLogger("test"),
+      onUnmapped: (kind) => unmapped.push(kind),
     });
   });
 
@@ -111,6 +116,7 @@ describe("the bridge's consumer", () => {
     // The first attempt failed; after its backoff (1 s) the same event is mapped, then the next.
     await until(() => joins.length === 2);
     expect(joins).toEqual(["!m1", "!m2"]);
+    expect(unmapped).toEqual([]);
     expect(await bridge.portalOf("!m1")).toBe("!r1:hs.test");
     expect(await inbox.pending()).toEqual([]);
   });
@@ -121,6 +127,7 @@ describe("the bridge's consumer", () => {
     await bridge.start();
     await until(() => joins.length === 1);
     expect(joins).toEqual(["!m2"]);
+    expect(unmapped).toEqual(["M_FORBIDDEN"]);
     expect(await bridge.portalOf("!m1")).toBeUndefined();
     expect(await inbox.pending()).toEqual([]);
   });
