@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import yaml from "js-yaml";
+import { AppServiceRegistration } from "matrix-appservice-bridge";
 
 /** What the registration must say for the appservice the config describes. */
 export interface AppserviceIdentity {
@@ -56,19 +57,26 @@ export function buildRegistration(identity: AppserviceIdentity, url: string): Re
       `the appservice URL must be http(s)://host[:port], got ${JSON.stringify(url)}`,
     );
   }
+  // The bridge library's registration model writes the homeserver's fields; it has no rooms
+  // namespace list and no receive_ephemeral setter, which are added to its output.
+  const registration = new AppServiceRegistration(url);
+  registration.setId(identity.id);
+  registration.setAppServiceToken(newToken());
+  registration.setHomeserverToken(newToken());
+  registration.setSenderLocalpart(identity.senderLocalpart);
+  registration.setRateLimited(false);
+  registration.addRegexPattern("users", userNamespace(identity), true);
+  registration.addRegexPattern("aliases", aliasNamespace(identity), true);
+  const output = registration.getOutput() as unknown as Omit<Registration, "receive_ephemeral">;
   return {
-    id: identity.id,
-    url,
-    as_token: newToken(),
-    hs_token: newToken(),
-    sender_localpart: identity.senderLocalpart,
-    rate_limited: false,
+    id: output.id,
+    url: output.url,
+    as_token: output.as_token,
+    hs_token: output.hs_token,
+    sender_localpart: output.sender_localpart,
+    rate_limited: output.rate_limited,
     receive_ephemeral: true,
-    namespaces: {
-      users: [{ exclusive: true, regex: userNamespace(identity) }],
-      aliases: [{ exclusive: true, regex: aliasNamespace(identity) }],
-      rooms: [],
-    },
+    namespaces: { users: output.namespaces.users, aliases: output.namespaces.aliases, rooms: [] },
   };
 }
 
