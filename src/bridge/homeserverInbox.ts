@@ -84,10 +84,11 @@ export class HomeserverInbox {
     return () => this.listeners.delete(listener);
   }
 
-  /** The oldest events not yet completed, in arrival order. */
-  async pending(limit = 100): Promise<InboxEntry[]> {
+  /** The oldest events not yet completed, in arrival order; with `after`, those after that position. */
+  async pending(limit = 100, after?: number): Promise<InboxEntry[]> {
     const entries: InboxEntry[] = [];
-    for await (const [key, value] of this.kv.range({ gte: eventPrefix, lt: prefixEnd(eventPrefix), limit })) {
+    const gte = after === undefined ? eventPrefix : eventKey(after + 1);
+    for await (const [key, value] of this.kv.range({ gte, lt: prefixEnd(eventPrefix), limit })) {
       entries.push({
         seq: parseInt(key.slice(eventPrefix.length), 16),
         event: JSON.parse(value) as Record<string, unknown>,

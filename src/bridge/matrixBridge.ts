@@ -80,6 +80,17 @@ const NOTED_STATE_TYPES: ReadonlySet<string> = new Set([
   "m.room.pinned_events",
 ]);
 
+interface Lane {
+  entries: InboxEntry[];
+  running: boolean;
+  retryMs: number;
+}
+
+/** Rooms whose homeserver events are mapped at the same time. */
+const MAX_ACTIVE_LANES = 8;
+/** Homeserver events read from the inbox into lanes and not mapped yet, at most. */
+const MAX_HELD_EVENTS = 10_000;
+
 const RETRY_FIRST_MS = 1_000;
 const RETRY_MAX_MS = 60_000;
 
@@ -134,7 +145,13 @@ export class MatrixBridge {
   private readonly followers = new Map<string, Promise<void>>();
   private readonly ghostsIn = new Set<string>();
   private invites: Promise<void> = Promise.resolve();
-  private retryMs = 0;
+  /** Each room's events read from the inbox and not yet mapped, in order (see `loop`). */
+  private readonly lanes = new Map<string, Lane>();
+  private readonly waitingLanes: string[] = [];
+  private readonly laneRuns = new Set<Promise<void>>();
+  private activeLanes = 0;
+  private held = 0;
+  private readUpTo: number | undefined;
   private stopNow: () => void = () => undefined;
   private readonly stopping = new Promise<undefined>((resolve) => (this.stopNow = () => resolve(undefined)));
 
@@ -277,6 +294,7 @@ export class MatrixBridge {
     this.unsubscribe?.();
     this.wake?.();
     await this.running;
+    await Promise.all(this.laneRuns);
     await this.invites;
     await Promise.all(this.followers.values());
   }
@@ -363,33 +381,70 @@ export class MatrixBridge {
     return record === undefined ? undefined : (JSON.parse(record) as PortalRecord);
   }
 
+  /**
+   * Reads the inbox in arrival order and hands each event to its room's lane: a room's events are
+   * mapped one at a time, in order; rooms go on side by side (up to `MAX_ACTIVE_LANES` at once),
+   * so one whose hub is unreachable waits alone. At most `MAX_HELD_EVENTS` events are held in
+   * memory; the rest wait in the inbox.
+   */
   private async loop(): Promise<void> {
     while (!this.stopped) {
-      const entries = await this.deps.inbox.pending(100);
-      if (entries.length === 0) {
+      const read = this.held < MAX_HELD_EVENTS ? await this.deps.inbox.pending(100, this.readUpTo) : [];
+      if (read.length === 0) {
         await new Promise<void>((resolve) => {
           this.wake = resolve;
           // An event that landed between the read and now would otherwise wait for the next one.
-          void this.deps.inbox.pending(1).then((more) => more.length > 0 && resolve());
+          if (this.held < MAX_HELD_EVENTS)
+            void this.deps.inbox.pending(1, this.readUpTo).then((more) => more.length > 0 && resolve());
         });
         this.wake = undefined;
         continue;
       }
-      for (const entry of entries) {
-        if (this.stopped) return;
-        if (!(await this.consume(entry))) {
-          // The homeserver or the hub is unreachable for now: the event waits, in its place.
-          this.retryMs = Math.min(this.retryMs === 0 ? RETRY_FIRST_MS : this.retryMs * 2, RETRY_MAX_MS);
-          await new Promise<void>((resolve) => {
-            this.wake = resolve;
-            setTimeout(resolve, this.retryMs).unref();
-          });
-          this.wake = undefined;
-          break;
-        }
-        this.retryMs = 0;
+      for (const entry of read) {
+        this.readUpTo = entry.seq;
+        const roomId = typeof entry.event.room_id === "string" ? entry.event.room_id : "";
+        let lane = this.lanes.get(roomId);
+        if (lane === undefined) this.lanes.set(roomId, (lane = { entries: [], running: false, retryMs: 0 }));
+        lane.entries.push(entry);
+        this.held++;
+        this.runLane(roomId, lane);
       }
     }
+  }
+
+  private runLane(roomId: string, lane: Lane): void {
+    if (lane.running || this.stopped) return;
+    if (this.activeLanes >= MAX_ACTIVE_LANES) {
+      if (!this.waitingLanes.includes(roomId)) this.waitingLanes.push(roomId);
+      return;
+    }
+    lane.running = true;
+    this.activeLanes++;
+    const run = (async () => {
+      while (!this.stopped && lane.entries.length > 0) {
+        const entry = lane.entries[0]!;
+        if (!(await this.consume(entry))) {
+          // The homeserver or the hub is unreachable for now: the event waits, in its place.
+          lane.retryMs = Math.min(lane.retryMs === 0 ? RETRY_FIRST_MS : lane.retryMs * 2, RETRY_MAX_MS);
+          await this.untilStopped(new Promise((resolve) => setTimeout(resolve, lane.retryMs).unref()));
+          continue;
+        }
+        lane.retryMs = 0;
+        lane.entries.shift();
+        this.held--;
+        this.wake?.();
+      }
+    })();
+    this.laneRuns.add(run);
+    void run.finally(() => {
+      this.laneRuns.delete(run);
+      lane.running = false;
+      this.activeLanes--;
+      if (lane.entries.length === 0) this.lanes.delete(roomId);
+      const next = this.waitingLanes.shift();
+      const waiting = next === undefined ? undefined : this.lanes.get(next);
+      if (next !== undefined && waiting !== undefined) this.runLane(next, waiting);
+    });
   }
 
   /** Maps one event and removes it from the inbox; false when it must be tried again later. */

@@ -65,7 +65,8 @@ describe("the bridge's consumer", () => {
     unmapped.length = 0;
     const client = {
       joinRoom: async (roomId: string) => {
-        const failure = failures.shift();
+        // Only the first room's joins fail (the rooms are mapped side by side).
+        const failure = roomId === "!m1" ? failures.shift() : undefined;
         if (failure !== undefined) throw failure;
         joins.push(roomId);
       },
@@ -113,11 +114,25 @@ describe("the bridge's consumer", () => {
     failures = [new HomeserverError("cannot reach the homeserver", undefined, undefined)];
     await inbox.accept("1", [invite(1), invite(2)]);
     await bridge.start();
-    // The first attempt failed; after its backoff (1 s) the same event is mapped, then the next.
+    // The first attempt failed: the other room's event goes on; after its backoff (1 s) the
+    // waiting one is mapped.
     await until(() => joins.length === 2);
-    expect(joins).toEqual(["!m1", "!m2"]);
+    expect(joins).toEqual(["!m2", "!m1"]);
     expect(unmapped).toEqual([]);
-    expect(await bridge.portalOf("!m1")).toBe("!r1:hs.test");
+    expect(await bridge.portalOf("!m1")).toBe("!r2:hs.test");
+    expect(await inbox.pending()).toEqual([]);
+  });
+
+  it("keeps a room's events in order behind one that waits, without holding up other rooms", async () => {
+    failures = [new HomeserverError("cannot reach the homeserver", undefined, undefined)];
+    const again = { ...invite(1), event_id: "$again1" };
+    await inbox.accept("1", [invite(1), again, invite(2)]);
+    await bridge.start();
+    await until(() => joins.length === 2);
+    // !m2 went first; !m1's second event waited behind its first (already a portal: no join).
+    expect(joins).toEqual(["!m2", "!m1"]);
+    expect(created).toHaveLength(2);
+    await until(() => unmapped.length === 0);
     expect(await inbox.pending()).toEqual([]);
   });
 
