@@ -125,6 +125,21 @@ export class HomeserverClient {
     }
   }
 
+  /** A user's display name (`GET /profile/{userId}/displayname`); undefined when they have none. */
+  async displayName(userId: string): Promise<string | undefined> {
+    try {
+      const body = await this.request(
+        "GET",
+        `/_matrix/client/v3/profile/${encodeURIComponent(userId)}/displayname`,
+      );
+      const name = (body as { displayname?: unknown }).displayname;
+      return typeof name === "string" && name !== "" ? name : undefined;
+    } catch (err) {
+      if (err instanceof HomeserverError && err.status === 404) return undefined;
+      throw err;
+    }
+  }
+
   async setDisplayName(userId: string, displayName: string): Promise<void> {
     await this.request(
       "PUT",

@@ -91,6 +91,10 @@ const MAX_ACTIVE_LANES = 8;
 /** Homeserver events read from the inbox into lanes and not mapped yet, at most. */
 const MAX_HELD_EVENTS = 10_000;
 
+/** The sender's display name in a message's content inside MLS (protocol.md §13). */
+const SENDER_NAME = "io.mimi-appservice.sender_name";
+const NAME_TTL_MS = 10 * 60_000;
+
 const RETRY_FIRST_MS = 1_000;
 const RETRY_MAX_MS = 60_000;
 
@@ -144,6 +148,9 @@ export class MatrixBridge {
   private unsubscribe: (() => void) | undefined;
   private readonly followers = new Map<string, Promise<void>>();
   private readonly ghostsIn = new Set<string>();
+  /** Display names set on ghosts by this process, and local users' names as last read. */
+  private readonly ghostNames = new Map<string, string>();
+  private readonly localNames = new Map<string, { name: string | undefined; at: number }>();
   private invites: Promise<void> = Promise.resolve();
   /** Each room's events read from the inbox and not yet mapped, in order (see `loop`). */
   private readonly lanes = new Map<string, Lane>();
@@ -1181,6 +1188,7 @@ export class MatrixBridge {
       const mapped = mapMessageContent(content, ids);
       if ("ok" in mapped) {
         const ghost = await this.ghostIn(matrixRoomId, message.sender);
+        await this.nameGhost(ghost, message.sender, content[SENDER_NAME]);
         const matrixEventId = await this.deps.client.sendEvent(
           matrixRoomId,
           "m.room.message",
@@ -1212,7 +1220,9 @@ export class MatrixBridge {
     const key = `${ghost}${SEP}${matrixRoomId}`;
     if (this.ghostsIn.has(key)) return ghost;
     await this.deps.client.registerGhost(ghost.slice(1, ghost.indexOf(":")));
-    await this.deps.client.setDisplayName(ghost, mimiUserId);
+    // A ghost is named after its MIMI user until its messages bring a name (protocol.md §13).
+    if (!this.ghostNames.has(ghost) && (await this.deps.client.displayName(ghost)) === undefined)
+      await this.deps.client.setDisplayName(ghost, mimiUserId);
     try {
       await this.deps.client.joinRoom(matrixRoomId, ghost);
     } catch {
@@ -1248,6 +1258,8 @@ export class MatrixBridge {
       );
       return [];
     }
+    const name = await this.localName(sender);
+    if (name !== undefined) mapped.ok[SENDER_NAME] = name;
     return this.sendToMimi(roomId, mimiRoomId, user, eventId, "m.room.message", mapped.ok);
   }
 
@@ -1308,6 +1320,30 @@ export class MatrixBridge {
       return [];
     }
     return linkOps(eventId, roomId, mimiEventId, mimiRoomId, user);
+  }
+
+  /** A local user's display name, as their homeserver has it (read at most every 10 minutes). */
+  private async localName(matrixUser: string): Promise<string | undefined> {
+    const known = this.localNames.get(matrixUser);
+    if (known !== undefined && Date.now() - known.at < NAME_TTL_MS) return known.name;
+    const name = await this.deps.client.displayName(matrixUser).catch(() => known?.name);
+    this.localNames.set(matrixUser, { name, at: Date.now() });
+    return name;
+  }
+
+  /** Gives a ghost the display name its MIMI user's messages carry: `<name> (<their server>)`. */
+  private async nameGhost(ghost: string, mimiUser: string, sent: unknown): Promise<void> {
+    if (typeof sent !== "string") return;
+    // Control characters out, and a bound: a name is for reading, not for layout tricks.
+    const clean = sent
+      .replace(/[\p{Cc}\p{Cf}]/gu, "")
+      .trim()
+      .slice(0, 100);
+    if (clean === "") return;
+    const name = `${clean} (${serverNameOf(mimiUser)})`;
+    if (this.ghostNames.get(ghost) === name) return;
+    await this.deps.client.setDisplayName(ghost, name);
+    this.ghostNames.set(ghost, name);
   }
 
   private async linkOfMatrix(matrixEventId: string): Promise<EventLink | undefined> {

@@ -202,6 +202,8 @@ describe("mapping between a portal and its MIMI room", () => {
       format: "org.matrix.custom.html",
       formatted_body: "<p>or <b>one</b>?</p>",
       "m.relates_to": { "m.in_reply_to": { event_id: originalMimi.event_id } },
+      // Synapse names a registered user after their localpart.
+      "io.mimi-appservice.sender_name": "dave",
     });
     const edit = seen.find((m) => m.content?.body === "* lunch at half past twelve?");
     expect(edit?.content).toEqual({
@@ -209,6 +211,7 @@ describe("mapping between a portal and its MIMI room", () => {
       body: "* lunch at half past twelve?",
       "m.new_content": { msgtype: "m.text", body: "lunch at half past twelve?" },
       "m.relates_to": { rel_type: "m.replace", event_id: originalMimi.event_id },
+      "io.mimi-appservice.sender_name": "dave",
     });
     const redaction = seen.find((m) => m.type === "m.room.redaction");
     expect(redaction).toMatchObject({
@@ -216,6 +219,37 @@ describe("mapping between a portal and its MIMI room", () => {
       content: { redacts: originalMimi.event_id, reason: "typo" },
     });
   }, 150_000);
+
+  it("display names travel inside MLS: the sender's name in the MIMI room, the ghost's in Matrix", async () => {
+    const { dave, roomId, mimiRoomId, daveId } = await portalWithErin("della");
+    await dave.json("PUT", `/profile/${encodeURIComponent(daveId)}/displayname`, { displayname: "Della D." });
+    await dave.send(roomId, { msgtype: "m.text", body: "named" });
+    const seen = await until(async () =>
+      (await erinReads(mimiRoomId)).find((m) => m.sender === daveId && m.content?.body === "named"),
+    );
+    expect(seen.content?.["io.mimi-appservice.sender_name"]).toBe("Della D.");
+    // The hub's history holds only ciphertext: the name is not in it.
+    const history = JSON.stringify(
+      await remoteCall("GET", `/rooms/${encodeURIComponent(mimiRoomId)}/history?limit=200`),
+    );
+    expect(history).not.toContain("Della D.");
+
+    await erinSends(mimiRoomId, "name1", "m.room.message", {
+      msgtype: "m.text",
+      body: "from Erin",
+      "io.mimi-appservice.sender_name": "Erin\u0007 E.\u202e",
+    });
+    const shown = await dave.waitFor(
+      roomId,
+      (e) => e.sender === ERIN_GHOST && e.content.body === "from Erin",
+    );
+    expect(shown.content["io.mimi-appservice.sender_name"]).toBeUndefined();
+    const profile = await until(async () => {
+      const answer = await dave.json("GET", `/profile/${encodeURIComponent(ERIN_GHOST)}`);
+      return answer.displayname === "Erin E. (b.example)" ? answer : undefined;
+    });
+    expect(profile.displayname).toBe("Erin E. (b.example)");
+  }, 120_000);
 
   it("a remote user's replies, edits and redactions show in the portal naming the portal's events", async () => {
     const { dave, roomId, mimiRoomId } = await portalWithErin("dana");
