@@ -266,7 +266,8 @@ async function withCleanup<T>(stop: () => Promise<void> | void, fn: () => Promis
   try {
     return await fn();
   } finally {
-    const i = cleanups.lastIndexOf(stop);
+    // Once interrupted, the signal handler stops everything, in order.
+    const i = interrupted ? -1 : cleanups.lastIndexOf(stop);
     if (i !== -1) {
       cleanups.splice(i, 1);
       await stop();
@@ -308,209 +309,210 @@ async function matrixPart(): Promise<void> {
       " as its appservice and MIMI provider (a process of its own).",
   );
   const started = Date.now();
-  const dir = mkdtempSync(join(tmpdir(), "mimi-demo-matrix-"));
-  let ok = false;
-  cleanups.push(() => {
-    if ((ok && !process.env.TMPKEEP) || interrupted) rmSync(dir, { recursive: true, force: true });
-    else console.error(`The homeservers' and appservices' logs are kept in ${dir}`);
-  });
   // Installs Synapse into .synapse/venv on first run (about 20 s).
   ensureSynapse();
-  const h = await startTwoHomeservers({ dir, logLevel: "warn" });
-  await withCleanup(
-    () => h.stop(),
-    async () => {
-      const step = (text: string) =>
-        console.log(`  * ${`${((Date.now() - started) / 1000).toFixed(1)} s`.padStart(6)}  ${text}`);
-      step(
-        `Synapse a.example on ${h.a.synapse.url}, b.example on ${h.b.synapse.url}; both appservices passed their ` +
-          "self-check",
-      );
-      const [alice, bob, carol] = await Promise.all([
-        h.a.registerUser("alice"),
-        h.b.registerUser("bob"),
-        h.b.registerUser("carol"),
-      ]);
-      const bobOnA = h.a.ghostOf(bob.userId);
-      const carolOnA = h.a.ghostOf(carol.userId);
-      const aliceOnB = h.b.ghostOf(alice.userId);
-      const sentBodies: string[] = [];
-      const say = (client: MatrixClient, roomId: string, body: string) => {
-        sentBodies.push(body);
-        return client.sendText(roomId, body);
-      };
+  const dir = mkdtempSync(join(tmpdir(), "mimi-demo-matrix-"));
+  let ok = false;
+  const removeDir = () => {
+    if ((ok && !process.env.MIMI_KEEP_DIRS) || interrupted) rmSync(dir, { recursive: true, force: true });
+    else console.error(`The homeservers' and appservices' configs and logs are kept in ${dir}`);
+  };
+  await withCleanup(removeDir, async () => {
+    const h = await startTwoHomeservers({ dir, logLevel: "info" });
+    await withCleanup(
+      () => h.stop(),
+      async () => {
+        const step = (text: string) =>
+          console.log(`  * ${`${((Date.now() - started) / 1000).toFixed(1)} s`.padStart(6)}  ${text}`);
+        step(
+          `Synapse a.example on ${h.a.synapse.url}, b.example on ${h.b.synapse.url}; both appservices passed their ` +
+            "self-check",
+        );
+        const [alice, bob, carol] = await Promise.all([
+          h.a.registerUser("alice"),
+          h.b.registerUser("bob"),
+          h.b.registerUser("carol"),
+        ]);
+        const bobOnA = h.a.ghostOf(bob.userId);
+        const carolOnA = h.a.ghostOf(carol.userId);
+        const aliceOnB = h.b.ghostOf(alice.userId);
+        const sentBodies: string[] = [];
+        const say = (client: MatrixClient, roomId: string, body: string) => {
+          sentBodies.push(body);
+          return client.sendText(roomId, body);
+        };
 
-      const portalA = await alice.createRoom({ name: ROOM_NAME, invite: [h.a.botUserId] });
-      const created = await alice.waitForEvent(
-        portalA,
-        isBotNotice(h.a.botUserId, /MIMI room/),
-        WAIT_MS,
-        "the bot's notice",
-      );
-      const mimiRoomId = /MIMI room (![^\s,]+)/.exec(String(created.content.body))?.[1];
-      if (mimiRoomId === undefined)
-        throw new Error(`the bot's notice names no MIMI room: ${created.content.body}`);
-      step(`alice creates "${ROOM_NAME}" with the bot invited: the portal of the MIMI room ${mimiRoomId}`);
+        const portalA = await alice.createRoom({ name: ROOM_NAME, invite: [h.a.botUserId] });
+        const created = await alice.waitForEvent(
+          portalA,
+          isBotNotice(h.a.botUserId, /MIMI room/),
+          WAIT_MS,
+          "the bot's notice",
+        );
+        const mimiRoomId = /MIMI room (![^\s,]+)/.exec(String(created.content.body))?.[1];
+        if (mimiRoomId === undefined)
+          throw new Error(`the bot's notice names no MIMI room: ${created.content.body}`);
+        step(`alice creates "${ROOM_NAME}" with the bot invited: the portal of the MIMI room ${mimiRoomId}`);
 
-      await alice.invite(portalA, bobOnA);
-      console.log("TMPDBG invited", Date.now() - started);
-      const invite = await bob.waitForInvite((i) => i.inviter === h.b.botUserId, WAIT_MS);
-      console.log("TMPDBG got invite", Date.now() - started);
-      const portalB = await bob.join(invite.roomId);
-      console.log("TMPDBG joined", Date.now() - started);
-      await alice.waitForEvent(portalA, isMembership(bobOnA, "join"), WAIT_MS, "bob's ghost joining");
-      console.log("TMPDBG ghost", Date.now() - started);
-      await bob.waitForEvent(portalB, isMembership(aliceOnB, "join"), WAIT_MS, "alice's ghost joining");
-      step(`alice invites bob's ghost ${bobOnA}; bob accepts the invite of b.example's bot`);
+        await alice.invite(portalA, bobOnA);
+        const invite = await bob.waitForInvite((i) => i.inviter === h.b.botUserId, WAIT_MS);
+        const portalB = await bob.join(invite.roomId);
+        await alice.waitForEvent(portalA, isMembership(bobOnA, "join"), WAIT_MS, "bob's ghost joining");
+        await bob.waitForEvent(portalB, isMembership(aliceOnB, "join"), WAIT_MS, "alice's ghost joining");
+        step(`alice invites bob's ghost ${bobOnA}; bob accepts the invite of b.example's bot`);
 
-      await say(alice, portalA, "Hello Bob, lunch today?");
-      await bob.waitForEvent(
-        portalB,
-        isMessage(aliceOnB, "Hello Bob, lunch today?"),
-        WAIT_MS,
-        "alice's text",
-      );
-      await say(bob, portalB, "Hi Alice! Sure.");
-      await alice.waitForEvent(portalA, isMessage(bobOnA, "Hi Alice! Sure."), WAIT_MS, "bob's text");
-      sentBodies.push("The **new** place?", "The <strong>new</strong> place?");
-      await alice.sendHtml(portalA, "The **new** place?", "The <strong>new</strong> place?");
-      const html = await bob.waitForEvent(
-        portalB,
-        isMessage(aliceOnB, "The **new** place?"),
-        WAIT_MS,
-        "alice's HTML message",
-      );
-      step("they write both ways, one message formatted (HTML)");
+        await say(alice, portalA, "Hello Bob, lunch today?");
+        await bob.waitForEvent(
+          portalB,
+          isMessage(aliceOnB, "Hello Bob, lunch today?"),
+          WAIT_MS,
+          "alice's text",
+        );
+        await say(bob, portalB, "Hi Alice! Sure.");
+        await alice.waitForEvent(portalA, isMessage(bobOnA, "Hi Alice! Sure."), WAIT_MS, "bob's text");
+        sentBodies.push("The **new** place?", "The <strong>new</strong> place?");
+        await alice.sendHtml(portalA, "The **new** place?", "The <strong>new</strong> place?");
+        const html = await bob.waitForEvent(
+          portalB,
+          isMessage(aliceOnB, "The **new** place?"),
+          WAIT_MS,
+          "alice's HTML message",
+        );
+        step("they write both ways, one message formatted (HTML)");
 
-      sentBodies.push("Yes, at noon");
-      await bob.sendEvent(portalB, "m.room.message", {
-        msgtype: "m.text",
-        body: `> <${aliceOnB}> The **new** place?\n\nYes, at noon`,
-        "m.relates_to": { "m.in_reply_to": { event_id: html.event_id } },
-      });
-      await alice.waitForEvent(
-        portalA,
-        (e) => e.sender === bobOnA && relatesTo(e)["m.in_reply_to"] !== undefined,
-        WAIT_MS,
-        "bob's reply",
-      );
-      const meet = await say(alice, portalA, "Meet at 12:30");
-      await bob.waitForEvent(portalB, isMessage(aliceOnB, "Meet at 12:30"), WAIT_MS, "alice's message");
-      sentBodies.push("* Meet at 12:15", "Meet at 12:15");
-      await alice.sendEvent(portalA, "m.room.message", {
-        msgtype: "m.text",
-        body: "* Meet at 12:15",
-        "m.new_content": { msgtype: "m.text", body: "Meet at 12:15" },
-        "m.relates_to": { rel_type: "m.replace", event_id: meet },
-      });
-      await bob.waitForEvent(
-        portalB,
-        (e) => e.sender === aliceOnB && relatesTo(e).rel_type === "m.replace",
-        WAIT_MS,
-        "alice's edit",
-      );
-      const oops = await say(alice, portalA, "oops, wrong room");
-      const oopsOnB = await bob.waitForEvent(
-        portalB,
-        isMessage(aliceOnB, "oops, wrong room"),
-        WAIT_MS,
-        "alice's slip",
-      );
-      await alice.redact(portalA, oops);
-      await bob.waitForEvent(
-        portalB,
-        (e) => e.type === "m.room.redaction" && (e.redacts ?? e.content.redacts) === oopsOnB.event_id,
-        WAIT_MS,
-        "the redaction",
-      );
-      step("bob replies to the HTML message; alice edits one message and redacts another");
+        sentBodies.push("Yes, at noon");
+        await bob.sendEvent(portalB, "m.room.message", {
+          msgtype: "m.text",
+          body: `> <${aliceOnB}> The **new** place?\n\nYes, at noon`,
+          "m.relates_to": { "m.in_reply_to": { event_id: html.event_id } },
+        });
+        await alice.waitForEvent(
+          portalA,
+          (e) => e.sender === bobOnA && relatesTo(e)["m.in_reply_to"] !== undefined,
+          WAIT_MS,
+          "bob's reply",
+        );
+        const meet = await say(alice, portalA, "Meet at 12:30");
+        await bob.waitForEvent(portalB, isMessage(aliceOnB, "Meet at 12:30"), WAIT_MS, "alice's message");
+        sentBodies.push("* Meet at 12:15", "Meet at 12:15");
+        await alice.sendEvent(portalA, "m.room.message", {
+          msgtype: "m.text",
+          body: "* Meet at 12:15",
+          "m.new_content": { msgtype: "m.text", body: "Meet at 12:15" },
+          "m.relates_to": { rel_type: "m.replace", event_id: meet },
+        });
+        await bob.waitForEvent(
+          portalB,
+          (e) => e.sender === aliceOnB && relatesTo(e).rel_type === "m.replace",
+          WAIT_MS,
+          "alice's edit",
+        );
+        const oops = await say(alice, portalA, "oops, wrong room");
+        const oopsOnB = await bob.waitForEvent(
+          portalB,
+          isMessage(aliceOnB, "oops, wrong room"),
+          WAIT_MS,
+          "alice's slip",
+        );
+        await alice.redact(portalA, oops);
+        await bob.waitForEvent(
+          portalB,
+          (e) => e.type === "m.room.redaction" && (e.redacts ?? e.content.redacts) === oopsOnB.event_id,
+          WAIT_MS,
+          "the redaction",
+        );
+        step("bob replies to the HTML message; alice edits one message and redacts another");
 
-      await alice.invite(portalA, carolOnA);
-      await carol.waitForInvite((i) => i.roomId === portalB, WAIT_MS);
-      await carol.join(portalB);
-      await alice.waitForEvent(portalA, isMembership(carolOnA, "join"), WAIT_MS, "carol's ghost joining");
-      await say(carol, portalB, "Can I come too?");
-      await alice.waitForEvent(portalA, isMessage(carolOnA, "Can I come too?"), WAIT_MS, "carol's message");
-      step("alice invites carol of b.example (her ghost on a.example); carol joins and writes");
+        await alice.invite(portalA, carolOnA);
+        await carol.waitForInvite((i) => i.roomId === portalB, WAIT_MS);
+        await carol.join(portalB);
+        await alice.waitForEvent(portalA, isMembership(carolOnA, "join"), WAIT_MS, "carol's ghost joining");
+        await say(carol, portalB, "Can I come too?");
+        await alice.waitForEvent(portalA, isMessage(carolOnA, "Can I come too?"), WAIT_MS, "carol's message");
+        step("alice invites carol of b.example (her ghost on a.example); carol joins and writes");
 
-      await alice.kick(portalA, carolOnA, "table for two");
-      await carol.waitForEvent(portalB, isMembership(carol.userId, "leave"), WAIT_MS, "carol removed");
-      await alice.invite(portalA, carolOnA);
-      await carol.waitForInvite((i) => i.roomId === portalB, WAIT_MS);
-      await alice.ban(portalA, carolOnA, "changed my mind");
-      await carol.waitForEvent(portalB, isMembership(carol.userId, "ban"), WAIT_MS, "carol banned");
-      step(
-        "alice kicks carol, invites her again, then bans her: b.example's bot does the same in bob's room",
-      );
+        await alice.kick(portalA, carolOnA, "table for two");
+        await carol.waitForEvent(portalB, isMembership(carol.userId, "leave"), WAIT_MS, "carol removed");
+        await alice.invite(portalA, carolOnA);
+        await carol.waitForInvite((i) => i.roomId === portalB, WAIT_MS);
+        await alice.ban(portalA, carolOnA, "changed my mind");
+        await carol.waitForEvent(portalB, isMembership(carol.userId, "ban"), WAIT_MS, "carol banned");
+        step(
+          "alice kicks carol, invites her again, then bans her: b.example's bot does the same in bob's room",
+        );
 
-      await say(alice, portalA, "See you at noon");
-      await bob.waitForEvent(
-        portalB,
-        isMessage(aliceOnB, "See you at noon"),
-        WAIT_MS,
-        "alice's last message",
-      );
-      await bob.leave(portalB);
-      await alice.waitForEvent(portalA, isMembership(bobOnA, "leave"), WAIT_MS, "bob's ghost leaving");
-      step("alice says goodbye; bob leaves: his ghost leaves alice's room");
+        await say(alice, portalA, "See you at noon");
+        await bob.waitForEvent(
+          portalB,
+          isMessage(aliceOnB, "See you at noon"),
+          WAIT_MS,
+          "alice's last message",
+        );
+        await bob.leave(portalB);
+        await alice.waitForEvent(portalA, isMembership(bobOnA, "leave"), WAIT_MS, "bob's ghost leaving");
+        step("alice says goodbye; bob leaves: his ghost leaves alice's room");
 
-      await Promise.all([alice, bob, carol].map((c) => c.sync(0)));
-      const domainOf = (userId: string) => userId.slice(userId.indexOf(":") + 1);
-      const homeserverOf = (c: MatrixClient) => (domainOf(c.userId) === h.a.domain ? h.a : h.b);
-      for (const [client, roomId] of [
-        [alice, portalA],
-        [bob, portalB],
-        [carol, portalB],
-      ] as const) {
-        const hs = homeserverOf(client);
-        console.log(`\n${client.userId}'s client, room "${ROOM_NAME}" (${roomId} on ${hs.domain}):`);
-        printTimeline(client.timeline(roomId), hs);
-      }
-
-      const history = await hubHistory(h, mimiRoomId);
-      printMimiHistory(mimiRoomId, history);
-
-      const hub = mimiRoomId.endsWith(`:${h.a.domain}`) ? h.a : h.b;
-      const { participation } = await hub.admin<{ participation: Record<string, string> }>(
-        "GET",
-        `/rooms/${encodeURIComponent(mimiRoomId)}`,
-      );
-      console.log(
-        "\nEach user's MLS client at the end (GET /rooms/:id/mls?user= on their provider), " +
-          "beside their participation at the hub:",
-      );
-      const mlsRows: string[][] = [];
-      for (const client of [alice, bob, carol]) {
-        const hs = homeserverOf(client);
-        const row = [client.userId, hs.domain, participation[client.userId] ?? "-"];
-        try {
-          const view = await hs.admin<{ epoch: string; members: string[]; active: boolean }>(
-            "GET",
-            `/rooms/${encodeURIComponent(mimiRoomId)}/mls?user=${encodeURIComponent(client.userId)}`,
-          );
-          row.push(`epoch ${view.epoch}`, view.active ? "active" : "removed", view.members.join(", "));
-        } catch (err) {
-          if (!/ 404 /.test((err as Error).message)) throw err;
-          row.push("-", "no MLS client", "");
+        await Promise.all([alice, bob, carol].map((c) => c.sync(0)));
+        const domainOf = (userId: string) => userId.slice(userId.indexOf(":") + 1);
+        const homeserverOf = (c: MatrixClient) => (domainOf(c.userId) === h.a.domain ? h.a : h.b);
+        for (const [client, roomId] of [
+          [alice, portalA],
+          [bob, portalB],
+          [carol, portalB],
+        ] as const) {
+          const hs = homeserverOf(client);
+          console.log(`\n${client.userId}'s client, room "${ROOM_NAME}" (${roomId} on ${hs.domain}):`);
+          printTimeline(client.timeline(roomId), hs);
         }
-        mlsRows.push(row);
-      }
-      printTable(["user", "provider", "participation", "MLS epoch", "client", "members (by leaf)"], mlsRows);
-      console.log("  (a client stops at the epoch in which its user left: later commits are not for it)");
 
-      const wire = h.federation.map((c) => c.body);
-      const leaked = sentBodies.filter((body) => wire.some((w) => w.includes(body)));
-      console.log(
-        leaked.length > 0
-          ? `\nPlaintext crossed MIMI federation: ${JSON.stringify(leaked)}!`
-          : `\nNone of the ${sentBodies.length} message texts is in any of the ${wire.length} recorded MIMI ` +
-              "federation bodies: they crossed as m.room.encrypted.",
-      );
-      if (leaked.length > 0) throw new Error("a message body crossed MIMI federation in the clear");
-      console.log(`Matrix part: ${((Date.now() - started) / 1000).toFixed(1)} s.`);
-    },
-  );
-  ok = true;
+        const history = await hubHistory(h, mimiRoomId);
+        printMimiHistory(mimiRoomId, history);
+
+        const hub = mimiRoomId.endsWith(`:${h.a.domain}`) ? h.a : h.b;
+        const { participation } = await hub.admin<{ participation: Record<string, string> }>(
+          "GET",
+          `/rooms/${encodeURIComponent(mimiRoomId)}`,
+        );
+        console.log(
+          "\nEach user's MLS client at the end (GET /rooms/:id/mls?user= on their provider), " +
+            "beside their participation at the hub:",
+        );
+        const mlsRows: string[][] = [];
+        for (const client of [alice, bob, carol]) {
+          const hs = homeserverOf(client);
+          const row = [client.userId, hs.domain, participation[client.userId] ?? "-"];
+          try {
+            const view = await hs.admin<{ epoch: string; members: string[]; active: boolean }>(
+              "GET",
+              `/rooms/${encodeURIComponent(mimiRoomId)}/mls?user=${encodeURIComponent(client.userId)}`,
+            );
+            row.push(`epoch ${view.epoch}`, view.active ? "active" : "removed", view.members.join(", "));
+          } catch (err) {
+            if (!/ 404 /.test((err as Error).message)) throw err;
+            row.push("-", "no MLS client", "");
+          }
+          mlsRows.push(row);
+        }
+        printTable(
+          ["user", "provider", "participation", "MLS epoch", "client", "members (by leaf)"],
+          mlsRows,
+        );
+        console.log("  (a client stops at the epoch in which its user left: later commits are not for it)");
+
+        const wire = h.federation.map((c) => c.body);
+        const leaked = sentBodies.filter((body) => wire.some((w) => w.includes(body)));
+        console.log(
+          leaked.length > 0
+            ? `\nPlaintext crossed MIMI federation: ${JSON.stringify(leaked)}!`
+            : `\nNone of the ${sentBodies.length} message texts is in any of the ${wire.length} recorded MIMI ` +
+                "federation bodies: they crossed as m.room.encrypted.",
+        );
+        if (leaked.length > 0) throw new Error("a message body crossed MIMI federation in the clear");
+        console.log(`Matrix part: ${((Date.now() - started) / 1000).toFixed(1)} s.`);
+      },
+    );
+    ok = true;
+  });
 }
 
 /** The MIMI room's whole linear history from its hub's admin API. */
@@ -614,10 +616,11 @@ function printMimiHistory(roomId: string, history: HistoryJson[]): void {
 
 function printTable(header: string[], rows: string[][]): void {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const numeric = header.map((_, i) => rows.every((r) => /^\d*$/.test(r[i]!)));
   const line = (cells: string[]) =>
     `  ${cells
       .map((cell, i) =>
-        i === 0 ? cell.padStart(widths[i]!) : i === cells.length - 1 ? cell : cell.padEnd(widths[i]!),
+        numeric[i] ? cell.padStart(widths[i]!) : i === cells.length - 1 ? cell : cell.padEnd(widths[i]!),
       )
       .join("  ")}`.trimEnd();
   console.log(line(header));
@@ -681,7 +684,9 @@ function printTimeline(events: MatrixEvent[], hs: Homeserver): void {
       const what =
         now === "join"
           ? before === "join"
-            ? "— changed their profile"
+            ? typeof c.displayname === "string"
+              ? `— set the display name "${c.displayname}"`
+              : "— changed their profile"
             : "— joined"
           : now === "invite"
             ? `— invited ${target}`
@@ -737,12 +742,24 @@ async function historyOf(provider: MimiProvider, roomId: string): Promise<Histor
   return all;
 }
 
+/** Ctrl-C reaches the demo more than once (from the terminal, and relayed by npm and tsx). */
+const REPEAT_SIGNAL_GRACE_MS = 3_000;
+/** If stopping takes longer, exit anyway: the exit handlers SIGKILL the child processes. */
+const STOP_TIMEOUT_MS = 30_000;
+let interruptedAt = 0;
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   process.on(signal, () => {
-    if (interrupted) process.exit(130); // a second Ctrl-C: the child processes are killed on exit
+    const code = signal === "SIGINT" ? 130 : 143;
+    if (interrupted) {
+      if (Date.now() - interruptedAt < REPEAT_SIGNAL_GRACE_MS) return;
+      console.error(`${signal} again: exiting at once`);
+      process.exit(code);
+    }
     interrupted = true;
+    interruptedAt = Date.now();
     console.error(`\n${signal}: stopping everything the demo started...`);
-    void runCleanups().finally(() => process.exit(signal === "SIGINT" ? 130 : 143));
+    setTimeout(() => process.exit(code), STOP_TIMEOUT_MS).unref();
+    void runCleanups().finally(() => process.exit(code));
   });
 }
 
@@ -752,9 +769,11 @@ partOne()
   .catch(async (err: unknown) => {
     if (interrupted) return; // the signal handler stops everything and exits
     await runCleanups();
-    console.error(`\nThe demo failed: ${err instanceof Error ? err.message : String(err)}`);
-    if (err instanceof Error && err.stack !== undefined && !process.env.MIMI_DEMO_QUIET) {
-      console.error(err.stack.split("\n").slice(1, 6).join("\n"));
-    }
+    const message = err instanceof Error ? err.message : String(err);
+    const frames =
+      err instanceof Error ? (err.stack ?? "").split("\n").filter((l) => l.startsWith("    at ")) : [];
+    console.error(`\nThe demo failed: ${message}\n${frames.slice(0, 5).join("\n")}`);
+    // The message may end in long log tails: say it once more, in one line.
+    if (message.includes("\n")) console.error(`\nThe demo failed: ${message.split("\n")[0]}`);
     process.exit(1);
   });
