@@ -148,6 +148,9 @@ export class MatrixBridge {
   private unsubscribe: (() => void) | undefined;
   private readonly followers = new Map<string, Promise<void>>();
   private readonly ghostsIn = new Set<string>();
+  /** The local user whose client reads each followed MIMI room for its portal. */
+  private readonly readers = new Map<string, string>();
+  private readonly readerChanged = new Map<string, () => void>();
   /** Display names set on ghosts by this process, and local users' names as last read. */
   private readonly ghostNames = new Map<string, string>();
   private readonly localNames = new Map<string, { name: string | undefined; at: number }>();
@@ -366,6 +369,8 @@ export class MatrixBridge {
       await this.deps.kv.commit([
         { type: "put", key: portalKey(roomId), value: JSON.stringify({ ...record, reader: user }) },
       ]);
+      this.readers.set(mimiRoomId, user);
+      this.readerChanged.get(mimiRoomId)?.();
       for (const entry of this.deps.rooms.roomInfo(mimiRoomId)?.state ?? []) {
         if ((entry.type === "m.room.name" || entry.type === "m.room.topic") && entry.stateKey === "")
           await this.deps.client
@@ -376,6 +381,28 @@ export class MatrixBridge {
       }
     }
     this.follow(mimiRoomId, roomId, record?.reader || user);
+  }
+
+  /**
+   * The portal's reader left the MIMI room: another local member's client reads it for the portal
+   * from now on (none left: the portal shows nothing more until a local user joins again).
+   */
+  private async handOver(roomId: string, mimiRoomId: string, leaving: string): Promise<void> {
+    const record = await this.portal(roomId);
+    if (record === undefined || record.reader !== leaving) return;
+    const local = `:${this.deps.mimiServerName}`;
+    const participation = this.deps.rooms.roomInfo(mimiRoomId)?.participation ?? {};
+    const next = Object.keys(participation).find(
+      (user) => user !== leaving && user.endsWith(local) && participation[user] === "join",
+    );
+    await this.deps.kv.commit([
+      { type: "put", key: portalKey(roomId), value: JSON.stringify({ ...record, reader: next ?? "" }) },
+    ]);
+    if (next !== undefined) {
+      this.readers.set(mimiRoomId, next);
+      this.readerChanged.get(mimiRoomId)?.();
+    }
+    this.deps.log.info("a portal's reader left the MIMI room", { roomId, mimiRoomId, leaving, next });
   }
 
   /** The MIMI room a Matrix room portals, if it is a portal. */
@@ -855,6 +882,7 @@ export class MatrixBridge {
           ...why,
         });
         if (membership === "join") await this.joinedPortal(roomId, mimiRoomId, target);
+        else await this.handOver(roomId, mimiRoomId, target);
       } else if (membership !== "join") {
         await this.deps.rooms.changeParticipationOf({
           roomId: mimiRoomId,
@@ -864,6 +892,7 @@ export class MatrixBridge {
           txnId,
           ...why,
         });
+        await this.handOver(roomId, mimiRoomId, target);
       }
     } catch (err) {
       if (isTransient(err)) throw err;
@@ -937,19 +966,26 @@ export class MatrixBridge {
   /** Shows the MIMI room's messages in its portal: remote users' as their ghosts, in order, once each. */
   private follow(mimiRoomId: string, matrixRoomId: string, reader: string): void {
     if (this.followers.has(mimiRoomId) || this.stopped) return;
+    this.readers.set(mimiRoomId, reader);
     const run = (async () => {
       let from = Number((await this.deps.kv.get(cursorKey(mimiRoomId))) ?? "1");
       while (!this.stopped) {
         let page;
+        const readBy = this.readers.get(mimiRoomId) ?? reader;
         try {
-          page = await this.untilStopped(
-            this.deps.rooms.messages(mimiRoomId, reader, {
-              fromSeq: from,
-              limit: 50,
-              waitMs: FOLLOW_WAIT_MS,
-            }),
+          // A hand-over to another reader cuts the wait short (`handOver`).
+          const handedOver = new Promise<"handed over">((resolve) =>
+            this.readerChanged.set(mimiRoomId, () => resolve("handed over")),
           );
+          const read = this.deps.rooms.messages(mimiRoomId, readBy, {
+            fromSeq: from,
+            limit: 50,
+            waitMs: FOLLOW_WAIT_MS,
+          });
+          page = await this.untilStopped(Promise.race([read, handedOver]));
           if (page === undefined) return;
+          // What the leaving reader's client read (or could not) is read again by the next one.
+          if (page === "handed over" || readBy !== this.readers.get(mimiRoomId)) continue;
         } catch (err) {
           this.deps.log.warn("cannot read a portal's MIMI room", { mimiRoomId, error: err });
           await this.untilStopped(new Promise((resolve) => setTimeout(resolve, FOLLOW_RETRY_MS)));
@@ -1020,7 +1056,7 @@ export class MatrixBridge {
       }
       for (const entry of page.events) {
         try {
-          await this.showState(matrixRoomId, entry.eventId, entry.event);
+          await this.showState(mimiRoomId, matrixRoomId, entry.eventId, entry.event);
         } catch (err) {
           if (isTransient(err)) {
             this.deps.log.warn("cannot show a MIMI state change in its portal for now", {
@@ -1043,7 +1079,12 @@ export class MatrixBridge {
     }
   }
 
-  private async showState(matrixRoomId: string, eventId: string, event: FullyFormedEvent): Promise<void> {
+  private async showState(
+    mimiRoomId: string,
+    matrixRoomId: string,
+    eventId: string,
+    event: FullyFormedEvent,
+  ): Promise<void> {
     const local = `:${this.deps.mimiServerName}`;
     // Local users' actions came from the portal (or the admin API) and are there already.
     if (event.sender.endsWith(local) || event.state_key === undefined) return;
@@ -1089,6 +1130,7 @@ export class MatrixBridge {
           `${matrixUser} was ${action === "ban" ? "banned" : "removed"} ${byWhom}`,
           txnId("moderate-notice"),
         );
+        await this.handOver(matrixRoomId, mimiRoomId, target);
       }
       return;
     }

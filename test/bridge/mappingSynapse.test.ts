@@ -539,6 +539,39 @@ describe("mapping between a portal and its MIMI room", () => {
     expect((await botRooms()).length).toBe(before);
   }, 120_000);
 
+  it("when the portal's reader leaves, another local member's client reads the MIMI room for it", async () => {
+    const { dave, roomId, mimiRoomId, daveId } = await portalWithErin("dina");
+    const lena = user(await synapse.registerUser("lena"));
+    const lenaId = `@lena:${HS}`;
+    await dave.json("POST", `/rooms/${encodeURIComponent(roomId)}/invite`, { user_id: lenaId });
+    await until(async () => {
+      const room = (await remoteCall("GET", `/rooms/${encodeURIComponent(mimiRoomId)}`)) as {
+        participation: Record<string, string>;
+      };
+      return room.participation[lenaId] === "invite" ? true : undefined;
+    }, 30_000);
+    await lena.json("POST", `/join/${encodeURIComponent(roomId)}`, {});
+    await until(async () => {
+      const group = (await remoteCall(
+        "GET",
+        `/rooms/${encodeURIComponent(mimiRoomId)}/mls?user=${encodeURIComponent(ERIN)}`,
+      )) as { members: string[] };
+      return group.members.includes(lenaId) ? true : undefined;
+    }, 30_000);
+    await dave.json("POST", `/rooms/${encodeURIComponent(roomId)}/leave`, {});
+    await until(async () => {
+      const room = (await remoteCall("GET", `/rooms/${encodeURIComponent(mimiRoomId)}`)) as {
+        participation: Record<string, string>;
+      };
+      return room.participation[daveId] === "leave" ? true : undefined;
+    }, 30_000);
+    await erinSends(mimiRoomId, "after-dina", "m.room.message", {
+      msgtype: "m.text",
+      body: "still here, Lena?",
+    });
+    await lena.waitFor(roomId, (e) => e.sender === ERIN_GHOST && e.content.body === "still here, Lena?");
+  }, 120_000);
+
   it("what does not map is answered with a notice", async () => {
     const { dave, roomId } = await portalWithErin("dorothy");
     const target = await dave.send(roomId, { msgtype: "m.text", body: "react to this" });
