@@ -1,9 +1,8 @@
-import { createHash } from "node:crypto";
 import type { MatrixConfig } from "../config/config";
-import type { FullyFormedEvent, JsonObject } from "../events/types";
+import type { JsonObject } from "../events/types";
 import { isValidRoomId, isValidUserId, makeUserId, serverNameOf } from "../identifiers";
 import type { Logger } from "../logging";
-import type { InviteInfo, ReceivedMessage, RoomsApi } from "../provider/roomsApiTypes";
+import type { InviteInfo, RoomsApi } from "../provider/roomsApiTypes";
 import { prefixEnd, type BatchOp, type KvStore } from "../store/kv";
 import { ghostUserId, mimiRoomOfAlias, mimiUserOfGhost } from "./ghosts";
 import { MimiError } from "../errors";
@@ -12,66 +11,25 @@ import type { HomeserverInbox, InboxEntry } from "./homeserverInbox";
 import { mapMessageContent, referencedEventIds } from "./messageContent";
 import { greeting, notAllowed, parseCommand, runCommand } from "./botCommands";
 import { permissionLevel, type PermissionLevel } from "./permissions";
+import { PortalFollowers } from "./portalFollowers";
+import {
+  BridgeRecords,
+  commandRoomKey,
+  creatingKey,
+  derivedTxnId,
+  isTransient,
+  linkOps,
+  mimiKey,
+  mimiPrefix,
+  PORTAL_MARK,
+  portalKey,
+  postNotice,
+  SENDER_NAME,
+  SEP,
+  type PortalRecord,
+} from "./records";
 
-/**
- * Portal records (`␀` is U+0000). Matrix room IDs are opaque (room version 12 has no server
- * part): they are keys here, never parsed.
- *
- * | Key                        | Value                                   |
- * | -------------------------- | --------------------------------------- |
- * | `bp␀<Matrix room ID>`      | `{mimiRoomId, reader}`: the MIMI room it portals, and the local user whose client reads it for the portal |
- * | `bm␀<MIMI room ID>`        | the Matrix room ID of its portal        |
- * | `bc␀<MIMI room ID>`        | the next position of the MIMI room to show in its portal |
- * | `bs␀<MIMI room ID>`        | the next position of the MIMI room whose state changes to show in its portal |
- * | `bo␀<MIMI room ID>`        | a portal room is being made for it (found again by its mark after a crash) |
- * | `bx␀<Matrix event ID>`     | `{eventId, roomId, sender}`: the MIMI event of the same message |
- * | `be␀<MIMI event ID>`       | `{eventId, roomId, sender}`: the portal's Matrix event of the same message |
- * | `bd␀<Matrix room ID>`      | the Matrix user ID whose command room (direct chat with the bot) it is |
- */
-const SEP = "\u0000";
-const portalKey = (matrixRoomId: string) => `bp${SEP}${matrixRoomId}`;
-const mimiPrefix = `bm${SEP}`;
-const mimiKey = (mimiRoomId: string) => `${mimiPrefix}${mimiRoomId}`;
-const cursorKey = (mimiRoomId: string) => `bc${SEP}${mimiRoomId}`;
-const commandRoomKey = (matrixRoomId: string) => `bd${SEP}${matrixRoomId}`;
-const creatingKey = (mimiRoomId: string) => `bo${SEP}${mimiRoomId}`;
-/** The state event marking a portal room the bot made with the MIMI room it portals. */
-const PORTAL_MARK = "io.mimi-appservice.portal";
-const stateCursorKey = (mimiRoomId: string) => `bs${SEP}${mimiRoomId}`;
-const matrixLinkKey = (matrixEventId: string) => `bx${SEP}${matrixEventId}`;
-const mimiLinkKey = (mimiEventId: string) => `be${SEP}${mimiEventId}`;
-
-/** One side's view of a bridged message: the other side's event ID, its room, and the MIMI sender. */
-interface EventLink {
-  eventId: string;
-  roomId: string;
-  sender: string;
-}
-
-/** The two records linking a Matrix event and the MIMI event of the same message. */
-function linkOps(
-  matrixEventId: string,
-  matrixRoomId: string,
-  mimiEventId: string,
-  mimiRoomId: string,
-  sender: string,
-): BatchOp[] {
-  const toMimi: EventLink = { eventId: mimiEventId, roomId: mimiRoomId, sender };
-  const toMatrix: EventLink = { eventId: matrixEventId, roomId: matrixRoomId, sender };
-  return [
-    { type: "put", key: matrixLinkKey(matrixEventId), value: JSON.stringify(toMimi) },
-    { type: "put", key: mimiLinkKey(mimiEventId), value: JSON.stringify(toMatrix) },
-  ];
-}
-/** How long one read of a portal's MIMI room waits for an event (stopping does not wait for it). */
-const FOLLOW_WAIT_MS = 25_000;
-/** How long a portal's follower waits before trying again after a failure. */
-const FOLLOW_RETRY_MS = 2_000;
-
-interface PortalRecord {
-  mimiRoomId: string;
-  reader: string;
-}
+export { derivedTxnId, isTransient };
 
 /** State a user sets on purpose that the MIMI room would not see: worth a notice. */
 const NOTED_STATE_TYPES: ReadonlySet<string> = new Set([
@@ -91,24 +49,10 @@ const MAX_ACTIVE_LANES = 8;
 /** Homeserver events read from the inbox into lanes and not mapped yet, at most. */
 const MAX_HELD_EVENTS = 10_000;
 
-/** The sender's display name in a message's content inside MLS (protocol.md §13). */
-const SENDER_NAME = "io.mimi-appservice.sender_name";
 const NAME_TTL_MS = 10 * 60_000;
 
 const RETRY_FIRST_MS = 1_000;
 const RETRY_MAX_MS = 60_000;
-
-/**
- * A failure worth waiting out: the homeserver unreachable, overloaded or rate limiting, or the
- * room layer busy or its hub unreachable. Anything else (a refusal, a bad event) will not change.
- */
-export function isTransient(err: unknown): boolean {
-  if (err instanceof HomeserverError) {
-    return err.status === undefined || err.status >= 500 || err.status === 429;
-  }
-  if (err instanceof MimiError) return err.errcode === "M_LIMIT_EXCEEDED" || err.errcode === "M_UNKNOWN";
-  return false;
-}
 
 export interface MatrixBridgeDeps {
   kv: KvStore;
@@ -124,35 +68,28 @@ export interface MatrixBridgeDeps {
   onUnmapped?: (kind: string) => void;
 }
 
-/** A stable transaction ID for what `eventId` causes (`purpose` tells several effects apart). */
-export const derivedTxnId = (purpose: string, eventId: string) =>
-  `mx-${purpose}-${createHash("sha256").update(eventId).digest("base64url").slice(0, 32)}`;
-
 /**
  * Consumes the homeserver's events in the order they arrived, one batch per event: the bridge's
  * records and the event's removal from the inbox land together, and what it asks of the rooms
  * API and the homeserver carries transaction IDs derived from the event, so replaying an event
  * after a crash makes nothing twice.
  *
- * Built so far: a local user creating a room with the bot invited creates a MIMI room with them
- * as creator, and the room becomes its portal; their text messages in a portal go to the MIMI
- * room, end-to-end encrypted; inviting a ghost invites the MIMI user it stands for; remote users'
- * messages appear in the portal from their ghosts. A direct chat with the bot is the user's
- * command room (botCommands.ts). A local user whose level in `appservice.permissions` is `none`
- * changes nothing in MIMI. Anything else is acknowledged and not mapped yet.
+ * The Matrix-to-MIMI direction, and the portals' life: a local user's room with the bot invited
+ * becomes the portal of a new MIMI room, a direct chat with the bot their command room
+ * (botCommands.ts); what they do in a portal (messages, relations, redactions, membership, name
+ * and topic) is done in the MIMI room as they, and what its policy refuses is undone in the portal
+ * with a notice; MIMI invites for local users and portal aliases make portals. The other
+ * direction is `PortalFollowers`. A user whose level in `appservice.permissions` is `none`
+ * changes nothing in MIMI.
  */
 export class MatrixBridge {
   private stopped = false;
   private wake: (() => void) | undefined;
   private running: Promise<void> | undefined;
   private unsubscribe: (() => void) | undefined;
-  private readonly followers = new Map<string, Promise<void>>();
-  private readonly ghostsIn = new Set<string>();
-  /** The local user whose client reads each followed MIMI room for its portal. */
-  private readonly readers = new Map<string, string>();
-  private readonly readerChanged = new Map<string, () => void>();
-  /** Display names set on ghosts by this process, and local users' names as last read. */
-  private readonly ghostNames = new Map<string, string>();
+  private readonly followers: PortalFollowers;
+  private readonly records: BridgeRecords;
+  /** Local users' display names as last read. */
   private readonly localNames = new Map<string, { name: string | undefined; at: number }>();
   private invites: Promise<void> = Promise.resolve();
   /** Each room's events read from the inbox and not yet mapped, in order (see `loop`). */
@@ -165,7 +102,10 @@ export class MatrixBridge {
   private stopNow: () => void = () => undefined;
   private readonly stopping = new Promise<undefined>((resolve) => (this.stopNow = () => resolve(undefined)));
 
-  constructor(private readonly deps: MatrixBridgeDeps) {}
+  constructor(private readonly deps: MatrixBridgeDeps) {
+    this.followers = new PortalFollowers(deps);
+    this.records = new BridgeRecords(deps.kv);
+  }
 
   async start(): Promise<void> {
     const unsubscribeInbox = this.deps.inbox.onEvents(() => this.wake?.());
@@ -183,7 +123,7 @@ export class MatrixBridge {
       const mimiRoomId = key.slice(mimiPrefix.length);
       // A portal made for an invite is followed once its user has joined the MIMI room.
       if (record !== undefined && this.deps.rooms.roomInfo(mimiRoomId) !== undefined) {
-        this.follow(mimiRoomId, matrixRoomId, record.reader);
+        this.followers.follow(mimiRoomId, matrixRoomId, record.reader);
       }
     }
     for (const invite of await this.deps.rooms.allInvites()) this.queueInvite(invite);
@@ -306,7 +246,7 @@ export class MatrixBridge {
     await this.running;
     await Promise.all(this.laneRuns);
     await this.invites;
-    await Promise.all(this.followers.values());
+    await this.followers.stop();
   }
 
   /**
@@ -369,8 +309,7 @@ export class MatrixBridge {
       await this.deps.kv.commit([
         { type: "put", key: portalKey(roomId), value: JSON.stringify({ ...record, reader: user }) },
       ]);
-      this.readers.set(mimiRoomId, user);
-      this.readerChanged.get(mimiRoomId)?.();
+      this.followers.setReader(mimiRoomId, user);
       for (const entry of this.deps.rooms.roomInfo(mimiRoomId)?.state ?? []) {
         if ((entry.type === "m.room.name" || entry.type === "m.room.topic") && entry.stateKey === "")
           await this.deps.client
@@ -380,29 +319,7 @@ export class MatrixBridge {
             );
       }
     }
-    this.follow(mimiRoomId, roomId, record?.reader || user);
-  }
-
-  /**
-   * The portal's reader left the MIMI room: another local member's client reads it for the portal
-   * from now on (none left: the portal shows nothing more until a local user joins again).
-   */
-  private async handOver(roomId: string, mimiRoomId: string, leaving: string): Promise<void> {
-    const record = await this.portal(roomId);
-    if (record === undefined || record.reader !== leaving) return;
-    const local = `:${this.deps.mimiServerName}`;
-    const participation = this.deps.rooms.roomInfo(mimiRoomId)?.participation ?? {};
-    const next = Object.keys(participation).find(
-      (user) => user !== leaving && user.endsWith(local) && participation[user] === "join",
-    );
-    await this.deps.kv.commit([
-      { type: "put", key: portalKey(roomId), value: JSON.stringify({ ...record, reader: next ?? "" }) },
-    ]);
-    if (next !== undefined) {
-      this.readers.set(mimiRoomId, next);
-      this.readerChanged.get(mimiRoomId)?.();
-    }
-    this.deps.log.info("a portal's reader left the MIMI room", { roomId, mimiRoomId, leaving, next });
+    this.followers.follow(mimiRoomId, roomId, record?.reader || user);
   }
 
   /** The MIMI room a Matrix room portals, if it is a portal. */
@@ -410,9 +327,8 @@ export class MatrixBridge {
     return (await this.portal(matrixRoomId))?.mimiRoomId;
   }
 
-  private async portal(matrixRoomId: string): Promise<PortalRecord | undefined> {
-    const record = await this.deps.kv.get(portalKey(matrixRoomId));
-    return record === undefined ? undefined : (JSON.parse(record) as PortalRecord);
+  private portal(matrixRoomId: string): Promise<PortalRecord | undefined> {
+    return this.records.portal(matrixRoomId);
   }
 
   /**
@@ -460,7 +376,10 @@ export class MatrixBridge {
         if (!(await this.consume(entry))) {
           // The homeserver or the hub is unreachable for now: the event waits, in its place.
           lane.retryMs = Math.min(lane.retryMs === 0 ? RETRY_FIRST_MS : lane.retryMs * 2, RETRY_MAX_MS);
-          await this.untilStopped(new Promise((resolve) => setTimeout(resolve, lane.retryMs).unref()));
+          await Promise.race([
+            new Promise((resolve) => setTimeout(resolve, lane.retryMs).unref()),
+            this.stopping,
+          ]);
           continue;
         }
         lane.retryMs = 0;
@@ -705,7 +624,7 @@ export class MatrixBridge {
         rooms: this.deps.rooms,
         openPortal: async (mimiRoomId, user, name) => {
           const portal = await this.openPortal(mimiRoomId, user, name);
-          this.follow(mimiRoomId, portal, user);
+          this.followers.follow(mimiRoomId, portal, user);
           return portal;
         },
         portalOf: (matrixRoomId) => this.portalOf(matrixRoomId),
@@ -755,7 +674,7 @@ export class MatrixBridge {
     this.deps.log.info("portal created", { matrixRoomId: roomId, mimiRoomId, creator });
     const record: PortalRecord = { mimiRoomId, reader: creator };
     // The follower starts once the portal is stored (it reads the record's cursor).
-    queueMicrotask(() => this.follow(mimiRoomId, roomId, creator));
+    queueMicrotask(() => this.followers.follow(mimiRoomId, roomId, creator));
     return [
       { type: "put", key: portalKey(roomId), value: JSON.stringify(record) },
       { type: "put", key: mimiKey(mimiRoomId), value: roomId },
@@ -882,7 +801,7 @@ export class MatrixBridge {
           ...why,
         });
         if (membership === "join") await this.joinedPortal(roomId, mimiRoomId, target);
-        else await this.handOver(roomId, mimiRoomId, target);
+        else await this.followers.handOver(roomId, mimiRoomId, target);
       } else if (membership !== "join") {
         await this.deps.rooms.changeParticipationOf({
           roomId: mimiRoomId,
@@ -892,7 +811,7 @@ export class MatrixBridge {
           txnId,
           ...why,
         });
-        await this.handOver(roomId, mimiRoomId, target);
+        await this.followers.handOver(roomId, mimiRoomId, target);
       }
     } catch (err) {
       if (isTransient(err)) throw err;
@@ -927,8 +846,8 @@ export class MatrixBridge {
       }
       if (membership === "ban") await this.deps.client.moderate("unban", roomId, matrixUser);
       if (isGhost) {
-        this.ghostsIn.delete(`${matrixUser}${SEP}${roomId}`);
-        await this.ghostIn(roomId, target);
+        this.followers.forgetGhost(matrixUser, roomId);
+        await this.followers.ghostIn(roomId, target);
       } else {
         await this.deps.client.invite(roomId, matrixUser);
       }
@@ -937,343 +856,6 @@ export class MatrixBridge {
       if (isTransient(err)) throw err;
       return `The bridge could not undo it here: ${(err as Error).message}`;
     }
-  }
-
-  /**
-   * A long wait that stopping cuts short (answers undefined then). What it waited for may still
-   * settle later, unobserved: its failure then is of no interest.
-   */
-  private untilStopped<T>(wait: Promise<T>): Promise<T | undefined> {
-    wait.catch(() => undefined);
-    return Promise.race([wait, this.stopping]);
-  }
-
-  /** The ghosts the portal has joined already, as the homeserver sees them (after a restart too). */
-  private async ghostsInPortal(matrixRoomId: string): Promise<void> {
-    try {
-      for (const member of await this.deps.client.joinedMembers(matrixRoomId)) {
-        if (
-          mimiUserOfGhost(member, this.deps.matrix.appservice.userPrefix, this.deps.matrix.domain) !==
-          undefined
-        )
-          this.ghostsIn.add(`${member}${SEP}${matrixRoomId}`);
-      }
-    } catch (err) {
-      this.deps.log.warn("cannot read a portal's members", { matrixRoomId, error: err });
-    }
-  }
-
-  /** Shows the MIMI room's messages in its portal: remote users' as their ghosts, in order, once each. */
-  private follow(mimiRoomId: string, matrixRoomId: string, reader: string): void {
-    if (this.followers.has(mimiRoomId) || this.stopped) return;
-    this.readers.set(mimiRoomId, reader);
-    const run = (async () => {
-      let from = Number((await this.deps.kv.get(cursorKey(mimiRoomId))) ?? "1");
-      while (!this.stopped) {
-        let page;
-        const readBy = this.readers.get(mimiRoomId) ?? reader;
-        try {
-          // A hand-over to another reader cuts the wait short (`handOver`).
-          const handedOver = new Promise<"handed over">((resolve) =>
-            this.readerChanged.set(mimiRoomId, () => resolve("handed over")),
-          );
-          const read = this.deps.rooms.messages(mimiRoomId, readBy, {
-            fromSeq: from,
-            limit: 50,
-            waitMs: FOLLOW_WAIT_MS,
-          });
-          page = await this.untilStopped(Promise.race([read, handedOver]));
-          if (page === undefined) return;
-          // What the leaving reader's client read (or could not) is read again by the next one.
-          if (page === "handed over" || readBy !== this.readers.get(mimiRoomId)) continue;
-        } catch (err) {
-          this.deps.log.warn("cannot read a portal's MIMI room", { mimiRoomId, error: err });
-          await this.untilStopped(new Promise((resolve) => setTimeout(resolve, FOLLOW_RETRY_MS)));
-          continue;
-        }
-        for (const message of page) {
-          let ops: BatchOp[];
-          try {
-            ops = await this.show(mimiRoomId, matrixRoomId, message);
-          } catch (err) {
-            // Not shown now: the cursor stays, and the next read tries again.
-            this.deps.log.warn("cannot show a MIMI message in its portal", {
-              mimiRoomId,
-              eventId: message.eventId,
-              error: err,
-            });
-            await this.untilStopped(new Promise((resolve) => setTimeout(resolve, FOLLOW_RETRY_MS)));
-            break;
-          }
-          from = message.seq + 1;
-          await this.deps.kv.commit([
-            ...ops,
-            { type: "put", key: cursorKey(mimiRoomId), value: String(from) },
-          ]);
-        }
-      }
-    })();
-    const state = this.followState(mimiRoomId, matrixRoomId);
-    this.followers.set(
-      mimiRoomId,
-      Promise.all([run, state])
-        .then(() => undefined)
-        .catch((err: unknown) => this.deps.log.error("portal follower stopped", { mimiRoomId, error: err })),
-    );
-  }
-
-  /**
-   * Shows in the portal what remote users do to the MIMI room's state from the time the portal
-   * follows it: invites of local users bring them into the portal, kicks and bans of local users
-   * remove them from it, invites of remote users invite their ghosts, name and topic changes are
-   * set on the portal. What the bot cannot do there (it lacks the power) becomes a notice.
-   */
-  private async followState(mimiRoomId: string, matrixRoomId: string): Promise<void> {
-    await this.ghostsInPortal(matrixRoomId);
-    const stored = await this.deps.kv.get(stateCursorKey(mimiRoomId));
-    let from =
-      stored === undefined ? (this.deps.rooms.roomInfo(mimiRoomId)?.headSeq ?? 0) + 1 : Number(stored);
-    if (stored === undefined)
-      await this.deps.kv.commit([{ type: "put", key: stateCursorKey(mimiRoomId), value: String(from) }]);
-    while (!this.stopped) {
-      // First at the start (a remote user may have left while this process was down), then after each page.
-      await this.syncGhosts(mimiRoomId, matrixRoomId).catch((err: unknown) =>
-        this.deps.log.warn("cannot bring a portal's ghosts in line with the MIMI room", {
-          mimiRoomId,
-          error: err,
-        }),
-      );
-      let page;
-      try {
-        page = await this.untilStopped(
-          this.deps.rooms.history(mimiRoomId, { fromSeq: from, limit: 50, waitMs: FOLLOW_WAIT_MS }),
-        );
-        if (page === undefined) return;
-      } catch (err) {
-        this.deps.log.warn("cannot read a portal's MIMI room history", { mimiRoomId, error: err });
-        await this.untilStopped(new Promise((resolve) => setTimeout(resolve, FOLLOW_RETRY_MS)));
-        continue;
-      }
-      for (const entry of page.events) {
-        try {
-          await this.showState(mimiRoomId, matrixRoomId, entry.eventId, entry.event);
-        } catch (err) {
-          if (isTransient(err)) {
-            this.deps.log.warn("cannot show a MIMI state change in its portal for now", {
-              mimiRoomId,
-              eventId: entry.eventId,
-              error: err,
-            });
-            await this.untilStopped(new Promise((resolve) => setTimeout(resolve, FOLLOW_RETRY_MS)));
-            break;
-          }
-          this.deps.log.warn("a MIMI state change was not shown in its portal", {
-            mimiRoomId,
-            eventId: entry.eventId,
-            error: err,
-          });
-        }
-        from = entry.seq + 1;
-        await this.deps.kv.commit([{ type: "put", key: stateCursorKey(mimiRoomId), value: String(from) }]);
-      }
-    }
-  }
-
-  private async showState(
-    mimiRoomId: string,
-    matrixRoomId: string,
-    eventId: string,
-    event: FullyFormedEvent,
-  ): Promise<void> {
-    const local = `:${this.deps.mimiServerName}`;
-    // Local users' actions came from the portal (or the admin API) and are there already.
-    if (event.sender.endsWith(local) || event.state_key === undefined) return;
-    const { userPrefix } = this.deps.matrix.appservice;
-    const txnId = (purpose: string) => derivedTxnId(purpose, eventId);
-    if (event.type === "m.room.name" || event.type === "m.room.topic") {
-      const field = event.type === "m.room.name" ? "name" : "topic";
-      const value = event.content[field];
-      if (typeof value !== "string") return;
-      await this.botOrNotice(
-        matrixRoomId,
-        () => this.deps.client.setState(matrixRoomId, event.type, "", { [field]: value }),
-        `${event.sender} set the MIMI room's ${field} to ${JSON.stringify(value)}`,
-        txnId("state-notice"),
-      );
-      return;
-    }
-    if (event.type !== "m.room.user") return;
-    const target = event.state_key;
-    const participation = event.content.participation;
-    const reason = typeof event.content.reason === "string" ? event.content.reason : undefined;
-    const byWhom = `by ${event.sender} in the MIMI room${reason === undefined ? "" : `: ${reason}`}`;
-    if (target.endsWith(local)) {
-      const matrixUser = `@${target.slice(1, -local.length)}:${this.deps.matrix.domain}`;
-      if (participation === "invite") {
-        await this.botOrNotice(
-          matrixRoomId,
-          () => this.deps.client.invite(matrixRoomId, matrixUser),
-          `${event.sender} invited ${matrixUser}; invite them here to let them in`,
-          txnId("invite-notice"),
-        );
-      } else if ((participation === "leave" || participation === "ban") && event.sender !== target) {
-        const action = participation === "ban" ? "ban" : "kick";
-        await this.botOrNotice(
-          matrixRoomId,
-          () =>
-            this.deps.client.moderate(
-              action,
-              matrixRoomId,
-              matrixUser,
-              `${action === "ban" ? "banned" : "removed"} ${byWhom}`,
-            ),
-          `${matrixUser} was ${action === "ban" ? "banned" : "removed"} ${byWhom}`,
-          txnId("moderate-notice"),
-        );
-        await this.handOver(matrixRoomId, mimiRoomId, target);
-      }
-      return;
-    }
-    if (participation === "invite") {
-      const inviter = await this.ghostIn(matrixRoomId, event.sender);
-      const ghost = ghostUserId(target, userPrefix, this.deps.matrix.domain);
-      await this.deps.client.registerGhost(ghost.slice(1, ghost.indexOf(":")));
-      await this.deps.client.setDisplayName(ghost, target);
-      await this.deps.client.invite(matrixRoomId, ghost, inviter).catch(async (err: unknown) => {
-        if (isTransient(err)) throw err;
-        await this.notice(
-          matrixRoomId,
-          `${event.sender} invited ${target} to the MIMI room.`,
-          txnId("invite-notice"),
-        );
-      });
-    } else if (participation === "ban" && event.sender !== target) {
-      await this.notice(matrixRoomId, `${target} was banned ${byWhom}.`, txnId("ban-notice"));
-    }
-  }
-
-  /** The bot does something in a portal; when the homeserver refuses it, a notice says what happened instead. */
-  private async botOrNotice(
-    matrixRoomId: string,
-    act: () => Promise<unknown>,
-    instead: string,
-    txnId: string,
-  ): Promise<void> {
-    try {
-      await act();
-    } catch (err) {
-      if (isTransient(err)) throw err;
-      await this.notice(
-        matrixRoomId,
-        `${instead}. (The bridge could not do it here: ${(err as Error).message})`,
-        txnId,
-      );
-    }
-  }
-
-  /**
-   * The portal's ghosts follow the MIMI room's participation: a remote user who joined has their
-   * ghost join, one who left or was removed has it leave (those this process let in).
-   */
-  private async syncGhosts(mimiRoomId: string, matrixRoomId: string): Promise<void> {
-    const participation = this.deps.rooms.roomInfo(mimiRoomId)?.participation;
-    if (participation === undefined) return;
-    for (const [user, state] of Object.entries(participation)) {
-      if (user.endsWith(`:${this.deps.mimiServerName}`)) continue;
-      const ghost = ghostUserId(user, this.deps.matrix.appservice.userPrefix, this.deps.matrix.domain);
-      const key = `${ghost}${SEP}${matrixRoomId}`;
-      if (state === "join" && !this.ghostsIn.has(key)) await this.ghostIn(matrixRoomId, user);
-      else if (state !== "join" && this.ghostsIn.has(key)) {
-        this.ghostsIn.delete(key);
-        await this.deps.client.leaveRoom(matrixRoomId, ghost).catch((err: unknown) => {
-          // Kicked or banned in the portal already: out is what was wanted.
-          if (!(err instanceof HomeserverError && err.status === 403)) throw err;
-        });
-      }
-    }
-  }
-
-  /** Shows one MIMI message in the portal; answers the records to land with the follower's cursor. */
-  private async show(mimiRoomId: string, matrixRoomId: string, message: ReceivedMessage): Promise<BatchOp[]> {
-    if (message.sender.endsWith(`:${this.deps.mimiServerName}`)) return [];
-    if (message.status !== "decrypted") {
-      if (message.status === "sent") return [];
-      await this.notice(
-        matrixRoomId,
-        `A message from ${message.sender} could not be read (${message.status}${message.reason === undefined ? "" : `: ${message.reason}`}).`,
-        derivedTxnId("unreadable", message.eventId),
-      );
-      return [];
-    }
-    const content = message.content ?? {};
-    if (message.type === "m.room.redaction") {
-      const link = typeof content.redacts === "string" ? await this.linkOfMimi(content.redacts) : undefined;
-      // Only a message's own sender takes it back; a redaction of anything else changes nothing.
-      if (link === undefined || link.sender !== message.sender || link.roomId !== matrixRoomId) return [];
-      const ghost = await this.ghostIn(matrixRoomId, message.sender);
-      const reason = typeof content.reason === "string" ? content.reason : undefined;
-      await this.deps.client.redact(
-        matrixRoomId,
-        link.eventId,
-        derivedTxnId("redact", message.eventId),
-        reason,
-        ghost,
-      );
-      return [];
-    }
-    if (message.type === "m.room.message") {
-      const ids = new Map<string, string>();
-      for (const id of referencedEventIds(content)) {
-        const link = await this.linkOfMimi(id);
-        if (link !== undefined && link.roomId === matrixRoomId) ids.set(id, link.eventId);
-      }
-      const mapped = mapMessageContent(content, ids);
-      if ("ok" in mapped) {
-        const ghost = await this.ghostIn(matrixRoomId, message.sender);
-        await this.nameGhost(ghost, message.sender, content[SENDER_NAME]);
-        const matrixEventId = await this.deps.client.sendEvent(
-          matrixRoomId,
-          "m.room.message",
-          mapped.ok,
-          derivedTxnId("show", message.eventId),
-          ghost,
-        );
-        return linkOps(matrixEventId, matrixRoomId, message.eventId, mimiRoomId, message.sender);
-      }
-      await this.notice(
-        matrixRoomId,
-        `${message.sender} sent a message that cannot be shown here: ${mapped.refused}.`,
-        derivedTxnId("unshown", message.eventId),
-      );
-      return [];
-    }
-    await this.notice(
-      matrixRoomId,
-      `${message.sender} sent a message of type ${message.type ?? "?"} that cannot be shown here.`,
-      derivedTxnId("unshown", message.eventId),
-    );
-    return [];
-  }
-
-  /** The ghost of a remote MIMI user, registered and joined to the portal. */
-  private async ghostIn(matrixRoomId: string, mimiUserId: string): Promise<string> {
-    const { userPrefix } = this.deps.matrix.appservice;
-    const ghost = ghostUserId(mimiUserId, userPrefix, this.deps.matrix.domain);
-    const key = `${ghost}${SEP}${matrixRoomId}`;
-    if (this.ghostsIn.has(key)) return ghost;
-    await this.deps.client.registerGhost(ghost.slice(1, ghost.indexOf(":")));
-    // A ghost is named after its MIMI user until its messages bring a name (protocol.md §13).
-    if (!this.ghostNames.has(ghost) && (await this.deps.client.displayName(ghost)) === undefined)
-      await this.deps.client.setDisplayName(ghost, mimiUserId);
-    try {
-      await this.deps.client.joinRoom(matrixRoomId, ghost);
-    } catch {
-      // Not invited yet: the bot invites it, then it joins.
-      await this.deps.client.invite(matrixRoomId, ghost);
-      await this.deps.client.joinRoom(matrixRoomId, ghost);
-    }
-    this.ghostsIn.add(key);
-    return ghost;
   }
 
   /** A local user's message in a portal: sent to the MIMI room, end-to-end encrypted. */
@@ -1288,7 +870,7 @@ export class MatrixBridge {
     if (mimiRoomId === undefined || user === undefined) return [];
     const ids = new Map<string, string>();
     for (const id of referencedEventIds(content)) {
-      const link = await this.linkOfMatrix(id);
+      const link = await this.records.linkOfMatrix(id);
       if (link !== undefined && link.roomId === mimiRoomId) ids.set(id, link.eventId);
     }
     const mapped = mapMessageContent(content, ids);
@@ -1319,7 +901,7 @@ export class MatrixBridge {
     const mimiRoomId = await this.portalOf(roomId);
     const user = this.mimiUserOf(sender);
     if (mimiRoomId === undefined || user === undefined || typeof redacts !== "string") return [];
-    const link = await this.linkOfMatrix(redacts);
+    const link = await this.records.linkOfMatrix(redacts);
     if (link === undefined || link.roomId !== mimiRoomId) return [];
     if (link.sender !== user) {
       await this.notice(
@@ -1373,33 +955,8 @@ export class MatrixBridge {
     return name;
   }
 
-  /** Gives a ghost the display name its MIMI user's messages carry: `<name> (<their server>)`. */
-  private async nameGhost(ghost: string, mimiUser: string, sent: unknown): Promise<void> {
-    if (typeof sent !== "string") return;
-    // Control characters out, and a bound: a name is for reading, not for layout tricks.
-    const clean = sent
-      .replace(/[\p{Cc}\p{Cf}]/gu, "")
-      .trim()
-      .slice(0, 100);
-    if (clean === "") return;
-    const name = `${clean} (${serverNameOf(mimiUser)})`;
-    if (this.ghostNames.get(ghost) === name) return;
-    await this.deps.client.setDisplayName(ghost, name);
-    this.ghostNames.set(ghost, name);
-  }
-
-  private async linkOfMatrix(matrixEventId: string): Promise<EventLink | undefined> {
-    const value = await this.deps.kv.get(matrixLinkKey(matrixEventId));
-    return value === undefined ? undefined : (JSON.parse(value) as EventLink);
-  }
-
-  private async linkOfMimi(mimiEventId: string): Promise<EventLink | undefined> {
-    const value = await this.deps.kv.get(mimiLinkKey(mimiEventId));
-    return value === undefined ? undefined : (JSON.parse(value) as EventLink);
-  }
-
   private async notice(roomId: string, body: string, txnId: string): Promise<void> {
-    await this.deps.client.sendEvent(roomId, "m.room.message", { msgtype: "m.notice", body }, txnId);
+    await postNotice(this.deps.client, roomId, body, txnId);
   }
 
   /** `@l:<our MIMI server name>` is `@l:<homeserver domain>`; users of other providers have none. */
