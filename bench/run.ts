@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: throughput and latency figures. Pass section names to run
- * only some (e.g. `npm run bench -- room`): room, federation, multiprocess, mls, bridge.
+ * only some (e.g. `npm run bench -- room`): room, federation, multiprocess, mls, bridge, ohttp.
  * BENCH_BASELINE=<git rev> picks the multiprocess section's baseline checkout
  * (`none` skips it).
  */
@@ -41,6 +41,7 @@ const SECTIONS: Record<string, () => Promise<void>> = {
   multiprocess: () => multiprocessSection(core),
   mls: () => runCompiledMls(),
   bridge: async () => (await import("./bridge.js")).bridgeSection(),
+  ohttp: async () => (await import("./ohttp.js")).ohttpSection(),
 };
 
 /** Compiles the MLS section with tsc and runs it in a child process on the compiled code. */

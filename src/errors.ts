@@ -47,7 +47,16 @@ export type ErrorCode =
   /** The caller's policy refused the committer or a client to be added. */
   | "IO.MIMI_APPSERVICE.MLS_FORBIDDEN"
   /** The hub's Remove proposals of this epoch wait for a commit that covers them (Robert §Queueing Service). */
-  | "IO.MIMI_APPSERVICE.MLS_PROPOSALS_PENDING";
+  | "IO.MIMI_APPSERVICE.MLS_PROPOSALS_PENDING"
+  // Oblivious HTTP (RFC 9458) refusals of the gateway and relay (docs/protocol.md §12, KeyPackages over OHTTP).
+  /** An Encapsulated Request for a key ID, KEM, KDF or AEAD the gateway does not accept (RFC 9458 §5.3). */
+  | "IO.MIMI_APPSERVICE.OHTTP_KEY"
+  /** An Encapsulated Request or Response, or the binary HTTP message inside, that does not parse or decrypt. */
+  | "IO.MIMI_APPSERVICE.OHTTP_MALFORMED"
+  /** An Encapsulated Request the gateway has already seen (RFC 9458 §6.5). */
+  | "IO.MIMI_APPSERVICE.OHTTP_REPLAY"
+  /** The request's Date is missing or outside the gateway's window (RFC 9458 §6.5.1, §6.5.2). */
+  | "IO.MIMI_APPSERVICE.OHTTP_DATE";
 
 /** Base class: every error that can reach a peer carries an errcode. */
 export class MimiError extends Error {

@@ -190,3 +190,49 @@ describe("config", () => {
     expect(() => parseConfig(text, "/srv")).toThrow(message);
   });
 });
+
+describe("config: OHTTP (KeyPackages over Oblivious HTTP)", () => {
+  it("defaults to one gateway key, OHTTP-only claims and no bundling", () => {
+    const config = parseConfig(VALID.join("\n"), "/srv/mimi");
+    expect(config.ohttp).toEqual({
+      keys: [{ keyId: 1, privateKeyPath: "/srv/mimi/data/ohttp-1.key" }],
+      overlapMs: 86_400_000,
+      replayWindowMs: 60_000,
+      replayCacheMaxEntries: 100_000,
+      relayRequestsPerSecond: 20,
+      relayBurst: 50,
+    });
+    expect(config.mls).toMatchObject({ plainClaims: false, bundleClaims: false });
+  });
+
+  it("reads a rotation: a current key and a retired one", () => {
+    const text = [
+      ...VALID,
+      "ohttp:",
+      "  keys:",
+      "    - { key_id: 2, private_key_path: k2 }",
+      "    - { key_id: 1, private_key_path: k1, retired_ts: 1767225600000 }",
+      "  overlap_ms: 3600000",
+    ].join("\n");
+    expect(parseConfig(text, "/srv").ohttp).toMatchObject({
+      keys: [
+        { keyId: 2, privateKeyPath: "/srv/k2" },
+        { keyId: 1, privateKeyPath: "/srv/k1", retiredTs: 1767225600000 },
+      ],
+      overlapMs: 3_600_000,
+    });
+  });
+
+  it.each([
+    [
+      "a key ID used twice",
+      "    - { key_id: 1, private_key_path: a }\n    - { key_id: 1, private_key_path: b }",
+      /listed twice/,
+    ],
+    ["only retired keys", "    - { key_id: 1, private_key_path: a, retired_ts: 1 }", /every key is retired/],
+    ["a key ID above 255", "    - { key_id: 256, private_key_path: a }", /key_id/],
+  ])("refuses %s", (_what, keys, message) => {
+    const text = [...VALID, "ohttp:", "  keys:", keys].join("\n");
+    expect(() => parseConfig(text, "/srv")).toThrow(message);
+  });
+});

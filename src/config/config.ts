@@ -46,7 +46,29 @@ export interface ProviderConfig {
      * sender, and the sender of its Remove proposals. Reserved: no one acts as it through the rooms API.
      */
     hubUserLocalpart: string;
+    /**
+     * Our clients claim other providers' KeyPackages over OHTTP only; with this, they use the
+     * plain claim endpoint for a provider that publishes no OHTTP key configuration.
+     */
+    plainClaims: boolean;
+    /** Claims for several users of one provider go in one request, linking those users for it. */
+    bundleClaims: boolean;
   };
+  /** The OHTTP gateway's keys and the relay's limits (RFC 9458; docs/protocol.md §12). */
+  ohttp: OhttpConfig;
+}
+
+export interface OhttpConfig {
+  /** The gateway's HPKE keys; those without `retiredTs` are published. */
+  keys: { keyId: number; privateKeyPath: string; retiredTs?: number }[];
+  /** How long a retired key still opens requests after its `retiredTs`. */
+  overlapMs: number;
+  /** A request's Date must be this close to our clock; its `enc` is remembered twice as long. */
+  replayWindowMs: number;
+  replayCacheMaxEntries: number;
+  /** The relay's token bucket per target server. */
+  relayRequestsPerSecond: number;
+  relayBurst: number;
 }
 
 export interface MatrixConfig {
@@ -153,7 +175,21 @@ interface RawConfig {
   admin_api?: { bind_address?: string; port: number; token: string };
   logging?: { level?: "debug" | "info" | "warn" | "error" };
   metrics?: { bind_address?: string; port: number };
-  mls?: { hosted_clients?: boolean; join_wait_ms?: number; hub_user?: string };
+  mls?: {
+    hosted_clients?: boolean;
+    join_wait_ms?: number;
+    hub_user?: string;
+    plain_claims?: boolean;
+    bundle_claims?: boolean;
+  };
+  ohttp?: {
+    keys?: { key_id: number; private_key_path: string; retired_ts?: number }[];
+    overlap_ms?: number;
+    replay_window_ms?: number;
+    replay_cache_max_entries?: number;
+    relay_requests_per_second?: number;
+    relay_burst?: number;
+  };
   homeserver?: { url: string; domain?: string };
   appservice?: {
     id?: string;
@@ -314,7 +350,35 @@ export function parseConfig(text: string, baseDir: string): ProviderConfig {
       hostedClients: raw.mls?.hosted_clients ?? true,
       joinWaitMs: raw.mls?.join_wait_ms ?? 15_000,
       hubUserLocalpart: raw.mls?.hub_user ?? "mimi-hub",
+      plainClaims: raw.mls?.plain_claims ?? false,
+      bundleClaims: raw.mls?.bundle_claims ?? false,
     },
+    ohttp: ohttpConfig(raw, baseDir),
+  };
+}
+
+function ohttpConfig(raw: RawConfig, baseDir: string): OhttpConfig {
+  const section = raw.ohttp ?? {};
+  const keys = (section.keys ?? [{ key_id: 1, private_key_path: "data/ohttp-1.key" }]).map((key) => ({
+    keyId: key.key_id,
+    privateKeyPath: resolve(baseDir, key.private_key_path),
+    ...(key.retired_ts === undefined ? {} : { retiredTs: key.retired_ts }),
+  }));
+  const ids = new Set<number>();
+  for (const key of keys) {
+    if (ids.has(key.keyId)) throw new ConfigError(`ohttp.keys: key_id ${key.keyId} is listed twice`);
+    ids.add(key.keyId);
+  }
+  if (keys.every((key) => key.retiredTs !== undefined)) {
+    throw new ConfigError("ohttp.keys: every key is retired; add a current key (one without retired_ts)");
+  }
+  return {
+    keys,
+    overlapMs: section.overlap_ms ?? 24 * 60 * 60 * 1000,
+    replayWindowMs: section.replay_window_ms ?? 60_000,
+    replayCacheMaxEntries: section.replay_cache_max_entries ?? 100_000,
+    relayRequestsPerSecond: section.relay_requests_per_second ?? 20,
+    relayBurst: section.relay_burst ?? 50,
   };
 }
 

@@ -87,6 +87,34 @@ export const CONFIG_SCHEMA = {
         join_wait_ms: ms(0, 600_000),
         // LM-04 §Users: a user ID's localpart.
         hub_user: { type: "string", pattern: "^[0-9a-z\\-.=_/+]{1,64}$" },
+        plain_claims: { type: "boolean" },
+        bundle_claims: { type: "boolean" },
+      },
+    },
+    ohttp: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        keys: {
+          type: "array",
+          minItems: 1,
+          maxItems: 16,
+          items: {
+            type: "object",
+            additionalProperties: false,
+            required: ["key_id", "private_key_path"],
+            properties: {
+              key_id: { type: "integer", minimum: 0, maximum: 255 },
+              private_key_path: { type: "string", minLength: 1 },
+              retired_ts: { type: "integer", minimum: 0 },
+            },
+          },
+        },
+        overlap_ms: ms(0, 30 * DAY_MS),
+        replay_window_ms: ms(1000, 3_600_000),
+        replay_cache_max_entries: count(100_000_000),
+        relay_requests_per_second: rate,
+        relay_burst: count(1_000_000),
       },
     },
     homeserver: {

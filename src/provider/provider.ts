@@ -4,10 +4,27 @@ import type { ProviderConfig } from "../config/config";
 import { loadOrCreateSigningKey } from "../events/signingKeyFile";
 import type { ServerSigningKey } from "../events/signingKey";
 import type { FullyFormedEvent } from "../events/types";
+import { encodeUnpaddedBase64 } from "../events/base64";
 import { FederationClient, type FetchFn } from "../federation/client";
+import { fetchTransport, NodeHttpTransport } from "../federation/client/http";
 import { ServerResolver, type Resolver } from "../federation/discovery";
 import { FederationError } from "../federation/errors";
 import { KeyRing } from "../federation/keys";
+import {
+  MAX_ENCAPSULATED_REQUEST_BYTES,
+  MAX_ENCAPSULATED_RESPONSE_BYTES,
+  MEDIA_OHTTP_REQUEST,
+  MEDIA_OHTTP_RESPONSE,
+  OHTTP_GATEWAY_PATH,
+  OHTTP_KEYS_FIELD,
+  OHTTP_PREFIX,
+  OHTTP_RELAY_PATH,
+  OhttpGateway,
+  OhttpRelay,
+  ReplayCache,
+  loadGatewayKeys,
+  type GatewayKeySet,
+} from "../federation/ohttp";
 import { PendingInvites } from "../federation/pendingInvites";
 import { RateLimiter } from "../federation/rateLimit";
 import {
@@ -22,7 +39,13 @@ import { TransactionStore } from "../federation/transactionStore";
 import { createLogger, setLogLevel, type Logger } from "../logging";
 import { randomBytes } from "node:crypto";
 import { GroupAgent } from "../mls/agent/groupAgent";
-import { KeyPackageApi, KeyPackageClient, MLS_FEDERATION_PREFIX } from "../mls/federation/keyPackageApi";
+import {
+  KEY_PACKAGE_CLAIM_PATH,
+  KeyPackageApi,
+  KeyPackageClient,
+  MLS_FEDERATION_PREFIX,
+} from "../mls/federation/keyPackageApi";
+import { OhttpClaims } from "../mls/federation/ohttpClaims";
 import { WelcomeRouter, type EduPort } from "../mls/federation/welcomes";
 import { BearerTokens, KeyPackagePool, KeyPackageService } from "../mls/keyPackages";
 import { makeUserId } from "../identifiers";
@@ -55,6 +78,11 @@ export interface ProviderOptions {
   extensions?: readonly RoomExtension[];
   /** Told of what operators count (src/metrics). */
   observe?: ProviderObserver;
+  /**
+   * The base URL of the OHTTP relay our hosted clients send their KeyPackage claims to. Default:
+   * this provider's own federation listener on loopback (tests put a recording proxy in front).
+   */
+  ohttpRelayUrl?: string;
 }
 
 /** What the provider reports as it happens, for metrics; a throwing callback is logged and ignored. */
@@ -232,6 +260,63 @@ export class MimiProvider {
       service: new KeyPackageService(pool, tokens),
       log: log.child("key-packages"),
     });
+    // KeyPackage claims over Oblivious HTTP: our gateway for other providers' clients, our relay
+    // for our own (docs/protocol.md §12). The relay serves only the holders of this process's token.
+    const gatewayKeys = await loadGatewayKeys(config.ohttp.keys, config.ohttp.overlapMs);
+    const gateway = new OhttpGateway({
+      serverName: config.serverName,
+      keys: gatewayKeys,
+      inner: (request) => keyPackageApi.onOhttpRequest(request),
+      replay: new ReplayCache(config.ohttp.replayWindowMs, config.ohttp.replayCacheMaxEntries),
+      startedAt: Date.now(),
+    });
+    const relayToken = randomBytes(32).toString("base64url");
+    const relay = new OhttpRelay({
+      serverName: config.serverName,
+      clientToken: relayToken,
+      limiter: new RateLimiter({
+        ratePerSecond: config.ohttp.relayRequestsPerSecond,
+        burst: config.ohttp.relayBurst,
+        maxKeys: limits.rateLimitMaxKeys,
+      }),
+      canRoute: (name) => keyRing.canRoute(name),
+      forward: async (target, body) => {
+        const answer = await client.requestBytes(
+          target,
+          "POST",
+          OHTTP_GATEWAY_PATH,
+          body,
+          MEDIA_OHTTP_REQUEST,
+          {
+            accept: MEDIA_OHTTP_RESPONSE,
+            maxResponseBytes: MAX_ENCAPSULATED_RESPONSE_BYTES,
+            timeoutMs: 30_000,
+          },
+        );
+        return { status: answer.status, contentType: answer.contentType, body: answer.bytes };
+      },
+    });
+    const relayTransport = options.fetch === undefined ? new NodeHttpTransport() : undefined;
+    const lateProvider: { provider?: MimiProvider } = {};
+    const relayBase = () =>
+      options.ohttpRelayUrl ??
+      `http://${loopbackOf(config.federation.bindAddress)}:${lateProvider.provider!.federationPort}`;
+    const keyPackageClaims = new KeyPackageClient({
+      serverName: config.serverName,
+      client,
+      pool,
+      ohttp: new OhttpClaims({
+        keys: keyRing,
+        relay: {
+          token: relayToken,
+          url: (target) => new URL(`${OHTTP_RELAY_PATH}/${encodeURIComponent(target)}`, relayBase()),
+        },
+        transport: relayTransport?.send ?? fetchTransport(options.fetch!),
+        claimPath: KEY_PACKAGE_CLAIM_PATH,
+      }),
+      plainClaims: config.mls.plainClaims,
+      bundleClaims: config.mls.bundleClaims,
+    });
     const lateAgent: { agent?: GroupAgent } = {};
     // Our EDUs (Welcomes) go through the same durable queues as PDUs.
     const edus: EduPort = {
@@ -286,7 +371,7 @@ export class MimiProvider {
       hubSender,
       welcomes: {
         pool,
-        claims: new KeyPackageClient({ serverName: config.serverName, client, pool }),
+        claims: keyPackageClaims,
         router: welcomeRouter,
       },
     });
@@ -309,8 +394,11 @@ export class MimiProvider {
     );
     provider.admitFederation = (origin) => federationRequests.check(origin);
     if (federationError !== undefined) provider.onFederationError = federationError;
+    lateProvider.provider = provider;
     provider.keyPackageApi = keyPackageApi;
     provider.keyPackageTokens = tokens;
+    provider.ohttp = { keys: gatewayKeys, gateway, relay };
+    provider.keyPackageClaims = keyPackageClaims;
     // KeyPackages are also topped up after each claim; this renews those nearing their expiry.
     const replenishing = setInterval(() => {
       pool.replenishAll().catch((error: unknown) => log.warn("cannot replenish KeyPackages", { error }));
@@ -320,6 +408,7 @@ export class MimiProvider {
       transactions,
       invites,
       { stop: async () => client.close() },
+      { stop: async () => relayTransport?.close() },
       { stop: async () => clearInterval(replenishing) },
     ];
     transactions.start();
@@ -343,6 +432,9 @@ export class MimiProvider {
   private onFederationError: (errcode: string, status: number) => void = () => undefined;
   private keyPackageApi: KeyPackageApi | undefined;
   private keyPackageTokens: BearerTokens | undefined;
+  private ohttp: { keys: GatewayKeySet; gateway: OhttpGateway; relay: OhttpRelay } | undefined;
+  /** How the hosted clients claim KeyPackages: over OHTTP through our relay (the benchmark uses it too). */
+  keyPackageClaims!: KeyPackageClient;
   private background: { stop(): Promise<void> }[] = [];
 
   private async listen(): Promise<void> {
@@ -367,6 +459,19 @@ export class MimiProvider {
               prefix: MLS_FEDERATION_PREFIX,
               onDiscover: (origin: string, body: unknown) => this.keyPackageApi!.onDiscover(origin, body),
               onClaim: (origin: string, body: unknown) => this.keyPackageApi!.onClaim(origin, body),
+            },
+          }),
+      ...(this.ohttp === undefined
+        ? {}
+        : {
+            serverKeysFields: { [OHTTP_KEYS_FIELD]: encodeUnpaddedBase64(this.ohttp.keys.publishedBytes) },
+            ohttp: {
+              prefix: OHTTP_PREFIX,
+              maxRequestBytes: MAX_ENCAPSULATED_REQUEST_BYTES,
+              keys: () => this.ohttp!.keys.publishedBytes,
+              gateway: (body: Uint8Array) => this.ohttp!.gateway.handle(body),
+              relay: (target: string, authorization: string | undefined, body: Uint8Array) =>
+                this.ohttp!.relay.handle(target, authorization, body),
             },
           }),
     });
@@ -483,6 +588,13 @@ async function sendTransaction(
     "send",
   );
   return { pdus: answer.pdus ?? {}, failed_pdus: answer.failed_pdus ?? {} };
+}
+
+/** The address our own clients reach the federation listener at. */
+function loopbackOf(bindAddress: string): string {
+  if (bindAddress === "0.0.0.0") return "127.0.0.1";
+  if (bindAddress === "::") return "[::1]";
+  return bindAddress.includes(":") ? `[${bindAddress}]` : bindAddress;
 }
 
 /** With `.well-known` discovery turned off, only servers in the static routes are reachable. */

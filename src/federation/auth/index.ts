@@ -1,5 +1,6 @@
 export { formatAuthorizationHeader, parseAuthorizationHeader, type XMatrixAuth } from "./authorizationHeader";
 export {
+  binaryBodyContent,
   signRequest,
   verifyRequest,
   type RequestKeySource,

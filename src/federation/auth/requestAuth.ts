@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { canonicalBytes } from "../../events/canonicalJson";
 import type { ServerSigningKey, VerifyKey } from "../../events/signingKey";
 import { isValidServerName } from "../../identifiers";
@@ -27,6 +28,15 @@ export interface RequestKeySource {
 }
 
 const METHOD = /^[A-Z]+$/;
+
+/**
+ * What the `content` of the signed object is for a request whose body is not JSON (an OHTTP
+ * Encapsulated Request): the body's SHA-256, so the signature still covers the body. An extension
+ * of LM-04 §Request Authentication, which signs JSON bodies only.
+ */
+export function binaryBodyContent(body: Uint8Array): { sha256: string } {
+  return { sha256: createHash("sha256").update(body).digest("base64").replace(/=+$/, "") };
+}
 const URI = /^\/[\x21-\x7e]*$/;
 
 /**

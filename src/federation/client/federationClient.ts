@@ -1,7 +1,7 @@
 import { canonicalJson } from "../../events/canonicalJson";
 import type { ServerSigningKey } from "../../events/signingKey";
 import { parseServerName } from "../../identifiers";
-import { signRequest } from "../auth/requestAuth";
+import { binaryBodyContent, signRequest } from "../auth/requestAuth";
 import type { Resolver } from "../discovery/serverResolver";
 import { RemoteError } from "../errors";
 import {
@@ -80,17 +80,7 @@ export class FederationClient {
     body?: unknown,
     options: RequestOptions = {},
   ): Promise<T> {
-    parseServerName(destination);
-    if (!METHOD.test(method)) throw new Error(`method ${JSON.stringify(method)} must be upper case`);
-    if (options.signal?.aborted === true) throw new RequestAbortedError(destination);
-    const base = await this.options.resolver.resolve(destination);
-    const url = new URL(path, base);
-    if (!path.startsWith("/") || path.startsWith("//") || url.pathname + url.search !== path) {
-      throw new Error(
-        `path ${JSON.stringify(path)} is not in the form sent on the wire ` +
-          `(would be sent as ${JSON.stringify(url.pathname + url.search)}); encode segments with encodeURIComponent`,
-      );
-    }
+    const url = await this.urlOf(destination, method, path, options);
     const content = body === undefined && BODY_METHODS.has(method) ? {} : body;
     // Canonical JSON on the wire: the receiver's parse-and-canonicalise gives back exactly the signed bytes.
     const payload = content === undefined ? undefined : canonicalJson(content);
@@ -153,6 +143,74 @@ export class FederationClient {
     }
     throw remote;
   }
+
+  /**
+   * A signed request with a binary body (an OHTTP Encapsulated Request): the X-Matrix signature's
+   * `content` is the body's digest (`binaryBodyContent`). Answers the status, Content-Type and
+   * bytes as they came, any status; rejects only when the peer cannot be resolved or reached
+   * (FederationNetworkError), answers too much (ResponseTooLargeError) or the signal aborts.
+   */
+  async requestBytes(
+    destination: string,
+    method: string,
+    path: string,
+    body: Uint8Array,
+    contentType: string,
+    options: RequestOptions & { maxResponseBytes?: number; accept?: string } = {},
+  ): Promise<BytesAnswer> {
+    const url = await this.urlOf(destination, method, path, options);
+    const headers: Record<string, string> = {
+      "Content-Type": contentType,
+      Authorization: signRequest(
+        { method, uri: path, origin: this.serverName, destination, content: binaryBodyContent(body) },
+        this.options.signingKey,
+      ),
+    };
+    if (options.accept !== undefined) headers.Accept = options.accept;
+    const result = await this.transport(
+      url,
+      { method, headers, body },
+      {
+        destination,
+        timeoutMs: options.timeoutMs ?? this.timeoutMs,
+        maxBytes: options.maxResponseBytes ?? this.maxResponseBytes,
+        ...(options.signal === undefined ? {} : { signal: options.signal }),
+      },
+    );
+    return {
+      status: result.status,
+      contentType: result.headers.get("content-type") ?? undefined,
+      bytes: result.bytes,
+    };
+  }
+
+  /** The URL of `path` at `destination`, refusing a path that URL parsing would rewrite (it is signed). */
+  private async urlOf(
+    destination: string,
+    method: string,
+    path: string,
+    options: RequestOptions,
+  ): Promise<URL> {
+    parseServerName(destination);
+    if (!METHOD.test(method)) throw new Error(`method ${JSON.stringify(method)} must be upper case`);
+    if (options.signal?.aborted === true) throw new RequestAbortedError(destination);
+    const base = await this.options.resolver.resolve(destination);
+    const url = new URL(path, base);
+    if (!path.startsWith("/") || path.startsWith("//") || url.pathname + url.search !== path) {
+      throw new Error(
+        `path ${JSON.stringify(path)} is not in the form sent on the wire ` +
+          `(would be sent as ${JSON.stringify(url.pathname + url.search)}); encode segments with encodeURIComponent`,
+      );
+    }
+    return url;
+  }
+}
+
+/** A binary answer, whatever its status (`requestBytes`). */
+export interface BytesAnswer {
+  status: number;
+  contentType: string | undefined;
+  bytes: Buffer;
 }
 
 /** RFC 9110 §10.2.3 `Retry-After`: delay-seconds or an HTTP date, as milliseconds from `now`. */

@@ -148,7 +148,8 @@ export function parseJsonBytes(bytes: Uint8Array): { value: unknown } | undefine
 export interface HttpRequestInit {
   method: string;
   headers: Record<string, string>;
-  body?: string;
+  /** JSON text, or the bytes of a binary body (OHTTP). */
+  body?: string | Uint8Array;
 }
 
 /** Sends one request; the contract of `sendHttp`, without redirects followed. */

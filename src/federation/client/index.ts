@@ -3,6 +3,7 @@ export {
   DEFAULT_MAX_RESPONSE_BYTES,
   DEFAULT_REQUEST_TIMEOUT_MS,
   parseRetryAfter,
+  type BytesAnswer,
   type FederationClientOptions,
   type RequestOptions,
 } from "./federationClient";

@@ -17,4 +17,5 @@ export {
   KeyRing,
   SERVER_KEYS_PATH,
   type KeyRingOptions,
+  type OhttpKeys,
 } from "./keyRing";

@@ -1,14 +1,19 @@
+import { decodeBase64, encodeUnpaddedBase64 } from "../../events/base64";
 import type { VerifyKeyLookup } from "../../events/signatures";
 import { VerifyKey, type ServerSigningKey } from "../../events/signingKey";
 import { parseKeyId, parseServerName } from "../../identifiers";
 import { prefixEnd, type BatchOp, type KvStore } from "../../store/kv";
 import { parseJsonBytes, sendHttp, type FetchFn } from "../client/http";
 import type { Resolver } from "../discovery/serverResolver";
+import { OHTTP_KEYS_FIELD } from "../ohttp/constants";
+import { decodeKeyConfigList, type KeyConfig } from "../ohttp/keyConfig";
 import { BoundedExpiringMap } from "./boundedMap";
 import { parseServerKeysResponse, type OldVerifyKey, type ServerKey } from "./serverKeys";
 
 const SEP = "\u0000";
 const KEY_PREFIX = `k${SEP}`;
+/** `ko␀<server>`: the OHTTP key configurations a server's key answer carried, pinned with it. */
+const OHTTP_PREFIX = `ko${SEP}`;
 export const SERVER_KEYS_PATH = "/_matrix/key/v2/server";
 /** Default of `KeyRingOptions.minRefetchIntervalMs`. */
 export const DEFAULT_MIN_REFETCH_INTERVAL_MS = 30_000;
@@ -50,6 +55,20 @@ interface StoredKey {
   old: boolean;
 }
 
+/** A server's OHTTP key configurations (RFC 9458 §3), from its signed key answer. */
+export interface OhttpKeys {
+  /** `application/ohttp-keys`, as published. */
+  bytes: Uint8Array;
+  configs: KeyConfig[];
+  /** The key answer's (capped) `valid_until_ts`: used until then, or until a gateway refuses them. */
+  validUntil: number;
+}
+
+interface StoredOhttpKeys {
+  keys: string;
+  validUntil: number;
+}
+
 /**
  * The verify keys of every server we talk to (LM-04 §Retrieving Server Keys):
  * fetched from `/_matrix/key/v2/server`, cached in memory and in the store.
@@ -61,8 +80,10 @@ export class KeyRing implements VerifyKeyLookup {
   /** Only servers that answered with valid keys (or that the store remembers) get an entry. */
   private readonly servers = new Map<string, Map<string, ServerKey>>();
   private readonly inflight = new Map<string, Promise<void>>();
+  /** Their OHTTP key configurations, replaced by each successful fetch of their keys. */
+  private readonly ohttp = new Map<string, OhttpKeys>();
   /** Servers fetched within the refetch interval, with the error if the fetch failed. */
-  private readonly attempts: BoundedExpiringMap<{ error: string | undefined }>;
+  private readonly attempts: BoundedExpiringMap<{ error: string | undefined; ohttpError?: string }>;
   private readonly fetchFn: FetchFn;
   private readonly now: () => number;
   private readonly minRefetchIntervalMs: number;
@@ -108,7 +129,44 @@ export class KeyRing implements VerifyKeyLookup {
     })) {
       ring.loadStored(storeKey, value);
     }
+    for await (const [storeKey, value] of options.store.range({
+      gte: OHTTP_PREFIX,
+      lt: prefixEnd(OHTTP_PREFIX),
+    })) {
+      ring.loadStoredOhttp(storeKey.slice(OHTTP_PREFIX.length), value);
+    }
     return ring;
+  }
+
+  /**
+   * The OHTTP key configurations `serverName` published with its keys, while valid; undefined
+   * when it published none (it has not upgraded) or they expired.
+   */
+  ohttpKeys(serverName: string): OhttpKeys | undefined {
+    const pinned = this.ohttp.get(serverName);
+    return pinned !== undefined && pinned.validUntil > this.now() ? pinned : undefined;
+  }
+
+  /** Why the server's last key answer carried no usable OHTTP key configuration, if it was malformed. */
+  lastOhttpError(serverName: string): string | undefined {
+    return this.attempts.get(serverName)?.ohttpError;
+  }
+
+  /**
+   * Fetches the server's keys, and with them its OHTTP key configurations, when none are pinned
+   * or they expired, or with `refresh` (its gateway refused the pinned ones): under the same rules
+   * as `ensureKeys`, so at most once per `minRefetchIntervalMs` per server.
+   */
+  async ensureOhttpKeys(serverName: string, refresh = false): Promise<void> {
+    parseServerName(serverName);
+    if (serverName === this.serverName || !this.canRoute(serverName)) return;
+    if (!refresh && this.ohttpKeys(serverName) !== undefined) return;
+    const pending = this.inflight.get(serverName);
+    if (pending !== undefined) return pending;
+    if (this.attempts.get(serverName) !== undefined) return;
+    const fetching = this.fetchAndStore(serverName).finally(() => this.inflight.delete(serverName));
+    this.inflight.set(serverName, fetching);
+    return fetching;
   }
 
   /**
@@ -191,11 +249,14 @@ export class KeyRing implements VerifyKeyLookup {
   }
 
   private async fetchAndStore(serverName: string): Promise<void> {
-    const attempt: { error: string | undefined } = { error: undefined };
+    const attempt: { error: string | undefined; ohttpError?: string } = { error: undefined };
     this.attempts.set(serverName, attempt);
     let fetched: ServerKey[];
+    let ohttp: OhttpKeys | undefined;
     try {
-      fetched = await this.fetchKeys(serverName);
+      const answer = await this.fetchKeys(serverName);
+      fetched = answer.keys;
+      ohttp = this.ohttpOf(answer.body, answer.validUntilTs, attempt);
     } catch (err) {
       attempt.error = (err as Error).message;
       return;
@@ -222,11 +283,61 @@ export class KeyRing implements VerifyKeyLookup {
         old: entry.old,
       } satisfies StoredKey),
     }));
+    ops.push(
+      ohttp === undefined
+        ? { type: "del", key: OHTTP_PREFIX + serverName }
+        : {
+            type: "put",
+            key: OHTTP_PREFIX + serverName,
+            value: JSON.stringify({
+              keys: encodeUnpaddedBase64(ohttp.bytes),
+              validUntil: ohttp.validUntil,
+            } satisfies StoredOhttpKeys),
+          },
+    );
     await this.options.store.commit(ops);
     this.servers.set(serverName, merged);
+    if (ohttp === undefined) this.ohttp.delete(serverName);
+    else this.ohttp.set(serverName, ohttp);
   }
 
-  private async fetchKeys(serverName: string): Promise<ServerKey[]> {
+  /** The OHTTP key configurations of a verified key answer; a malformed field counts as none. */
+  private ohttpOf(
+    body: unknown,
+    validUntil: number,
+    attempt: { ohttpError?: string },
+  ): OhttpKeys | undefined {
+    const field = (body as Record<string, unknown>)[OHTTP_KEYS_FIELD];
+    if (field === undefined) return undefined;
+    const bytes = typeof field === "string" ? decodeBase64(field) : undefined;
+    try {
+      if (bytes === undefined) throw new Error(`${OHTTP_KEYS_FIELD} is not base64`);
+      return {
+        bytes: new Uint8Array(bytes),
+        configs: decodeKeyConfigList(new Uint8Array(bytes)),
+        validUntil,
+      };
+    } catch (err) {
+      attempt.ohttpError = (err as Error).message;
+      return undefined;
+    }
+  }
+
+  private loadStoredOhttp(serverName: string, value: string): void {
+    try {
+      const stored = JSON.parse(value) as StoredOhttpKeys;
+      const bytes = decodeBase64(stored.keys);
+      if (bytes === undefined || typeof stored.validUntil !== "number") return;
+      const configs = decodeKeyConfigList(new Uint8Array(bytes));
+      this.ohttp.set(serverName, { bytes: new Uint8Array(bytes), configs, validUntil: stored.validUntil });
+    } catch {
+      // Unreadable: fetched again when needed.
+    }
+  }
+
+  private async fetchKeys(
+    serverName: string,
+  ): Promise<{ keys: ServerKey[]; body: unknown; validUntilTs: number }> {
     const base = await this.options.resolver.resolve(serverName);
     const url = new URL(SERVER_KEYS_PATH, base);
     const result = await sendHttp(
@@ -238,7 +349,8 @@ export class KeyRing implements VerifyKeyLookup {
     if (result.status !== 200) throw new Error(`${url.href} answered HTTP ${result.status}`);
     const json = parseJsonBytes(result.bytes);
     if (json === undefined) throw new Error(`${url.href} did not answer JSON`);
-    return parseServerKeysResponse(json.value, serverName, this.now()).keys;
+    const parsed = parseServerKeysResponse(json.value, serverName, this.now());
+    return { keys: parsed.keys, body: json.value, validUntilTs: parsed.validUntilTs };
   }
 
   private loadStored(storeKey: string, value: string): void {

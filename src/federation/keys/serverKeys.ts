@@ -52,11 +52,15 @@ export class ServerKeysError extends MimiError {
   }
 }
 
-/** Builds our `GET /_matrix/key/v2/server` answer, self-signed per LM-04 §Signing Arbitrary Objects. */
+/**
+ * Builds our `GET /_matrix/key/v2/server` answer, self-signed per LM-04 §Signing Arbitrary Objects.
+ * `fields` are extension fields signed with the rest (the OHTTP key configurations).
+ */
 export function buildServerKeysResponse(
   current: ServerSigningKey,
   oldKeys: readonly OldVerifyKey[],
   validUntilTs: number,
+  fields: Readonly<Record<string, string>> = {},
 ): ServerKeysBody {
   if (!Number.isSafeInteger(validUntilTs) || validUntilTs < 0) {
     throw new Error(`valid_until_ts must be a non-negative integer, got ${validUntilTs}`);
@@ -75,6 +79,7 @@ export function buildServerKeysResponse(
     oldVerifyKeys[old.keyId] = { key: old.publicKeyBase64, expired_ts: old.expiredTs };
   }
   const unsigned = {
+    ...fields,
     server_name: current.serverName,
     valid_until_ts: validUntilTs,
     "m.linearized": true as const,
@@ -187,20 +192,23 @@ export class ServerKeysPublisher {
   private readonly now: () => number;
   private readonly validityMs: number;
 
+  private readonly fields: Readonly<Record<string, string>>;
+
   constructor(
     readonly key: ServerSigningKey,
     readonly oldKeys: readonly OldVerifyKey[] = [],
-    options: { now?: () => number; validityMs?: number } = {},
+    options: { now?: () => number; validityMs?: number; fields?: Readonly<Record<string, string>> } = {},
   ) {
     this.now = options.now ?? Date.now;
     this.validityMs = options.validityMs ?? DEFAULT_PUBLISHED_VALIDITY_MS;
-    buildServerKeysResponse(key, oldKeys, 0);
+    this.fields = options.fields ?? {};
+    buildServerKeysResponse(key, oldKeys, 0, this.fields);
   }
 
   response(): ServerKeysBody {
     const now = this.now();
     if (this.cached === undefined || this.cached.valid_until_ts - now < this.validityMs / 2) {
-      this.cached = buildServerKeysResponse(this.key, this.oldKeys, now + this.validityMs);
+      this.cached = buildServerKeysResponse(this.key, this.oldKeys, now + this.validityMs, this.fields);
     }
     return this.cached;
   }

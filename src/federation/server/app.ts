@@ -4,9 +4,11 @@ import { isValidEventId, isValidRoomId, isValidUserId } from "../../identifiers"
 import { createLogger } from "../../logging";
 import type { ServerSigningKey } from "../../events/signingKey";
 import type { JsonObject } from "../../events/types";
-import { verifyRequest, type RequestKeySource } from "../auth/requestAuth";
+import { binaryBodyContent, verifyRequest, type RequestKeySource } from "../auth/requestAuth";
 import { errorResponse, FederationError } from "../errors";
 import { ServerKeysPublisher, type OldVerifyKey } from "../keys";
+import { MEDIA_OHTTP_KEYS, MEDIA_OHTTP_REQUEST, MEDIA_OHTTP_RESPONSE } from "../ohttp/keyConfig";
+import type { RawAnswer } from "../ohttp/relay";
 
 /** Largest request body we read: 50 PDUs of at most 64 KiB each, plus room for the envelope. */
 export const MAX_REQUEST_BYTES = 4 * 1024 * 1024;
@@ -59,6 +61,20 @@ export interface FederationAppOptions {
     onDiscover(origin: string, body: unknown): Promise<JsonObject>;
     onClaim(origin: string, body: unknown): Promise<JsonObject>;
   };
+  /** Fields added to our signed `GET /_matrix/key/v2/server` answer (the OHTTP key configurations). */
+  serverKeysFields?: Record<string, string>;
+  /** Our OHTTP resources (RFC 9458): binary bodies, under `ohttp.prefix`. */
+  ohttp?: {
+    prefix: string;
+    /** Body limit of the gateway and relay resources. */
+    maxRequestBytes: number;
+    /** `GET …/keys`: `application/ohttp-keys`, no authentication. */
+    keys(): Uint8Array;
+    /** `POST …/gateway`, X-Matrix over the body's digest: the encapsulated response. */
+    gateway(body: Uint8Array): Promise<Uint8Array>;
+    /** `POST …/relay/:serverName`, for our own clients (their token in `authorization`). */
+    relay(target: string, authorization: string | undefined, body: Uint8Array): Promise<RawAnswer>;
+  };
 }
 
 /** A matched request: decoded path parameters, the query, and the parsed JSON body (if any). */
@@ -67,6 +83,9 @@ interface Call {
   params: Record<string, string>;
   query: URLSearchParams;
   body: unknown;
+  /** The raw body of a binary route. */
+  bytes: Uint8Array;
+  authorization: string | undefined;
 }
 
 interface Route {
@@ -77,6 +96,8 @@ interface Route {
   open?: boolean;
   /** LM-04 marks it "Rate-limited: Yes". */
   limited: boolean;
+  /** A binary route: its body's media type and size limit; it answers a RawAnswer. */
+  binary?: { mediaType: string; maxBytes: number };
   handle(call: Call, res: ServerResponse): Promise<unknown> | unknown;
 }
 
@@ -162,14 +183,16 @@ function queryString(call: Call, name: string): string {
  */
 export function createFederationApp(options: FederationAppOptions): RequestListener {
   const provider = options.handlers;
-  const publisher = new ServerKeysPublisher(options.signingKey, [...options.oldVerifyKeys]);
+  const publisher = new ServerKeysPublisher(options.signingKey, [...options.oldVerifyKeys], {
+    ...(options.serverKeysFields === undefined ? {} : { fields: options.serverKeysFields }),
+  });
   const v = "/_matrix/federation";
   const routes: Route[] = [];
   const add = (
     method: Route["method"],
     template: string,
     handle: Route["handle"],
-    flags: { limited?: boolean; open?: boolean } = {},
+    flags: { limited?: boolean; open?: boolean; binary?: Route["binary"] } = {},
   ) =>
     routes.push({
       method,
@@ -177,6 +200,7 @@ export function createFederationApp(options: FederationAppOptions): RequestListe
       limited: flags.limited ?? true,
       handle,
       ...(flags.open ? { open: true } : {}),
+      ...(flags.binary === undefined ? {} : { binary: flags.binary }),
     });
 
   add("GET", "/_matrix/key/v2/server", () => publisher.response(), { open: true, limited: false });
@@ -236,6 +260,36 @@ export function createFederationApp(options: FederationAppOptions): RequestListe
     add("POST", `${mls.prefix}/key_packages/claim`, (call) => mls.onClaim(call.origin, call.body));
   }
 
+  const ohttp = options.ohttp;
+  if (ohttp !== undefined) {
+    const binary = { mediaType: MEDIA_OHTTP_REQUEST, maxBytes: ohttp.maxRequestBytes };
+    add(
+      "GET",
+      `${ohttp.prefix}/keys`,
+      (): RawAnswer => ({ status: 200, contentType: MEDIA_OHTTP_KEYS, body: ohttp.keys() }),
+      { open: true, limited: false, binary },
+    );
+    // Authenticated as the relaying server, and rate-limited per relay before any HPKE work.
+    add(
+      "POST",
+      `${ohttp.prefix}/gateway`,
+      async (call): Promise<RawAnswer> => ({
+        status: 200,
+        contentType: MEDIA_OHTTP_RESPONSE,
+        body: await ohttp.gateway(call.bytes),
+        headers: { "Cache-Control": "no-store" },
+      }),
+      { binary },
+    );
+    // Our clients' resource, not a federation one: no X-Matrix (their token is checked by the relay).
+    add(
+      "POST",
+      `${ohttp.prefix}/relay/:serverName`,
+      (call) => ohttp.relay(call.params.serverName!, call.authorization, call.bytes),
+      { open: true, limited: false, binary },
+    );
+  }
+
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const target = req.url ?? "/";
     const queryAt = target.indexOf("?");
@@ -250,21 +304,31 @@ export function createFederationApp(options: FederationAppOptions): RequestListe
           throw new FederationError(404, "M_UNRECOGNIZED", `unknown endpoint ${method} ${path}`);
         throw new FederationError(405, "M_UNRECOGNIZED", `method ${method} is not allowed on ${path}`);
       }
-      // LM-04 §Requests and Responses: POST and PUT carry a JSON object.
+      // LM-04 §Requests and Responses: POST and PUT carry a JSON object; binary routes their media type.
       const hasBody = method === "POST" || method === "PUT";
-      if (hasBody && !/^application\/json\s*(;|$)/i.test(req.headers["content-type"] ?? "")) {
+      const binary = route.binary;
+      if (hasBody && binary !== undefined) {
+        if (mediaTypeOf(req.headers["content-type"]) !== binary.mediaType) {
+          throw new FederationError(415, "M_INVALID_PARAM", `Content-Type must be ${binary.mediaType}`);
+        }
+      } else if (hasBody && !/^application\/json\s*(;|$)/i.test(req.headers["content-type"] ?? "")) {
         throw new FederationError(400, "M_NOT_JSON", "Content-Type must be application/json");
       }
       let body: unknown;
       let bytes: Buffer;
       try {
-        bytes = await readBody(req, MAX_REQUEST_BYTES);
+        bytes = await readBody(req, binary?.maxBytes ?? MAX_REQUEST_BYTES);
       } catch (err) {
         // The rest of an oversized body is not read: the connection is closed after the answer.
         res.setHeader("Connection", "close");
         throw err;
       }
-      if (bytes.length === 0) {
+      if (binary !== undefined) {
+        if (hasBody && bytes.length === 0)
+          throw new FederationError(400, "IO.MIMI_APPSERVICE.OHTTP_MALFORMED", "the request body is empty");
+        // The signature covers a binary body through its digest.
+        if (hasBody) body = binaryBodyContent(bytes);
+      } else if (bytes.length === 0) {
         if (hasBody) throw new FederationError(400, "M_NOT_JSON", "the request body is empty");
       } else {
         try {
@@ -287,8 +351,10 @@ export function createFederationApp(options: FederationAppOptions): RequestListe
         });
         if (route.limited) options.admit?.(origin);
       }
-      const answer = await route.handle({ origin, params, query, body }, res);
-      sendJson(res, 200, answer ?? {});
+      const authorization = req.headers.authorization;
+      const answer = await route.handle({ origin, params, query, body, bytes, authorization }, res);
+      if (binary !== undefined) sendRaw(res, answer as RawAnswer);
+      else sendJson(res, 200, answer ?? {});
     } catch (err) {
       const { status, body } = errorResponse(err);
       if (status >= 500) log.error("request failed", { method, path, error: err });
@@ -296,11 +362,27 @@ export function createFederationApp(options: FederationAppOptions): RequestListe
       const headers: Record<string, string> = {};
       const retryAfterMs = (body as { retry_after_ms?: unknown }).retry_after_ms;
       if (typeof retryAfterMs === "number") headers["Retry-After"] = String(Math.ceil(retryAfterMs / 1000));
+      // An OHTTP refusal with a problem type (RFC 9458 §5.3) is application/problem+json.
+      const contentType = (err as { contentType?: unknown }).contentType;
       if (res.headersSent) res.destroy();
-      else sendJson(res, status, body, headers);
+      else sendJson(res, status, body, headers, typeof contentType === "string" ? contentType : undefined);
     }
   };
   return (req, res) => void serve(req, res);
+}
+
+function sendRaw(res: ServerResponse, answer: RawAnswer): void {
+  res.writeHead(answer.status, {
+    ...answer.headers,
+    "Content-Type": answer.contentType,
+    "Content-Length": answer.body.length,
+  });
+  res.end(answer.body);
+}
+
+/** The media type of a Content-Type value, lower case, without parameters. */
+function mediaTypeOf(value: string | undefined): string | undefined {
+  return value?.split(";")[0]!.trim().toLowerCase();
 }
 
 const UTF8 = new TextDecoder("utf-8", { fatal: true });

@@ -1097,6 +1097,7 @@ export class GroupAgent {
     const welcomes = this.options.welcomes;
     if (welcomes === undefined) return false;
     const members = new Set(membersOf(group).map((m) => m.userId));
+    if (welcomes.claims.bundlesClaims) await this.claimTogether(progress, members);
     for (const user of [...progress.toAdd]) {
       if (progress.participation.get(user) !== "join" || members.has(user)) {
         progress.toAdd.delete(user);
@@ -1137,6 +1138,31 @@ export class GroupAgent {
       return true;
     }
     return false;
+  }
+
+  /**
+   * With `mls.bundle_claims`, the KeyPackages of every joined user waiting to be added are claimed
+   * at once, those of one provider in one request (McMillion §Privacy); each Add then uses its own.
+   */
+  private async claimTogether(progress: RoomProgress, members: Set<string | undefined>): Promise<void> {
+    const welcomes = this.options.welcomes!;
+    const waiting = [...progress.toAdd].filter(
+      (user) =>
+        progress.participation.get(user) === "join" && !members.has(user) && !progress.claimed.has(user),
+    );
+    if (waiting.length < 2) return;
+    for (const [user, result] of await welcomes.claims.claimMany(waiting)) {
+      if (!(result instanceof Error)) {
+        progress.claimed.set(user, result);
+        continue;
+      }
+      this.options.log.info("cannot claim a KeyPackage for an Add", {
+        roomId: progress.roomId,
+        user,
+        error: result.message,
+      });
+      progress.toAdd.delete(user);
+    }
   }
 
   private async establish(progress: RoomProgress, creator: string): Promise<void> {
