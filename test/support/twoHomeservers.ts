@@ -55,6 +55,8 @@ export interface TwoHomeserversOptions {
    * compiled by tsc, as `npm start` runs it). Default: the sources through tsx.
    */
   entry?: readonly string[];
+  /** More `limits` of both providers' configs (e.g. raised federation rate limits), over the harness's. */
+  limits?: Record<string, number>;
 }
 
 /** One body that went over MIMI federation, as a recording proxy saw it. */
@@ -355,7 +357,7 @@ export async function startTwoHomeservers(options: TwoHomeserversOptions): Promi
         database: { path: "data/db", durability: options.durability ?? "os" },
         signing_key_path: "data/signing.key",
         // Tests send bursts as one user; the rate limits have tests of their own.
-        limits: { local_sends_per_second: 100_000, local_send_burst: 100_000 },
+        limits: { local_sends_per_second: 100_000, local_send_burst: 100_000, ...options.limits },
         admin_api: { bind_address: "127.0.0.1", port: port.admin, token: ADMIN_TOKEN },
         logging: { level: options.logLevel ?? "info" },
         ...(options.joinWaitMs === undefined ? {} : { mls: { join_wait_ms: options.joinWaitMs } }),
