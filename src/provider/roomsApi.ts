@@ -518,6 +518,9 @@ export class LocalRooms implements RoomsApi {
         const eventId = computeEventId(joinEvent, version);
         // Registered before `joining` is cleared, so no event the hub sends meanwhile is refused.
         caughtUp = this.options.catchUp.request(roomId, hubServer, eventId).then(() => undefined);
+        // Awaited below, after other awaits: observed now, so a failure meanwhile is not an
+        // unhandled rejection (which would stop the process) but this call's error.
+        caughtUp.catch(() => undefined);
         answer = { event_id: eventId };
       }
     } finally {
