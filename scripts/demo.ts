@@ -24,6 +24,9 @@ import {
   type Harness,
   type Homeserver,
   type MatrixClient,
+  isBotNotice,
+  isMembership,
+  isMessage,
   type MatrixEvent,
 } from "../test/support/twoHomeservers";
 import type { FullyFormedEvent, JsonObject } from "../src/events/types";
@@ -287,15 +290,6 @@ const HIDDEN_STATE = new Set([
   "io.mimi-appservice.portal",
 ]);
 
-const isMessage = (sender: string, body: string) => (e: MatrixEvent) =>
-  e.type === "m.room.message" && e.sender === sender && e.content.body === body;
-const isMembership = (stateKey: string, membership: string) => (e: MatrixEvent) =>
-  e.type === "m.room.member" && e.state_key === stateKey && e.content.membership === membership;
-const isBotNotice = (bot: string, pattern: RegExp) => (e: MatrixEvent) =>
-  e.type === "m.room.message" &&
-  e.sender === bot &&
-  e.content.msgtype === "m.notice" &&
-  pattern.test(String(e.content.body));
 const relatesTo = (e: MatrixEvent) => (e.content["m.relates_to"] ?? {}) as Record<string, unknown>;
 
 /**

@@ -14,6 +14,9 @@ import {
   startTwoHomeservers,
   type Harness,
   type MatrixClient,
+  isBotNotice,
+  isMembership,
+  isMessage,
   type MatrixEvent,
 } from "../support/twoHomeservers";
 
@@ -59,18 +62,6 @@ function step(name: string, fn: () => Promise<void>, timeoutMs?: number): void {
     timeoutMs,
   );
 }
-
-const isMessage = (sender: string, body: string) => (e: MatrixEvent) =>
-  e.type === "m.room.message" && e.sender === sender && e.content.body === body;
-
-const isMembership = (stateKey: string, membership: string) => (e: MatrixEvent) =>
-  e.type === "m.room.member" && e.state_key === stateKey && e.content.membership === membership;
-
-const isBotNotice = (bot: string, pattern: RegExp) => (e: MatrixEvent) =>
-  e.type === "m.room.message" &&
-  e.sender === bot &&
-  e.content.msgtype === "m.notice" &&
-  pattern.test(String(e.content.body));
 
 /** Sends a text message and keeps its body for the wire check. */
 function say(client: MatrixClient, roomId: string, body: string, txnId?: string): Promise<string> {

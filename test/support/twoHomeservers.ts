@@ -806,3 +806,14 @@ export function describeTimeline(events: MatrixEvent[]): string {
     })
     .join("\n");
 }
+
+/** Timeline predicates for `waitForEvent`: a message with this body, a membership, a bot's notice. */
+export const isMessage = (sender: string, body: string) => (e: MatrixEvent) =>
+  e.type === "m.room.message" && e.sender === sender && e.content.body === body;
+export const isMembership = (stateKey: string, membership: string) => (e: MatrixEvent) =>
+  e.type === "m.room.member" && e.state_key === stateKey && e.content.membership === membership;
+export const isBotNotice = (bot: string, pattern: RegExp) => (e: MatrixEvent) =>
+  e.type === "m.room.message" &&
+  e.sender === bot &&
+  e.content.msgtype === "m.notice" &&
+  pattern.test(String(e.content.body));
