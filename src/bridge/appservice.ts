@@ -135,7 +135,7 @@ export class Appservice {
       return appservice;
     }
     try {
-      await client.ping(registration.id, pingId);
+      await pingWithRetries(client, registration.id, pingId, log);
     } catch (err) {
       await appservice.stop();
       const reason = err instanceof HomeserverError ? err.message : String(err);
@@ -158,5 +158,38 @@ export class Appservice {
     await this.bridge.stop();
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+/** Pause before each further ping when the homeserver's connection to us failed (ms). */
+export const PING_RETRY_DELAYS_MS = [250, 500, 1_000, 2_000];
+
+/**
+ * The start-up ping, tried again when the homeserver answers that its connection to us failed
+ * (`M_CONNECTION_FAILED`, `M_CONNECTION_TIMEOUT`): after a restart it may first use a pooled
+ * connection to the process that is gone. Other answers (a wrong hs_token, no URL) are final.
+ */
+async function pingWithRetries(
+  client: HomeserverClient,
+  appserviceId: string,
+  pingId: string,
+  log: Logger,
+): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await client.ping(appserviceId, pingId);
+      return;
+    } catch (err) {
+      const delay = PING_RETRY_DELAYS_MS[attempt];
+      const transient =
+        err instanceof HomeserverError &&
+        (err.errcode === "M_CONNECTION_FAILED" || err.errcode === "M_CONNECTION_TIMEOUT");
+      if (!transient || delay === undefined) throw err;
+      log.warn("the homeserver could not reach us yet; pinging again", {
+        error: err.message,
+        retryInMs: delay,
+      });
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
   }
 }

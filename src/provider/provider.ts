@@ -445,6 +445,7 @@ export class MimiProvider {
       oldVerifyKeys: this.config.oldVerifyKeys,
       keyRing: this.keyRing,
       admit: (origin) => this.admitFederation(origin),
+      onAuthenticated: (origin) => this.delivery.peerReachedUs(origin),
       onError: (errcode, status) => {
         try {
           this.onFederationError(errcode, status);

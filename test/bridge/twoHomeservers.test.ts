@@ -342,8 +342,36 @@ describe("two homeservers, each with its appservice as a separate process", () =
           .filter((body) => body.startsWith("burst "));
       const complete = (sender: string, expected: string[]) => (t: MatrixEvent[]) =>
         bodiesFrom(t, sender).length >= expected.length;
-      await bob.waitForTimeline(portalB, complete(aliceOnB, fromAlice), 120_000, "alice's whole burst");
-      await alice.waitForTimeline(portalA, complete(bobOnA, fromBob), 120_000, "bob's whole burst");
+      // On a timeout, what is missing and the processes' warnings come first: the timelines are long.
+      const waitForBurst = async (
+        client: MatrixClient,
+        roomId: string,
+        sender: string,
+        expected: string[],
+      ) => {
+        try {
+          await client.waitForTimeline(
+            roomId,
+            complete(sender, expected),
+            120_000,
+            `the whole burst of ${sender}`,
+          );
+        } catch (err) {
+          const seen = new Set(bodiesFrom(client.timeline(roomId), sender));
+          const warnings = [h.a.appservice, h.b.appservice].flatMap((p) =>
+            p
+              .stderrLines()
+              .filter((line) => /"level":"(warn|error)"/.test(line) && !line.includes("delivery failed")),
+          );
+          (err as Error).message =
+            `missing: ${JSON.stringify(expected.filter((body) => !seen.has(body)))}\n` +
+            `warnings and errors of the appservices (delivery retries left out):\n${warnings.join("\n")}\n` +
+            (err as Error).message;
+          throw err;
+        }
+      };
+      await waitForBurst(bob, portalB, aliceOnB, fromAlice);
+      await waitForBurst(alice, portalA, bobOnA, fromBob);
       // A duplicate would come from a replay just after a restart: give it time to show.
       await new Promise((resolve) => setTimeout(resolve, 3_000));
       const onA = await alice.history(portalA);

@@ -283,6 +283,8 @@ export async function startProviders(
     routeOf?: (name: string, url: string) => Promise<string> | string;
     /** Hosted MLS clients (config `mls.hosted_clients`); default on. */
     hostedClients?: boolean;
+    /** Settings of a provider's `federation:` config over the defaults here, by server name. */
+    federation?: Record<string, Record<string, unknown>>;
   } = {},
 ): Promise<ProviderProcess[]> {
   const ports = await Promise.all(names.map(async () => [await freePort(), await freePort()] as const));
@@ -303,6 +305,7 @@ export async function startProviders(
         well_known: false,
         retry_base_ms: 50,
         retry_max_ms: 500,
+        ...options.federation?.[name],
       },
       database: { path: "data/db", durability: "os" },
       // Tests drive many events from one user; the rate limits have tests of their own.

@@ -107,6 +107,9 @@ export interface InFlightInfo {
   sending: boolean;
 }
 
+/** A peer's own request ends our backoff wait for it only this long after our last failed send (ms). */
+export const PEER_WAKE_MIN_WAIT_MS = 1_000;
+
 interface DestinationWorker {
   loop: Promise<void> | undefined;
   /** Woken while the loop ran: look for new items before going idle. */
@@ -116,6 +119,8 @@ interface DestinationWorker {
   failures: number;
   lastError: Error | undefined;
   retryAt: number | undefined;
+  /** When the last attempt failed. */
+  failedAt: number | undefined;
   cancelWait: (() => void) | undefined;
   /** Sends of `txn` so far. */
   attempts: number;
@@ -273,6 +278,20 @@ export class OutboundDelivery {
   /** Ends a destination's backoff wait now, e.g. when the peer is known to be back. */
   retryNow(destination: string): void {
     this.workers.get(destination)?.cancelWait?.();
+  }
+
+  /**
+   * The destination reached us (an authenticated request), so it is up: a backoff wait for it
+   * ends now, as a homeserver resets its retry timings for a server it hears from, instead of
+   * lasting up to the backoff cap after a peer's restart. Only a wait begun at least
+   * `PEER_WAKE_MIN_WAIT_MS` after the last failure is cut, so a peer that calls us often while
+   * our sends to it keep failing is not retried at its rate.
+   */
+  peerReachedUs(destination: string): void {
+    const worker = this.workers.get(destination);
+    if (worker?.waiting !== true || worker.failedAt === undefined) return;
+    if (this.now() - worker.failedAt < PEER_WAKE_MIN_WAIT_MS) return;
+    worker.cancelWait?.();
   }
 
   /**
@@ -473,7 +492,8 @@ export class OutboundDelivery {
       backoffDelay(worker.failures, this.policy, this.random),
       Math.min(retryAfter(err), this.maxRetryAfterMs),
     );
-    worker.retryAt = this.now() + delay;
+    worker.failedAt = this.now();
+    worker.retryAt = worker.failedAt + delay;
     this.notify(destination, worker.lastError, {
       txnId,
       attempt: worker.failures,
@@ -515,6 +535,7 @@ export class OutboundDelivery {
         failures: 0,
         lastError: undefined,
         retryAt: undefined,
+        failedAt: undefined,
         cancelWait: undefined,
         attempts: 0,
         refusals: 0,

@@ -4,6 +4,7 @@ export {
   DEFAULT_MAX_RETRY_AFTER_MS,
   DEFAULT_REFUSAL_MIN_SPAN_MS,
   OutboundDelivery,
+  PEER_WAKE_MIN_WAIT_MS,
   type DeliveryFailureInfo,
   type InFlightInfo,
   type OutboundDeliveryOptions,

@@ -53,6 +53,8 @@ export interface FederationAppOptions {
   keyRing: RequestKeySource;
   /** Called with the authenticated origin before a rate-limited endpoint's handler; throws to refuse. */
   admit?: (origin: string) => void;
+  /** Told of every authenticated origin (the peer is up); must not throw. */
+  onAuthenticated?: (origin: string) => void;
   /** Told of each error answer (e.g. to count them); must not throw. */
   onError?: (errcode: string, status: number) => void;
   /** Our MLS endpoints (KeyPackage discovery and claims), under `mls.prefix`. */
@@ -349,6 +351,7 @@ export function createFederationApp(options: FederationAppOptions): RequestListe
           ourServerName: options.serverName,
           keyRing: options.keyRing,
         });
+        options.onAuthenticated?.(origin);
         if (route.limited) options.admit?.(origin);
       }
       const authorization = req.headers.authorization;

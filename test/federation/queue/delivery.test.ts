@@ -3,6 +3,7 @@ import { FederationNetworkError, RemoteError } from "../../../src/federation/err
 import {
   OutboundDelivery,
   OutboundQueue,
+  PEER_WAKE_MIN_WAIT_MS,
   QueueError,
   backoffDelay,
   type DeliveryFailureInfo,
@@ -475,6 +476,32 @@ describe("OutboundDelivery restart and crashes", () => {
     await eventually(idle(h));
     expect(h.timer.pendingCount).toBe(0);
     expect(h.sender.calls.map((c) => c.txnId)).toEqual([h.sender.calls[0]!.txnId, h.sender.calls[0]!.txnId]);
+  });
+
+  it("a request from the destination ends a backoff wait begun at least a second after the failure", async () => {
+    const clock = new Clock();
+    const h = await harness({ now: clock.now });
+    let down = true;
+    h.sender.behaviour = () => {
+      if (down) throw new Error("down");
+      return { pdus: {} };
+    };
+    await h.queue.enqueue(DEST, [pdu(1)]);
+    h.delivery.start();
+    await h.timer.requested(1);
+    down = false;
+    // Just after the failure, and from another server: the wait goes on.
+    clock.t += PEER_WAKE_MIN_WAIT_MS - 1;
+    h.delivery.peerReachedUs(DEST);
+    h.delivery.peerReachedUs("c.example");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(h.sender.calls).toHaveLength(1);
+    expect(h.timer.pendingCount).toBe(1);
+    clock.t += 1;
+    h.delivery.peerReachedUs(DEST);
+    await eventually(idle(h));
+    expect(h.timer.pendingCount).toBe(0);
+    expect(h.sender.calls).toHaveLength(2);
   });
 
   it("stop() ends a backoff wait at once", async () => {
