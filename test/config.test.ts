@@ -27,7 +27,7 @@ describe("config", () => {
     expect(config).toMatchObject({
       serverName: "a.example",
       federation: { bindAddress: "0.0.0.0", port: 8448, staticRoutes: {}, wellKnown: true },
-      database: { path: "/srv/mimi/data/db", durability: "fsync" },
+      database: { engine: "leveldb", path: "/srv/mimi/data/db", durability: "fsync" },
       signingKeyPath: "/srv/mimi/data/signing.key",
       admin: undefined,
     });
@@ -185,9 +185,51 @@ describe("config", () => {
       [...VALID, "old_verify_keys: { 'ed25519:x': { key: 'nope', expired_ts: 1 } }"].join("\n"),
       /old_verify_keys/,
     ],
+    [
+      "PostgreSQL settings for LevelDB",
+      [...VALID, "database: { url: 'postgres://x@127.0.0.1/db' }"].join("\n"),
+      /database.url: only for engine postgres/,
+    ],
+    [
+      "a folder for PostgreSQL",
+      [...VALID, "database: { engine: postgres, path: db, url: 'postgres://x@h/db' }"].join("\n"),
+      /database.path: only for engine leveldb/,
+    ],
+    [
+      "PostgreSQL without a URL",
+      [...VALID, "database: { engine: postgres }"].join("\n"),
+      /database.url: required/,
+    ],
+    [
+      "a URL that is not PostgreSQL's",
+      [...VALID, "database: { engine: postgres, url: 'mysql://h/db' }"].join("\n"),
+      /database.url: must be a postgres:\/\/ connection URL/,
+    ],
+    [
+      "a schema name PostgreSQL would need quoted",
+      [...VALID, "database: { engine: postgres, url: 'postgres://h/db', schema: 'Mimi-1' }"].join("\n"),
+      /database.schema/,
+    ],
+    ["an unknown engine", [...VALID, "database: { engine: sqlite }"].join("\n"), /database.engine/],
   ])("refuses %s, naming it", (_what, text, message) => {
     expect(() => parseConfig(text, "/srv")).toThrow(ConfigError);
     expect(() => parseConfig(text, "/srv")).toThrow(message);
+  });
+
+  it("reads a PostgreSQL database's settings, with defaults for the pool and schema", () => {
+    const url = "postgres://mimi@127.0.0.1:5432/mimi";
+    expect(
+      parseConfig([...VALID, `database: { engine: postgres, url: '${url}' }`].join("\n"), "/srv").database,
+    ).toEqual({ engine: "postgres", url, poolSize: 10, schema: "public", durability: "fsync" });
+    const set =
+      "database: { engine: postgres, url: 'postgresql://h/db', pool_size: 4, schema: mimi_a, durability: os }";
+    expect(parseConfig([...VALID, set].join("\n"), "/srv").database).toEqual({
+      engine: "postgres",
+      url: "postgresql://h/db",
+      poolSize: 4,
+      schema: "mimi_a",
+      durability: "os",
+    });
   });
 });
 

@@ -1,6 +1,10 @@
 #!/usr/bin/env node
 import type { Server } from "node:http";
-import { ConfigError, loadConfig } from "../config/config";
+import { resolve } from "node:path";
+import { ConfigError, loadConfig, type DatabaseConfig } from "../config/config";
+import { StoreError } from "../store/levelStore";
+import { copyStore } from "../store/migrateStore";
+import { openStore } from "../store/openStore";
 import { MimiProvider } from "../provider/provider";
 import { createLogger } from "../logging";
 import { Appservice, AppserviceStartError } from "../bridge/appservice";
@@ -27,6 +31,9 @@ const USAGE = [
   "                      write the homeserver's registration file for this config, with fresh tokens, and exit",
   "  -u, --url           with -r: the URL the homeserver reaches the appservice at",
   "  -f, --file          with -r: where to write it (default: appservice.registration)",
+  "       mimi-appservice migrate-store -c <config.yaml> --to <leveldb:PATH | postgres://URL> [--to-schema S]",
+  "                      copy the config's database into a new, empty one (LevelDB <-> PostgreSQL), check",
+  "                      that both hold the same, and exit; stop the provider first",
 ].join("\n");
 
 function usage(problem?: string): never {
@@ -66,6 +73,10 @@ function parseArguments(argv: string[]): Arguments {
 }
 
 async function main(argv: string[]): Promise<void> {
+  if (argv[0] === "migrate-store") {
+    await migrateStoreCommand(argv.slice(1));
+    return;
+  }
   const args = parseArguments(argv);
   const config = loadConfig(args.config);
   if (args.generate) {
@@ -166,6 +177,76 @@ async function main(argv: string[]): Promise<void> {
   );
 }
 
+/** `migrate-store`: the config's database copied into the one `--to` names. */
+async function migrateStoreCommand(argv: string[]): Promise<void> {
+  let configPath: string | undefined;
+  let target: string | undefined;
+  let targetSchema: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const next = argv[++i];
+    if (next === undefined) usage(`${arg} needs a value`);
+    if (arg === "-c" || arg === "--config") configPath = next;
+    else if (arg === "--to") target = next;
+    else if (arg === "--to-schema") targetSchema = next;
+    else usage(`unknown argument ${JSON.stringify(arg)}`);
+  }
+  if (configPath === undefined || target === undefined)
+    usage("migrate-store needs -c <config.yaml> and --to");
+  const config = loadConfig(configPath);
+  const to = parseStoreTarget(target, targetSchema, config.database.durability);
+  const describe = (db: DatabaseConfig) =>
+    db.engine === "leveldb" ? `LevelDB at ${db.path}` : `PostgreSQL schema ${db.schema}`;
+  if (describe(to) === describe(config.database) && to.engine === "leveldb")
+    throw new ConfigError("migrate-store: --to names the config's own database");
+  const source = await openStore(config.database);
+  try {
+    const destination = await openStore(to);
+    try {
+      process.stderr.write(`copying ${describe(config.database)} into ${describe(to)}\n`);
+      const summary = await copyStore(source, destination, {
+        onProgress: (copied) => {
+          if (copied % 100_000 === 0) process.stderr.write(`  ${copied} keys copied\n`);
+        },
+      });
+      process.stdout.write(
+        JSON.stringify({
+          copied_keys: summary.keys,
+          rooms: Object.keys(summary.heads).length,
+          digest: summary.digest,
+          verified: true,
+        }) + "\n",
+      );
+      process.stderr.write(
+        `done: ${summary.keys} keys and ${Object.keys(summary.heads).length} rooms, verified; point database: in the config at the new one\n`,
+      );
+    } finally {
+      await destination.close();
+    }
+  } finally {
+    await source.close();
+  }
+}
+
+function parseStoreTarget(
+  target: string,
+  schema: string | undefined,
+  durability: "fsync" | "os",
+): DatabaseConfig {
+  if (target.startsWith("leveldb:")) {
+    if (schema !== undefined) usage("--to-schema goes with a postgres:// target");
+    const path = target.slice("leveldb:".length);
+    if (path === "") usage("--to leveldb: needs a folder, e.g. leveldb:data/db-copy");
+    return { engine: "leveldb", path: resolve(path), durability };
+  }
+  if (/^postgres(ql)?:\/\//.test(target)) {
+    if (schema !== undefined && !/^[a-z_][a-z0-9_]{0,62}$/.test(schema))
+      usage("--to-schema: a lower-case PostgreSQL name (letters, digits, _)");
+    return { engine: "postgres", url: target, poolSize: 4, schema: schema ?? "public", durability };
+  }
+  return usage(`--to: ${JSON.stringify(target)} is neither leveldb:<folder> nor a postgres:// URL`);
+}
+
 main(process.argv.slice(2)).catch((err: unknown) => {
   if (err instanceof ConfigError || err instanceof RegistrationError) {
     process.stderr.write(`${err.message}\n`);
@@ -175,6 +256,11 @@ main(process.argv.slice(2)).catch((err: unknown) => {
     // Exit code 3: the config is fine, the homeserver (or our view of it) is not.
     process.stderr.write(`${err.message}\n`);
     process.exit(3);
+  }
+  if (err instanceof StoreError) {
+    // The database cannot be used (locked, newer, unreachable, not empty): its message says why.
+    process.stderr.write(`${err.message}\n`);
+    process.exit(1);
   }
   log.error("fatal", { error: err });
   process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);

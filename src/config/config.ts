@@ -6,6 +6,23 @@ import { VerifyKey } from "../events/signingKey";
 import { isValidKeyId, isValidServerName } from "../identifiers";
 import { CONFIG_SCHEMA } from "./schema";
 
+/**
+ * Where the provider keeps everything. `durability`: `fsync` waits for each batch to reach the
+ * disk (survives power loss); `os` waits only until the database has it (survives a killed
+ * process: LevelDB's OS buffers, PostgreSQL's `synchronous_commit = off`).
+ */
+export type DatabaseConfig =
+  | { engine: "leveldb"; path: string; durability: "fsync" | "os" }
+  | {
+      engine: "postgres";
+      /** A libpq connection URL; what it leaves out (e.g. the password) comes from PG* variables. */
+      url: string;
+      poolSize: number;
+      /** The PostgreSQL schema holding the tables, so one database can hold several providers. */
+      schema: string;
+      durability: "fsync" | "os";
+    };
+
 export interface ProviderConfig {
   /** Our MIMI server name: the part after ':' in our users' and rooms' IDs. */
   serverName: string;
@@ -22,7 +39,7 @@ export interface ProviderConfig {
     retryAfterMaxMs: number;
   };
   limits: Limits;
-  database: { path: string; durability: "fsync" | "os" };
+  database: DatabaseConfig;
   signingKeyPath: string;
   /** Keys we signed with before a rotation: still published, so what they signed still verifies. */
   oldVerifyKeys: { keyId: string; publicKeyBase64: string; expiredTs: number }[];
@@ -169,7 +186,14 @@ interface RawConfig {
     retry_after_max_ms?: number;
   };
   limits?: Partial<Record<RawLimitKey, number>>;
-  database?: { path?: string; durability?: "fsync" | "os" };
+  database?: {
+    engine?: "leveldb" | "postgres";
+    path?: string;
+    durability?: "fsync" | "os";
+    url?: string;
+    pool_size?: number;
+    schema?: string;
+  };
   signing_key_path?: string;
   old_verify_keys?: Record<string, { key: string; expired_ts: number }>;
   admin_api?: { bind_address?: string; port: number; token: string };
@@ -319,10 +343,7 @@ export function parseConfig(text: string, baseDir: string): ProviderConfig {
       retryAfterMaxMs: raw.federation.retry_after_max_ms ?? DEFAULT_RETRY_AFTER_MAX_MS,
     },
     limits: parseLimits(raw.limits ?? {}),
-    database: {
-      path: resolve(baseDir, raw.database?.path ?? "data/db"),
-      durability: raw.database?.durability ?? "fsync",
-    },
+    database: parseDatabase(raw.database ?? {}, baseDir),
     signingKeyPath: resolve(baseDir, raw.signing_key_path ?? "data/signing.key"),
     oldVerifyKeys: Object.entries(raw.old_verify_keys ?? {}).map(([keyId, old]) => {
       if (!isValidKeyId(keyId))
@@ -437,4 +458,30 @@ export function loadConfig(path: string): ProviderConfig {
     throw new ConfigError(`cannot read config file ${path}: ${(err as Error).message}`);
   }
   return parseConfig(text, dirname(resolve(path)));
+}
+
+function parseDatabase(raw: NonNullable<RawConfig["database"]>, baseDir: string): DatabaseConfig {
+  const durability = raw.durability ?? "fsync";
+  if ((raw.engine ?? "leveldb") === "leveldb") {
+    for (const key of ["url", "pool_size", "schema"] as const) {
+      if (raw[key] !== undefined)
+        throw new ConfigError(`database.${key}: only for engine postgres (this database is LevelDB)`);
+    }
+    return { engine: "leveldb", path: resolve(baseDir, raw.path ?? "data/db"), durability };
+  }
+  if (raw.path !== undefined)
+    throw new ConfigError("database.path: only for engine leveldb; PostgreSQL is reached at database.url");
+  if (raw.url === undefined)
+    throw new ConfigError(
+      "database.url: required for engine postgres, e.g. postgres://mimi@127.0.0.1:5432/mimi",
+    );
+  if (!/^postgres(ql)?:\/\//.test(raw.url))
+    throw new ConfigError("database.url: must be a postgres:// connection URL");
+  return {
+    engine: "postgres",
+    url: raw.url,
+    poolSize: raw.pool_size ?? 10,
+    schema: raw.schema ?? "public",
+    durability,
+  };
 }

@@ -52,8 +52,12 @@ export const CONFIG_SCHEMA = {
       type: "object",
       additionalProperties: false,
       properties: {
+        engine: { enum: ["leveldb", "postgres"] },
         path: { type: "string", minLength: 1 },
         durability: { enum: ["fsync", "os"] },
+        url: { type: "string", minLength: 1 },
+        pool_size: { type: "integer", minimum: 1, maximum: 1000 },
+        schema: { type: "string", pattern: "^[a-z_][a-z0-9_]{0,62}$" },
       },
     },
     signing_key_path: { type: "string", minLength: 1 },

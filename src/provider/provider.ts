@@ -54,7 +54,7 @@ import { RoomGroupExtension } from "../mls/roomGroup";
 import type { RoomExtension } from "../room/extension";
 import { RoomService } from "../room/roomService";
 import type { KvStore } from "../store/kv";
-import { LevelStore } from "../store/levelStore";
+import { openStore } from "../store/openStore";
 import { RoomStore } from "../store/roomStore";
 import { ensureSchema } from "../store/schema";
 import { CatchUp } from "./catchUp";
@@ -151,7 +151,7 @@ export class MimiProvider {
     setLogLevel(config.logging.level);
     const log = createLogger("provider", { server: config.serverName });
     const signingKey = await loadOrCreateSigningKey(config.signingKeyPath, config.serverName);
-    const kv = await LevelStore.open(config.database.path, { durability: config.database.durability });
+    const kv = await openStore(config.database);
     await ensureSchema(kv);
     const discovery = new ServerResolver({
       staticMap: config.federation.staticRoutes,

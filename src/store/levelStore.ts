@@ -164,7 +164,7 @@ export class LevelStore implements KvStore {
  * Within one batch only the last operation on a key matters (e.g. a room's
  * head record rewritten by every event of the group): drop the earlier ones.
  */
-function lastWriteWins(ops: BatchOp[]): BatchOp[] {
+export function lastWriteWins(ops: BatchOp[]): BatchOp[] {
   const last = new Map<string, number>();
   for (let i = 0; i < ops.length; i++) last.set(ops[i]!.key, i);
   if (last.size === ops.length) return ops;

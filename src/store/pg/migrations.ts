@@ -1,0 +1,39 @@
+/**
+ * The PostgreSQL store's numbered migrations, applied in order by PgStore.open. Each is plain SQL
+ * run with `search_path` set to the store's schema, so it names its tables unqualified; it runs in
+ * the same transaction as the others applied with it and as the row recording it in
+ * `schema_migrations`. Never edit one that has been released: add the next.
+ *
+ * They live here as strings rather than as .sql files because `tsc` copies no .sql files to dist/:
+ * this way ts-node, tsx, Jest and the compiled build all load the same migrations with no copy step.
+ */
+export interface PgMigration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+export const PG_MIGRATIONS: readonly PgMigration[] = [
+  {
+    version: 1,
+    name: "kv",
+    sql: `
+      -- bytea compares bytewise: the same order as LevelDB's over UTF-8 keys.
+      CREATE TABLE kv (
+        key bytea PRIMARY KEY,
+        value bytea NOT NULL
+      );
+      CREATE TABLE schema_migrations (
+        version int PRIMARY KEY,
+        applied_at timestamptz NOT NULL DEFAULT now()
+      );
+    `,
+  },
+];
+
+/** The newest migration this release knows. */
+export const PG_SCHEMA_VERSION = PG_MIGRATIONS.length;
+
+for (const [i, migration] of PG_MIGRATIONS.entries()) {
+  if (migration.version !== i + 1) throw new Error(`PG_MIGRATIONS[${i}] has version ${migration.version}`);
+}
