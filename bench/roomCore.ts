@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { canonicalBytes } from "../src/events/canonicalJson";
 import { createLimitedEvent } from "../src/events/pdu";
@@ -7,7 +7,10 @@ import { ServerSigningKey } from "../src/events/signingKey";
 import type { LimitedEvent } from "../src/events/types";
 import { RoomService } from "../src/room/roomService";
 import { MIMI_V1 } from "../src/roomVersions";
+import { Client } from "pg";
+import type { KvStore } from "../src/store/kv";
 import { LevelStore } from "../src/store/levelStore";
+import { PgStore } from "../src/store/pgStore";
 import { RoomStore } from "../src/store/roomStore";
 import { removeDir, tempDir } from "./util";
 
@@ -55,14 +58,47 @@ export function cryptoFloor(iterations: number): number {
   return iterations / (Number(process.hrtime.bigint() - start) / 1e9);
 }
 
-async function openHub(dir: string) {
+/** Where the hub keeps its rooms: LevelDB in `dir`, or a fresh schema of a PostgreSQL database. */
+export type BenchStore = { engine: "leveldb" } | { engine: "postgres"; url: string };
+
+/** The store, and what closes it and removes its data (the folder is removed by the caller). */
+async function openBenchStore(
+  dir: string,
+  engine: BenchStore,
+): Promise<{ store: KvStore; dispose: () => Promise<void> }> {
+  if (engine.engine === "leveldb") {
+    const store = await LevelStore.open(join(dir, "db"), { durability: "fsync" });
+    return { store, dispose: () => store.close() };
+  }
+  const schema = `bench_${randomBytes(6).toString("hex")}`;
+  const store = await PgStore.open({ url: engine.url, schema, durability: "fsync" });
+  return {
+    store,
+    dispose: async () => {
+      await store.close();
+      await dropSchema(engine.url, schema);
+    },
+  };
+}
+
+async function dropSchema(url: string, schema: string): Promise<void> {
+  const client = new Client({ connectionString: url });
+  await client.connect();
+  try {
+    await client.query(`DROP SCHEMA "${schema}" CASCADE`);
+  } finally {
+    await client.end();
+  }
+}
+
+async function openHub(dir: string, engine: BenchStore) {
   const hubKey = key(HUB);
   const keys = new StaticKeyLookup()
     .add(HUB, hubKey.keyId, hubKey.verifyKey())
     .add(FOLLOWER, "ed25519:1", key(FOLLOWER).verifyKey());
-  const store = await LevelStore.open(join(dir, "db"), { durability: "fsync" });
+  const { store, dispose } = await openBenchStore(dir, engine);
   const service = await RoomService.open({ signingKey: hubKey, store: new RoomStore(store), keys });
-  return { service, store };
+  return { service, dispose };
 }
 
 /** Submits with up to WINDOW events in flight, as a federation listener would. */
@@ -88,9 +124,10 @@ export async function hubThroughput(
   rooms: number,
   origin: "local" | "follower",
   count: number,
+  engine: BenchStore = { engine: "leveldb" },
 ): Promise<HubThroughput> {
   const dir = tempDir("bench-hub");
-  const { service, store } = await openHub(dir);
+  const { service, dispose } = await openHub(dir, engine);
   try {
     const alice = "@alice:hub.example";
     const roomIds: string[] = [];
@@ -142,7 +179,7 @@ export async function hubThroughput(
         : await drive(count, (i) => service.submitLimitedEvent(lpdus[i]!, FOLLOWER));
     return { rooms, origin, eventsPerSecond };
   } finally {
-    await store.close();
+    await dispose();
     removeDir(dir);
   }
 }
@@ -161,7 +198,7 @@ export interface StateBeforeTiming {
  */
 export async function stateBeforeTiming(before: number, after: number): Promise<StateBeforeTiming> {
   const dir = tempDir("bench-state");
-  const { service, store } = await openHub(dir);
+  const { service, dispose } = await openHub(dir, { engine: "leveldb" });
   try {
     const alice = "@alice:hub.example";
     const roomId = await service.createRoom(alice);
@@ -188,7 +225,7 @@ export async function stateBeforeTiming(before: number, after: number): Promise<
     times.sort((x, y) => x - y);
     return { eventsBefore: marker.seq - 1, eventsAfter: after, stateEntries, ms: times[2]! };
   } finally {
-    await store.close();
+    await dispose();
     removeDir(dir);
   }
 }

@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: throughput and latency figures. Pass section names to run
- * only some (e.g. `npm run bench -- room`): room, federation, multiprocess, mls, bridge, ohttp.
+ * only some (e.g. `npm run bench -- room`): room, store, federation, multiprocess, mls, bridge, ohttp.
  * BENCH_BASELINE=<git rev> picks the multiprocess section's baseline checkout
  * (`none` skips it).
  */
@@ -35,8 +35,33 @@ async function roomSection(): Promise<void> {
   }
 }
 
+/**
+ * PostgreSQL against LevelDB for the hub's sequencing of follower events, both durable (fsync;
+ * PostgreSQL's synchronous commit), in one run. The PostgreSQL server is the project's throwaway
+ * cluster (scripts/postgres/ensure-postgres.sh), on this machine's disk.
+ */
+async function storeSection(): Promise<void> {
+  const { hubThroughput } = await import("./roomCore.js");
+  const script = join(__dirname, "..", "scripts", "postgres", "ensure-postgres.sh");
+  const url = execFileSync("bash", [script], { encoding: "utf8" }).trim().split("\n").pop()!;
+  const events = Number(process.env.BENCH_EVENTS ?? 20_000);
+  console.log(
+    `\n== Hub sequencing of follower events, durable, PostgreSQL against LevelDB, ${fmt(events)} events each ==`,
+  );
+  for (const rooms of [1, 1000]) {
+    const level = await hubThroughput(rooms, "follower", events, { engine: "leveldb" });
+    const postgres = await hubThroughput(rooms, "follower", events, { engine: "postgres", url });
+    console.log(
+      `${String(rooms).padStart(4)} room(s): LevelDB ${fmt(level.eventsPerSecond).padStart(6)} events/s, ` +
+        `PostgreSQL ${fmt(postgres.eventsPerSecond).padStart(6)} events/s = ` +
+        `${fmt((100 * postgres.eventsPerSecond) / level.eventsPerSecond, 1)}% of LevelDB (target >= 50%)`,
+    );
+  }
+}
+
 const SECTIONS: Record<string, () => Promise<void>> = {
   room: roomSection,
+  store: storeSection,
   federation: async () => (await import("./federation.js")).federationSection(),
   multiprocess: () => multiprocessSection(core),
   mls: () => runCompiledMls(),
