@@ -177,6 +177,8 @@ function logConfig(logFile: string): Record<string, unknown> {
       file: { class: "logging.FileHandler", filename: logFile, formatter: "precise", encoding: "utf8" },
     },
     root: { level: "WARNING", handlers: ["file"] },
+    // How Synapse delivers to the appservice (down, retries, recovered): what a failed test needs.
+    loggers: { "synapse.appservice": { level: "INFO" } },
     disable_existing_loggers: false,
   };
 }
