@@ -3,6 +3,8 @@ module.exports = {
   testEnvironment: "node",
   roots: ["<rootDir>/test"],
   testMatch: ["**/*.test.ts"],
+  // On the PostgreSQL pass: drops the schemas of test databases earlier runs removed.
+  globalSetup: "<rootDir>/test/support/globalSetup.ts",
   transform: {
     "^.+\\.(t|j)sx?$": ["@swc/jest", { jsc: { target: "es2022" }, module: { type: "commonjs" } }],
   },

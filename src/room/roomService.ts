@@ -743,8 +743,10 @@ export class RoomService {
       loaded = existing;
     }
     const run = loaded.queue.then(() => this.applyInOrder(loaded, events, created));
+    // The next batch waits for this one to be durable, and runs even if its write failed (it then
+    // finds the room stopped): the queue never holds a rejection, which nothing else may handle.
     loaded.queue = run.then(
-      (r) => r.written,
+      (r) => r.written.catch(() => undefined),
       () => undefined,
     );
     const { outcomes, written } = await run;

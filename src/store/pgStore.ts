@@ -1,4 +1,4 @@
-import { Client, escapeIdentifier, Pool, type PoolClient } from "pg";
+import { Client, escapeIdentifier, Pool, type PoolClient, type QueryConfig, type QueryResultRow } from "pg";
 import type { BatchOp, KvStore } from "./kv";
 import { lastWriteWins, StoreError } from "./levelStore";
 import { PG_MIGRATIONS, type PgMigration } from "./pg/migrations";
@@ -57,6 +57,12 @@ export class PgStore implements KvStore {
   private closing: Promise<void> | undefined;
   private failure: StoreError | undefined;
   private readonly listeners = new Set<(ops: readonly BatchOp[]) => void>();
+  /**
+   * Reads (and withTransaction's connections) under way, which close() waits for before ending
+   * the pool: a pg Pool that ends drops the requests still waiting for a connection without
+   * settling them, so a read started just before close() would never resolve nor reject.
+   */
+  private readonly inFlight = new Set<Promise<unknown>>();
   private readonly sql: {
     get: string;
     getMany: string;
@@ -171,8 +177,7 @@ export class PgStore implements KvStore {
   }
 
   async get(key: string): Promise<string | undefined> {
-    this.checkOpen();
-    const result = await this.pool.query<{ value: Buffer }>({
+    const result = await this.query<{ value: Buffer }>({
       name: "mimi_kv_get",
       text: this.sql.get,
       values: [encode(key)],
@@ -183,9 +188,8 @@ export class PgStore implements KvStore {
 
   async getMany(keys: string[]): Promise<(string | undefined)[]> {
     if (keys.length === 0) return [];
-    this.checkOpen();
     const encoded = keys.map(encode);
-    const result = await this.pool.query<{ key: Buffer; value: Buffer }>({
+    const result = await this.query<{ key: Buffer; value: Buffer }>({
       name: "mimi_kv_get_many",
       text: this.sql.getMany,
       values: [encoded],
@@ -209,7 +213,7 @@ export class PgStore implements KvStore {
     let high = encode(options.lt);
     while (remaining > 0 && Buffer.compare(low, high) < 0) {
       const size = Math.min(RANGE_PAGE_SIZE, remaining);
-      const result = await this.pool.query<{ key: Buffer; value: Buffer }>({
+      const result = await this.query<{ key: Buffer; value: Buffer }>({
         name: reverse ? "mimi_kv_range_reverse" : "mimi_kv_range_forward",
         text: reverse ? this.sql.rangeReverse : this.sql.rangeForward,
         values: [low, high, size],
@@ -254,7 +258,7 @@ export class PgStore implements KvStore {
    */
   async withTransaction<T>(fn: (client: PoolClient) => Promise<T>): Promise<T> {
     this.checkOpen();
-    const client = await this.pool.connect();
+    const client = await this.track(this.pool.connect());
     let broken: Error | undefined;
     try {
       await client.query("BEGIN");
@@ -279,6 +283,8 @@ export class PgStore implements KvStore {
       this.closed = true;
       this.closing = (async () => {
         await this.flushed;
+        // No read starts once closed; those under way finish first (see inFlight).
+        while (this.inFlight.size > 0) await Promise.all(this.inFlight);
         await this.pool.end();
         await this.lockHolder.end().catch(() => undefined);
       })();
@@ -288,6 +294,22 @@ export class PgStore implements KvStore {
 
   private checkOpen(): void {
     if (this.closed) throw new StoreError("the store is closed");
+  }
+
+  /** A query of the store's reads on the pool, refused once closed, waited for by close(). */
+  private query<R extends QueryResultRow>(config: QueryConfig) {
+    this.checkOpen();
+    return this.track(this.pool.query<R>(config));
+  }
+
+  private track<T>(work: Promise<T>): Promise<T> {
+    const settled = work.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.inFlight.add(settled);
+    void settled.then(() => this.inFlight.delete(settled));
+    return work;
   }
 
   /** The batch has landed whatever a listener does: one that throws is ignored. */

@@ -11,8 +11,9 @@ import type { Registration } from "../../src/bridge/registration";
 import { parseConfig } from "../../src/config/config";
 import { createLogger } from "../../src/logging";
 import type { RoomsApi } from "../../src/provider/roomsApiTypes";
-import { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
 import { removeDir, tempDir } from "../support/services";
+import { openTestStore } from "../support/store";
 
 const HS_TOKEN = "hs-token-for-the-test";
 
@@ -62,13 +63,13 @@ function fakeHomeserver(pingAnswers: { status: number; errcode: string }[], apps
 
 describe("the appservice's start-up ping", () => {
   let dir: string;
-  let store: LevelStore;
+  let store: KvStore;
   let homeserver: Server;
   let appservice: Appservice | undefined;
 
   beforeEach(async () => {
     dir = tempDir("appservice-start");
-    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    store = await openTestStore(join(dir, "db"), { durability: "os" });
   });
 
   afterEach(async () => {

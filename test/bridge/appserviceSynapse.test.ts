@@ -59,7 +59,7 @@ describe("the appservice on a real Synapse", () => {
     const url = `http://127.0.0.1:${port}`;
     const remotePort = await freePort();
     good = await instance("good", url, { routes: { "b.example": remotePort } });
-    remote = plainProvider("b.example", remotePort, { [HS]: good.federationPort });
+    remote = await plainProvider("b.example", remotePort, { [HS]: good.federationPort });
     await writeRegistration(good, `http://127.0.0.1:${good.appservicePort}`);
     // A second appservice whose registration points where nothing listens.
     unreachable = await instance("unreachable", url, {

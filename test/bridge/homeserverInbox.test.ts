@@ -3,8 +3,9 @@ import { join } from "node:path";
 import { createAppserviceHandler, listenAppservice } from "../../src/bridge/appserviceListener";
 import { HomeserverInbox, TRANSACTION_RETENTION_MS } from "../../src/bridge/homeserverInbox";
 import { createLogger } from "../../src/logging";
-import { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
 import { removeDir, tempDir } from "../support/services";
+import { openTestStore } from "../support/store";
 
 const HS_TOKEN = "hs-token-for-the-inbox-test-0123456789";
 const event = (n: number) => ({
@@ -16,14 +17,14 @@ const event = (n: number) => ({
 
 describe("the homeserver's transactions, over HTTP into a durable inbox", () => {
   let dir: string;
-  let store: LevelStore;
+  let store: KvStore;
   let inbox: HomeserverInbox;
   let server: Server;
   let base: string;
   let pings: (string | undefined)[];
 
   async function open(): Promise<void> {
-    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    store = await openTestStore(join(dir, "db"), { durability: "os" });
     inbox = await HomeserverInbox.open(store);
     pings = [];
     const handler = createAppserviceHandler({
@@ -100,7 +101,7 @@ describe("the homeserver's transactions, over HTTP into a durable inbox", () => 
   it("forgets transaction IDs older than the retention", async () => {
     let now = 1_000_000;
     await close();
-    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    store = await openTestStore(join(dir, "db"), { durability: "os" });
     inbox = await HomeserverInbox.open(store, () => now);
     await inbox.accept("old", [event(1)]);
     now += TRANSACTION_RETENTION_MS + 1;

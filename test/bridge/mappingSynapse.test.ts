@@ -22,11 +22,11 @@ import {
 } from "../support/appserviceRuns";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { LevelStore } from "../../src/store/levelStore";
 import yaml from "js-yaml";
 import { portalAlias } from "../../src/bridge/ghosts";
 import { freePort } from "../../src/util/freePort";
 import { ensureSynapse, startSynapse, type RegisteredUser, type SynapseHandle } from "../support/synapse";
+import { openTestStore } from "../support/store";
 
 const BOT = `@_mimi_bot:${HS}`;
 const ERIN = "@erin:b.example";
@@ -63,7 +63,7 @@ describe("mapping between a portal and its MIMI room", () => {
     const port = await freePort();
     const remotePort = await freePort();
     local = await instance("mapping", `http://127.0.0.1:${port}`, { routes: { "b.example": remotePort } });
-    remote = plainProvider("b.example", remotePort, { [HS]: local.federationPort });
+    remote = await plainProvider("b.example", remotePort, { [HS]: local.federationPort });
     await writeRegistration(local, `http://127.0.0.1:${local.appservicePort}`);
     synapse = await startSynapse({
       serverName: HS,
@@ -513,7 +513,7 @@ describe("mapping between a portal and its MIMI room", () => {
     // The state a crash leaves: the attempt recorded, the marked room made, no portal record.
     localRun.child.kill("SIGKILL");
     await localRun.exited;
-    const store = await LevelStore.open(join(local.dir, "data", "db"), { durability: "os" });
+    const store = await openTestStore(join(local.dir, "data", "db"), { durability: "os" });
     await store.commit([{ type: "put", key: `bo\u0000${mimiRoomId}`, value: "1" }]);
     await store.close();
     const made = await asBot("POST", "/createRoom", {

@@ -11,7 +11,7 @@ import {
   ServerKeysPublisher,
   type KeyRingOptions,
 } from "../../src/federation/keys";
-import type { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
 import { testKey } from "../support/keys";
 import { listen, ManualClock, TempStores, type Listening } from "./clientHarness";
 
@@ -25,7 +25,7 @@ describe("requests from strangers", () => {
   const b = testKey("b.example", "ed25519:b");
   let clock: ManualClock;
   let stores: TempStores;
-  let store: LevelStore;
+  let store: KvStore;
   let keyServer: Listening;
   let fetched: string[];
   /** Real fetch, counted: every key fetch and `.well-known` lookup goes through it. */

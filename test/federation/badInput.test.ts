@@ -9,13 +9,14 @@ import { rawRequest, startFakeServer, type FakeServer } from "../support/fakeSer
 import { testKey } from "../support/keys";
 import { freePort } from "../support/providers";
 import { removeDir, tempDir } from "../support/services";
+import { testDatabaseConfig } from "../support/store";
 
 const ALICE = "@alice:a.example";
 const DAN = "@dan:d.example";
 
 /**
- * One provider (a.example) in this process, on real HTTP and an on-disk
- * LevelDB; the test plays d.example, a server with a published key.
+ * One provider (a.example) in this process, on real HTTP and a real database
+ * (the engine under test); the test plays d.example, a server with a published key.
  */
 describe("bad input never changes state and always gets a precise JSON error", () => {
   let provider: MimiProvider;
@@ -38,7 +39,7 @@ describe("bad input never changes state and always gets a precise JSON error", (
         "  well_known: false",
         "  static_routes:",
         `    d.example: ${d.baseUrl}`,
-        "database: { durability: os }",
+        `database: ${JSON.stringify(await testDatabaseConfig(dir))}`,
         "logging: { level: error }",
         // The tests count the room's events; the hosted MLS clients would add commits of their own.
         "mls: { hosted_clients: false }",

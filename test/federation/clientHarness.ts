@@ -4,7 +4,8 @@ import { createServer, type RequestListener } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
+import { openTestStore } from "../support/store";
 
 /** Shared by the federation tests: real HTTP servers on 127.0.0.1, temp stores, a manual clock. */
 
@@ -46,7 +47,7 @@ export class ManualClock {
 
 export class TempStores {
   private readonly dirs: string[] = [];
-  private readonly open: LevelStore[] = [];
+  private readonly open: KvStore[] = [];
 
   dir(): string {
     const dir = mkdtempSync(join(tmpdir(), "mimi-federation-"));
@@ -54,13 +55,13 @@ export class TempStores {
     return dir;
   }
 
-  async openAt(dir: string): Promise<LevelStore> {
-    const store = await LevelStore.open(dir, { durability: "os" });
+  async openAt(dir: string): Promise<KvStore> {
+    const store = await openTestStore(dir, { durability: "os" });
     this.open.push(store);
     return store;
   }
 
-  async close(store: LevelStore): Promise<void> {
+  async close(store: KvStore): Promise<void> {
     this.open.splice(this.open.indexOf(store), 1);
     await store.close();
   }

@@ -14,7 +14,7 @@ import {
   ServerKeysPublisher,
   type ServerKeysBody,
 } from "../../src/federation/keys";
-import type { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
 import { listen, ManualClock, TempStores, type Listening } from "./clientHarness";
 
 const NOW = 1_700_000_000_000;
@@ -209,7 +209,7 @@ describe("KeyRing", () => {
   let stores: TempStores;
   let server: KeyServer;
   let dir: string;
-  let store: LevelStore;
+  let store: KvStore;
 
   beforeEach(async () => {
     clock = new ManualClock(NOW);
@@ -226,7 +226,7 @@ describe("KeyRing", () => {
     await stores.cleanup();
   });
 
-  function open(overrides: { store?: LevelStore } = {}): Promise<KeyRing> {
+  function open(overrides: { store?: KvStore } = {}): Promise<KeyRing> {
     return KeyRing.open({
       ourKey: ours,
       ourOldKeys: [{ keyId: oursOld.keyId, publicKeyBase64: oursOld.publicKeyBase64, expiredTs: NOW - HOUR }],

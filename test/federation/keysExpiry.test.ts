@@ -18,12 +18,13 @@ import { KeyRing, ServerKeysPublisher } from "../../src/federation/keys";
 import { MimiProvider } from "../../src/provider/provider";
 import { RoomService, type RoomEventNotice } from "../../src/room/roomService";
 import { MIMI_V1 } from "../../src/roomVersions";
-import { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
 import { RoomStore } from "../../src/store/roomStore";
 import { rawRequest } from "../support/fakeServer";
 import { lookupOf, testKey } from "../support/keys";
 import { removeDir, tempDir } from "../support/services";
 import { listen, ManualClock, type Listening } from "./clientHarness";
+import { openTestStore, testDatabaseConfig, TEST_STORE_NAME } from "../support/store";
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
@@ -63,12 +64,12 @@ function forbidden(check: () => unknown): void {
  * LM-04 §GET /_matrix/key/v2/server: a key in `old_verify_keys` ceased to be
  * used at its `expired_ts`, so it verifies only what was signed before then.
  * a.example (the hub) and b.example (a follower) both rotated yesterday; their
- * keys are fetched over HTTP into real key rings on LevelDB.
+ * keys are fetched over HTTP into real key rings on the store under test.
  */
 describe("keys rotated out verify only what they signed before they expired", () => {
   let clock: ManualClock;
   let dirs: string[];
-  let stores: LevelStore[];
+  let stores: KvStore[];
   let keyServers: Listening[];
   let routes: Record<string, string>;
 
@@ -97,17 +98,17 @@ describe("keys rotated out verify only what they signed before they expired", ()
     for (const dir of dirs) removeDir(dir);
   });
 
-  async function openStore(label: string): Promise<LevelStore> {
+  async function openStore(label: string): Promise<KvStore> {
     const dir = tempDir(label);
     dirs.push(dir);
-    const store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    const store = await openTestStore(join(dir, "db"), { durability: "os" });
     stores.push(store);
     return store;
   }
 
   async function ringOf(
     ourKey: ServerSigningKey,
-    store: LevelStore,
+    store: KvStore,
     ourOld?: ServerSigningKey,
   ): Promise<KeyRing> {
     return KeyRing.open({
@@ -236,11 +237,11 @@ describe("keys rotated out verify only what they signed before they expired", ()
     });
   });
 
-  describe("in the room services on LevelDB", () => {
+  describe(`in the room services on ${TEST_STORE_NAME}`, () => {
     async function hubService(
       signingKey: ServerSigningKey,
       keys: VerifyKeyLookup,
-      store: LevelStore,
+      store: KvStore,
     ): Promise<{ service: RoomService; notices: RoomEventNotice[] }> {
       const service = await RoomService.open({
         signingKey,
@@ -317,7 +318,7 @@ describe("keys rotated out verify only what they signed before they expired", ()
 
 /**
  * The same over federation: a provider (a.example) runs in this process on
- * real HTTP and LevelDB; d.example, played by the test, rotated its key d1
+ * real HTTP and a real database; d.example, played by the test, rotated its key d1
  * out yesterday and now signs its requests with d2.
  */
 describe("a provider refuses what a rotated-out key signed after it expired", () => {
@@ -346,7 +347,7 @@ describe("a provider refuses what a rotated-out key signed after it expired", ()
         "  well_known: false",
         "  static_routes:",
         `    d.example: ${keyServer.base}`,
-        "database: { durability: os }",
+        `database: ${JSON.stringify(await testDatabaseConfig(dir))}`,
         "logging: { level: error }",
         // The tests count the room's events; the hosted MLS clients would add commits of their own.
         "mls: { hosted_clients: false }",

@@ -7,9 +7,10 @@ import {
   type PendingInvite,
   type PendingInvitesOptions,
 } from "../../src/federation/pendingInvites";
-import { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
 import { removeDir, tempDir } from "../support/services";
 import { ManualTimer, eventually } from "./queue/helpers";
+import { openTestStore } from "../support/store";
 
 const SEP = "\u0000";
 const DAY = 24 * 60 * 60 * 1000;
@@ -18,7 +19,7 @@ const ALICE = "@alice:a.example";
 const BOB = "@bob:a.example";
 
 let dir: string;
-let store: LevelStore;
+let store: KvStore;
 let clock: { t: number };
 let logged: { message: string; fields: Record<string, unknown> | undefined }[];
 
@@ -32,7 +33,7 @@ const log: Logger = {
 
 beforeEach(async () => {
   dir = tempDir("invites");
-  store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+  store = await openTestStore(join(dir, "db"), { durability: "os" });
   clock = { t: T0 };
   logged = [];
 });
@@ -42,9 +43,9 @@ afterEach(async () => {
   removeDir(dir);
 });
 
-async function reopen(): Promise<LevelStore> {
+async function reopen(): Promise<KvStore> {
   await store.close();
-  store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+  store = await openTestStore(join(dir, "db"), { durability: "os" });
   return store;
 }
 

@@ -2,20 +2,21 @@ import { join } from "node:path";
 import { MimiError } from "../../src/errors";
 import { FederationError } from "../../src/federation/errors";
 import { TransactionStore, type TransactionStoreOptions } from "../../src/federation/transactionStore";
-import { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
 import { removeDir, tempDir } from "../support/services";
 import { ManualTimer, eventually } from "./queue/helpers";
+import { openTestStore } from "../support/store";
 
 const SEP = "\u0000";
 const DAY = 24 * 60 * 60 * 1000;
 const T0 = 1_700_000_000_000;
 
 let dir: string;
-let store: LevelStore;
+let store: KvStore;
 
 beforeEach(async () => {
   dir = tempDir("txn");
-  store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+  store = await openTestStore(join(dir, "db"), { durability: "os" });
 });
 
 afterEach(async () => {
@@ -23,9 +24,9 @@ afterEach(async () => {
   removeDir(dir);
 });
 
-async function reopen(): Promise<LevelStore> {
+async function reopen(): Promise<KvStore> {
   await store.close();
-  store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+  store = await openTestStore(join(dir, "db"), { durability: "os" });
   return store;
 }
 

@@ -9,9 +9,9 @@ import { MAX_ERROR_KINDS, MimiMetrics } from "../../src/metrics/metrics";
 import { adminErrorObserver, appserviceObserver } from "../../src/metrics/wiring";
 import type { RoomsApi } from "../../src/provider/roomsApiTypes";
 import type { KvStore } from "../../src/store/kv";
-import { LevelStore } from "../../src/store/levelStore";
 import { removeDir, tempDir } from "../support/services";
 import { valueOf } from "./scrape";
+import { openTestStore } from "../support/store";
 
 const portOf = (server: Server) => {
   const address = server.address();
@@ -26,13 +26,13 @@ async function close(server: Server): Promise<void> {
 describe("the homeserver's transactions, counted at the appservice listener", () => {
   const HS_TOKEN = "hs-token-for-the-metrics-test-0123456789";
   let dir: string;
-  let store: LevelStore;
+  let store: KvStore;
   let server: Server;
   let metrics: MimiMetrics;
 
   beforeAll(async () => {
     dir = tempDir("metrics-appservice");
-    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    store = await openTestStore(join(dir, "db"), { durability: "os" });
     metrics = new MimiMetrics({ defaultMetrics: false });
     const handler = createAppserviceHandler({
       hsToken: HS_TOKEN,
@@ -148,11 +148,11 @@ describe("OutboundQueue.oldestEnqueuedTs", () => {
   const DEST = "b.example";
   const item = (id: string) => ({ kind: "pdu" as const, id, body: { id } });
   let dir: string;
-  let store: LevelStore;
+  let store: KvStore;
 
   beforeEach(async () => {
     dir = tempDir("metrics-queue");
-    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    store = await openTestStore(join(dir, "db"), { durability: "os" });
   });
   afterEach(async () => {
     await store.close();
@@ -160,7 +160,7 @@ describe("OutboundQueue.oldestEnqueuedTs", () => {
   });
 
   /** The store without `onCommitted`: the queue keeps no item cache and reads the store. */
-  const uncached = (kv: LevelStore): KvStore => ({
+  const uncached = (kv: KvStore): KvStore => ({
     get: (key) => kv.get(key),
     getMany: (keys) => kv.getMany(keys),
     range: (options) => kv.range(options),

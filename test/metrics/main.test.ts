@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { removeDir, tempDir } from "../support/services";
+import { testDatabaseConfig } from "../support/store";
 import { get, valueOf } from "./scrape";
 
 const ROOT = join(__dirname, "..", "..");
@@ -13,11 +14,14 @@ interface Running {
   stderr: () => string;
 }
 
-/** Runs src/cli/main.ts on a config of these lines; resolves with its ready line. */
+/** Runs src/cli/main.ts on a config of these lines and the test database; resolves with its ready line. */
 async function run(dir: string, lines: string[]): Promise<Running> {
   mkdirSync(join(dir, "data"), { recursive: true });
   const configPath = join(dir, "config.yaml");
-  writeFileSync(configPath, lines.join("\n"));
+  writeFileSync(
+    configPath,
+    [...lines, `database: ${JSON.stringify(await testDatabaseConfig(dir))}`].join("\n"),
+  );
   const child = spawn(
     process.execPath,
     ["--import", "tsx", join(ROOT, "src/cli/main.ts"), "-c", configPath],
@@ -54,7 +58,6 @@ async function terminate({ child, stderr }: Running): Promise<string> {
 const BASE_CONFIG = [
   "server_name: a.example",
   "federation: { bind_address: 127.0.0.1, port: 0, well_known: false }",
-  "database: { durability: os }",
   "logging: { level: info }",
   "mls: { hosted_clients: false }",
 ];

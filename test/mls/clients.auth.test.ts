@@ -23,8 +23,9 @@ import {
   generateKeyPackage,
   type Credential,
 } from "../../src/mls/tsMls";
-import { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
 import { removeDir, tempDir } from "../support/services";
+import { openTestStore } from "../support/store";
 
 const ROOM = "!auth:a.example";
 const ALICE = "@alice:a.example";
@@ -74,7 +75,7 @@ describe("the authentication service (never accept-all)", () => {
 
 describe("credentials the room refuses, through real ts-mls", () => {
   let dir: string;
-  let store: LevelStore;
+  let store: KvStore;
   let pool: KeyPackagePool;
   /** Each provider's view of who is joined: the policy each user's client is given. */
   const joinedAt = new Map<string, Set<string>>();
@@ -132,7 +133,7 @@ describe("credentials the room refuses, through real ts-mls", () => {
 
   beforeEach(async () => {
     dir = tempDir("mls-auth");
-    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    store = await openTestStore(join(dir, "db"), { durability: "os" });
     pool = new KeyPackagePool(store);
     joinedAt.clear();
     joinedAt.set(ALICE, new Set([ALICE, BOB]));

@@ -27,8 +27,8 @@ import { groupStateKey, groupTreesKey } from "../../src/mls/clients/storeKeys";
 import { toBase64, toHex } from "../../src/mls/clients/wire";
 import { SUPPORTED_CIPHERSUITE, encodeGroupState } from "../../src/mls/tsMls";
 import type { KvStore } from "../../src/store/kv";
-import { LevelStore } from "../../src/store/levelStore";
 import { removeDir, tempDir } from "../support/services";
+import { openTestStore, TEST_STORE_NAME } from "../support/store";
 
 const ROOM = "!chat:a.example";
 const ALICE = "@alice:a.example";
@@ -54,9 +54,9 @@ async function expectMlsError(promise: Promise<unknown>, errcode: string, rule?:
   return err as MlsError;
 }
 
-describe("hosted clients on a real LevelDB", () => {
+describe(`hosted clients on a real ${TEST_STORE_NAME}`, () => {
   let dir: string;
-  let store: LevelStore;
+  let store: KvStore;
   let pool: KeyPackagePool;
 
   /** What the room layer does with an operation's result: commit its ops (with the event), keep the group. */
@@ -68,7 +68,7 @@ describe("hosted clients on a real LevelDB", () => {
 
   async function reopen(): Promise<void> {
     await store.close();
-    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    store = await openTestStore(join(dir, "db"), { durability: "os" });
     pool = new KeyPackagePool(store);
   }
 
@@ -126,7 +126,7 @@ describe("hosted clients on a real LevelDB", () => {
 
   beforeEach(async () => {
     dir = tempDir("mls-clients");
-    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    store = await openTestStore(join(dir, "db"), { durability: "os" });
     pool = new KeyPackagePool(store);
     joined.clear();
   });

@@ -11,7 +11,6 @@ import {
 } from "../../src/mls/roomGroup";
 import { ExtensionRejection } from "../../src/room/extension";
 import { RoomService } from "../../src/room/roomService";
-import { LevelStore } from "../../src/store/levelStore";
 import { RoomStore } from "../../src/store/roomStore";
 import { lookupOf, testKey } from "../support/keys";
 import { removeDir, tempDir } from "../support/services";
@@ -24,6 +23,7 @@ import {
   type ClientKeys,
   type PublishedCommit,
 } from "./observerClients";
+import { openTestStore } from "../support/store";
 
 const hubKey = testKey("hub.example");
 const keys = lookupOf(hubKey);
@@ -36,7 +36,7 @@ const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64").replace
 const bytesOf = (base64: string) => new Uint8Array(Buffer.from(base64, "base64"));
 
 async function open(dir: string) {
-  const level = await LevelStore.open(join(dir, "db"), { durability: "os" });
+  const level = await openTestStore(join(dir, "db"), { durability: "os" });
   const hubSender = await HubExternalSender.load(level, HUB_USER);
   const extension = new RoomGroupExtension(level, { hubSender });
   const service = await RoomService.open({
@@ -212,7 +212,7 @@ describe("the hub as the group's external sender: Remove proposals for departed 
     const notSender = await refusal(opened.service.sendAsHub(roomId, ALICE, MLS_PROPOSAL, content));
     expect(notSender.errcode).toBe("IO.MIMI_APPSERVICE.MLS_FORBIDDEN");
     // The hub's user, with a proposal signed by another key.
-    const forgerStore = await LevelStore.open(join(dir, "forger"), { durability: "os" });
+    const forgerStore = await openTestStore(join(dir, "forger"), { durability: "os" });
     const forger = await HubExternalSender.load(forgerStore, HUB_USER);
     await forgerStore.close();
     const bobLeaf = group.state("bob").privatePath.leafIndex;

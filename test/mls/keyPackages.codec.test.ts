@@ -14,8 +14,9 @@ import {
   encodeKeyPackageResultBundle,
 } from "../../src/mls/keyPackages";
 import { SUPPORTED_CIPHERSUITE } from "../../src/mls/tsMls";
-import { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
 import { removeDir, tempDir } from "../support/services";
+import { openTestStore, TEST_STORE_NAME } from "../support/store";
 
 const BOB = "@bob:b.example";
 const utf8 = new TextEncoder();
@@ -184,16 +185,16 @@ describe("KeyPackageRequest (McMillion §Key Packages)", () => {
   });
 });
 
-describe("KeyPackageResponse and the result bundle, and the service on a real LevelDB", () => {
+describe(`KeyPackageResponse and the result bundle, and the service on a real ${TEST_STORE_NAME}`, () => {
   let dir: string;
-  let store: LevelStore;
+  let store: KvStore;
   let pool: KeyPackagePool;
   let tokens: BearerTokens;
   let service: KeyPackageService;
 
   beforeEach(async () => {
     dir = tempDir("mls-codec");
-    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    store = await openTestStore(join(dir, "db"), { durability: "os" });
     pool = new KeyPackagePool(store);
     tokens = new BearerTokens(store);
     service = new KeyPackageService(pool, tokens);

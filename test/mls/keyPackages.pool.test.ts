@@ -3,9 +3,9 @@ import { LAST_RESORT_EXTENSION, credentialUserId } from "../../src/mls/clients";
 import { MlsError } from "../../src/mls/errors";
 import { KeyPackagePool, decodeKeyPackageResponse, type ClaimedKeyPackage } from "../../src/mls/keyPackages";
 import { SUPPORTED_CIPHERSUITE } from "../../src/mls/tsMls";
-import { prefixEnd } from "../../src/store/kv";
-import { LevelStore } from "../../src/store/levelStore";
+import { prefixEnd, type KvStore } from "../../src/store/kv";
 import { removeDir, tempDir } from "../support/services";
+import { openTestStore, TEST_STORE_NAME } from "../support/store";
 
 const BOB = "@bob:b.example";
 const DAY = 24 * 60 * 60 * 1000;
@@ -23,9 +23,9 @@ function extensionTypes(claimed: ClaimedKeyPackage): unknown[] {
   return decodeKeyPackageResponse(claimed.keyPackage).keyPackage.extensions.map((e) => e.extensionType);
 }
 
-describe("the KeyPackage pool on a real LevelDB", () => {
+describe(`the KeyPackage pool on a real ${TEST_STORE_NAME}`, () => {
   let dir: string;
-  let store: LevelStore;
+  let store: KvStore;
   let now: number;
   let pool: KeyPackagePool;
 
@@ -39,7 +39,7 @@ describe("the KeyPackage pool on a real LevelDB", () => {
 
   beforeEach(async () => {
     dir = tempDir("mls-pool");
-    store = await LevelStore.open(join(dir, "db"), { durability: "fsync" });
+    store = await openTestStore(join(dir, "db"), { durability: "fsync" });
     now = Date.UTC(2030, 0, 1);
     pool = new KeyPackagePool(store, { clock: () => now });
   });
@@ -118,7 +118,7 @@ describe("the KeyPackage pool on a real LevelDB", () => {
     expect(servedBefore.length).toBeGreaterThanOrEqual(3);
     expect(before.some((r) => r.status === "rejected")).toBe(true);
 
-    store = await LevelStore.open(join(dir, "db"), { durability: "fsync" });
+    store = await openTestStore(join(dir, "db"), { durability: "fsync" });
     pool = new KeyPackagePool(store, { clock: () => now });
     const servedAfter: ClaimedKeyPackage[] = [];
     for (;;) {

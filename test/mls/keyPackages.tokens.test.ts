@@ -12,8 +12,9 @@ import {
   type KeyPackageRequest,
 } from "../../src/mls/keyPackages";
 import { SUPPORTED_CIPHERSUITE } from "../../src/mls/tsMls";
-import { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
 import { removeDir, tempDir } from "../support/services";
+import { openTestStore } from "../support/store";
 
 const BOB = "@bob:b.example";
 const CAROL = "@carol:c.example";
@@ -22,7 +23,7 @@ const utf8 = new TextEncoder();
 
 describe("bearer tokens guarding KeyPackage claims (McMillion §Key Packages, §Privacy)", () => {
   let dir: string;
-  let store: LevelStore;
+  let store: KvStore;
   let now: number;
   let pool: KeyPackagePool;
   let tokens: BearerTokens;
@@ -57,7 +58,7 @@ describe("bearer tokens guarding KeyPackage claims (McMillion §Key Packages, §
 
   beforeEach(async () => {
     dir = tempDir("mls-tokens");
-    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    store = await openTestStore(join(dir, "db"), { durability: "os" });
     now = Date.UTC(2030, 0, 1);
     pool = new KeyPackagePool(store, { clock: () => now });
     tokens = new BearerTokens(store, {
@@ -120,7 +121,7 @@ describe("bearer tokens guarding KeyPackage claims (McMillion §Key Packages, §
     await expectRefused(claimWith(second.token), "M_UNKNOWN_TOKEN", "token.expired");
     // Tokens survive a restart.
     await store.close();
-    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    store = await openTestStore(join(dir, "db"), { durability: "os" });
     pool = new KeyPackagePool(store, { clock: () => now });
     tokens = new BearerTokens(store, { clock: () => now, lifetimeMs: 24 * HOUR });
     service = new KeyPackageService(pool, tokens);

@@ -16,12 +16,12 @@ import {
 } from "../../src/mls/federation/keyPackageApi";
 import { OhttpClaims } from "../../src/mls/federation/ohttpClaims";
 import type { KeyPackagePool } from "../../src/mls/keyPackages";
-import { LevelStore } from "../../src/store/levelStore";
 import { MimiProvider } from "../../src/provider/provider";
 import { freePort } from "../../src/util/freePort";
 import { eventually } from "../support/providers";
 import { removeDir, tempDir } from "../support/services";
 import { ALICE, BOB, CAROL, ROLES } from "./people";
+import { openTestStore, testDatabaseConfig } from "../support/store";
 
 const DAVE = "@dave:c.example";
 
@@ -118,6 +118,7 @@ describe("KeyPackage claims over OHTTP across three providers", () => {
       mkdirSync(join(dir, "data"), { recursive: true });
       return dir;
     });
+    const databases = await Promise.all(dirs.map((dir) => testDatabaseConfig(dir)));
     providers = [];
     configOf = (i: number, extra: string[] = []) => {
       const routes = names.map((n, j) =>
@@ -134,7 +135,7 @@ describe("KeyPackage claims over OHTTP across three providers", () => {
           "  retry_max_ms: 200",
           "  static_routes:",
           ...routes,
-          "database: { durability: os }",
+          `database: ${JSON.stringify(databases[i])}`,
           "limits: { local_sends_per_second: 100000, local_send_burst: 100000 }",
           `logging: { level: ${process.env.MIMI_LOG_LEVEL ?? "error"} }`,
           // b bundles the claims of users of one provider when several wait at once.
@@ -267,7 +268,7 @@ describe("KeyPackage claims over OHTTP across three providers", () => {
   it("claims two users of c in one bundled request with bundle_claims, else in one request each", async () => {
     const b = providers[1]!;
     const dir = tempDir("ohttp-bundle");
-    const store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    const store = await openTestStore(join(dir, "db"), { durability: "os" });
     const resolver = new ServerResolver({ staticMap: { "c.example": `http://127.0.0.1:${cPort()}` } });
     const client = new FederationClient({ signingKey: b.signingKey, resolver });
     const transport = new NodeHttpTransport();
@@ -344,7 +345,7 @@ describe("KeyPackage claims over OHTTP across three providers", () => {
   it("after c rotates its key: the old one works during the overlap, then the client refetches and retries once; a skewed clock is corrected once", async () => {
     const b = providers[1]!;
     const dir = tempDir("ohttp-rotation");
-    const store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    const store = await openTestStore(join(dir, "db"), { durability: "os" });
     const resolver = new ServerResolver({ staticMap: { "c.example": toCUrl() } });
     const client = new FederationClient({ signingKey: b.signingKey, resolver });
     const transport = new NodeHttpTransport();

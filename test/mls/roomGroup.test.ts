@@ -4,7 +4,6 @@ import type { JsonObject } from "../../src/events/types";
 import { RoomGroupExtension, SUPPORTED_ALGORITHM, type RoomGroupState } from "../../src/mls/roomGroup";
 import { ExtensionRejection } from "../../src/room/extension";
 import { RoomService } from "../../src/room/roomService";
-import { LevelStore } from "../../src/store/levelStore";
 import { RoomStore } from "../../src/store/roomStore";
 import { lookupOf, testKey } from "../support/keys";
 import { removeDir, tempDir } from "../support/services";
@@ -17,6 +16,7 @@ import {
   type ClientKeys,
   type PublishedCommit,
 } from "./observerClients";
+import { openTestStore } from "../support/store";
 
 const hubKey = testKey("hub.example");
 const keys = lookupOf(hubKey);
@@ -27,7 +27,7 @@ const CAROL = "@carol:hub.example";
 const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString("base64").replace(/=+$/, "");
 
 async function open(dir: string) {
-  const level = await LevelStore.open(join(dir, "db"), { durability: "os" });
+  const level = await openTestStore(join(dir, "db"), { durability: "os" });
   const extension = new RoomGroupExtension(level);
   const service = await RoomService.open({
     signingKey: hubKey,

@@ -5,10 +5,10 @@ import { createLogger } from "../../src/logging";
 import { CatchUp } from "../../src/provider/catchUp";
 import { PeerAnswerError } from "../../src/provider/peerAnswers";
 import { RoomService, type RoomEventNotice } from "../../src/room/roomService";
-import { LevelStore } from "../../src/store/levelStore";
 import { RoomStore } from "../../src/store/roomStore";
 import { lookupOf, testKey } from "../support/keys";
 import { removeDir, tempDir } from "../support/services";
+import { openTestStore } from "../support/store";
 
 const hubKey = testKey("hub.example");
 const followerKey = testKey("follower.example");
@@ -19,7 +19,7 @@ type Tamper = (pdus: FullyFormedEvent[], limit: number) => unknown;
 
 /** A hub history in a real RoomService, served as backfill pages through an injected fetch, with a tamper hook. */
 async function setUp(dir: string, messages: number) {
-  const hubKv = await LevelStore.open(join(dir, "hub"), { durability: "os" });
+  const hubKv = await openTestStore(join(dir, "hub"), { durability: "os" });
   const hub = await RoomService.open({ signingKey: hubKey, store: new RoomStore(hubKv), keys });
   const notices: RoomEventNotice[] = [];
   hub.subscribe((n) => notices.push(n));
@@ -27,7 +27,7 @@ async function setUp(dir: string, messages: number) {
   for (let i = 0; i < messages; i++)
     await hub.sendAsHub(roomId, ALICE, "org.example.message", { body: `${i}` });
   const otherRoom = await hub.createRoom(ALICE);
-  const followerKv = await LevelStore.open(join(dir, "follower"), { durability: "os" });
+  const followerKv = await openTestStore(join(dir, "follower"), { durability: "os" });
   const follower = await RoomService.open({
     signingKey: followerKey,
     store: new RoomStore(followerKv),

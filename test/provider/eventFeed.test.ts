@@ -1,17 +1,17 @@
 import { join } from "node:path";
 import { EventFeed } from "../../src/provider/eventFeed";
 import { RoomService } from "../../src/room/roomService";
-import { LevelStore } from "../../src/store/levelStore";
 import { RoomStore } from "../../src/store/roomStore";
 import { lookupOf, testKey } from "../support/keys";
 import { removeDir, tempDir } from "../support/services";
+import { openTestStore } from "../support/store";
 
 const hubKey = testKey("hub.example");
 const keys = lookupOf(hubKey);
 const ALICE = "@alice:hub.example";
 
 async function open(dir: string) {
-  const kv = await LevelStore.open(join(dir, "db"), { durability: "os" });
+  const kv = await openTestStore(join(dir, "db"), { durability: "os" });
   const rooms = await RoomService.open({ signingKey: hubKey, store: new RoomStore(kv), keys });
   return { kv, rooms };
 }

@@ -14,6 +14,7 @@ import { rawRequest } from "../support/fakeServer";
 import { testKey } from "../support/keys";
 import { eventually } from "../support/providers";
 import { removeDir, tempDir } from "../support/services";
+import { testDatabaseConfig } from "../support/store";
 
 const ALICE = "@alice:a.example";
 const DAN = "@dan:d.example";
@@ -63,7 +64,7 @@ describe("the hub resends an event a joining server refused as unknown", () => {
         "  retry_max_ms: 100",
         "  static_routes:",
         `    d.example: http://127.0.0.1:${dPort}`,
-        "database: { durability: os }",
+        `database: ${JSON.stringify(await testDatabaseConfig(dir))}`,
         "logging: { level: error }",
         // The tests count the room's events; the hosted MLS clients would add commits of their own.
         "mls: { hosted_clients: false }",

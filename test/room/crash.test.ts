@@ -4,10 +4,10 @@ import { parseFullyFormedEvent } from "../../src/events/envelope";
 import { verifyFullyFormedEvent } from "../../src/events/pdu";
 import { RoomState } from "../../src/room/roomState";
 import { MIMI_V1 } from "../../src/roomVersions";
-import { LevelStore } from "../../src/store/levelStore";
 import { RoomStore } from "../../src/store/roomStore";
 import { lookupOf, testKey } from "../support/keys";
 import { removeDir, tempDir } from "../support/services";
+import { openTestStore, TEST_STORE_NAME } from "../support/store";
 
 const ROOT = join(__dirname, "..", "..");
 const keys = lookupOf(testKey("hub.example"));
@@ -48,9 +48,9 @@ function runAndKill(dir: string, killAfter: number): Promise<Map<number, string>
   });
 }
 
-/** Everything on disk must be one consistent linear history. */
+/** Everything stored must be one consistent linear history. */
 async function checkConsistent(dir: string, acked: Map<number, string>): Promise<number> {
-  const store = await LevelStore.open(join(dir, "db"));
+  const store = await openTestStore(join(dir, "db"));
   try {
     const rooms = new RoomStore(store);
     const [record] = await rooms.loadRoomRecords();
@@ -82,7 +82,7 @@ async function checkConsistent(dir: string, acked: Map<number, string>): Promise
   }
 }
 
-describe("crash safety on an on-disk LevelDB", () => {
+describe(`crash safety on a real ${TEST_STORE_NAME}`, () => {
   it("a SIGKILL in the middle of a stream of appends leaves each event wholly stored or absent", async () => {
     const dir = tempDir("crash");
     try {

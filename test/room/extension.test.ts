@@ -4,11 +4,11 @@ import type { FullyFormedEvent } from "../../src/events/types";
 import { ExtensionRejection, type RoomExtension } from "../../src/room/extension";
 import { RoomService, type RoomEventNotice } from "../../src/room/roomService";
 import type { BatchOp, KvStore } from "../../src/store/kv";
-import { LevelStore } from "../../src/store/levelStore";
 import { RoomStore } from "../../src/store/roomStore";
 import { MIMI_V1 } from "../../src/roomVersions";
 import { lookupOf, testKey } from "../support/keys";
 import { removeDir, tempDir } from "../support/services";
+import { openTestStore } from "../support/store";
 
 const hubKey = testKey("hub.example");
 const followerKey = testKey("follower.example");
@@ -55,17 +55,18 @@ function counter(kv: KvStore): RoomExtension<number> & { loaded: string[] } {
   };
 }
 
-/** Counts commits of a real LevelStore, and can be made to fail. */
+/** Counts commits of a real store (the engine under test), and can be made to fail. */
 class CountingStore {
   commits = 0;
   failNext = false;
-  constructor(readonly level: LevelStore) {}
+  constructor(readonly level: KvStore) {}
   wrap(): KvStore {
     const level = this.level;
     return {
       get: (k) => level.get(k),
       getMany: (k) => level.getMany(k),
-      getSync: (k) => level.getSync(k),
+      // LevelDB has a synchronous read, PostgreSQL none: pass on what the store has.
+      getSync: level.getSync?.bind(level),
       range: (o) => level.range(o),
       commit: (ops) => {
         this.commits++;
@@ -78,7 +79,7 @@ class CountingStore {
 }
 
 async function open(dir: string) {
-  const level = await LevelStore.open(join(dir, "db"), { durability: "os" });
+  const level = await openTestStore(join(dir, "db"), { durability: "os" });
   const counting = new CountingStore(level);
   const kv = counting.wrap();
   const ext = counter(kv);
@@ -155,7 +156,7 @@ describe("room extensions (the cores' extension point)", () => {
   });
 
   it("a refused follow-up refuses the event that caused it", async () => {
-    const level = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    const level = await openTestStore(join(dir, "db"), { durability: "os" });
     const refusing: RoomExtension<null> = {
       name: "refusing-follow-up",
       load: async () => null,

@@ -6,6 +6,7 @@ import type { RoomEventNotice } from "../../src/room/roomService";
 import { MIMI_V1 } from "../../src/roomVersions";
 import { lookupOf, testKey } from "../support/keys";
 import { openService, removeDir, tempDir, type OpenedService } from "../support/services";
+import { TEST_STORE_NAME } from "../support/store";
 
 const hubKey = testKey("hub.example");
 const followerKey = testKey("follower.example");
@@ -71,7 +72,7 @@ async function viaHub(pair: Pair, lpdu: LimitedEvent): Promise<string> {
   return result.eventId;
 }
 
-describe("hub and follower cores on LevelDB", () => {
+describe(`hub and follower cores on ${TEST_STORE_NAME}`, () => {
   let pair: Pair;
   beforeEach(async () => {
     pair = await setUp();
@@ -287,6 +288,22 @@ describe("hub and follower cores on LevelDB", () => {
     it("refuses limited events sent to it as if it were the hub, and fully-formed events at the hub", async () => {
       const [event] = await nextHubEvents(1);
       await expect(pair.hub.service.applyEvent(clone(event))).rejects.toBeInstanceOf(RoomError);
+    });
+  });
+
+  it("stops a room at the follower when a write fails: that event and the later ones are refused, nothing left unhandled", async () => {
+    const { hub, follower, roomId } = pair;
+    await hub.service.sendAsHub(roomId, ALICE, "org.example.note", { n: 1 });
+    await hub.service.sendAsHub(roomId, ALICE, "org.example.note", { n: 2 });
+    const [first, second] = pair.hubEvents.slice(pair.forwarded).map((n) => JSON.parse(n.json) as unknown);
+    // From now on the follower's store refuses every write (as when a provider stops mid-apply).
+    await follower.close();
+    await expect(follower.service.applyEvent(first)).rejects.toThrow(/closed/);
+    // A turn of the event loop, in which a rejection nobody handles would be reported.
+    await new Promise((resolve) => setImmediate(resolve));
+    await expect(follower.service.applyEvent(second)).rejects.toMatchObject({
+      errcode: "M_UNKNOWN",
+      message: expect.stringContaining("stopped after a storage failure"),
     });
   });
 

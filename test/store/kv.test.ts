@@ -1,9 +1,9 @@
 import { join } from "node:path";
-import { LevelStore } from "../../src/store/levelStore";
 import { prefixEnd } from "../../src/store/kv";
 import { removeDir, tempDir } from "../support/services";
+import { openTestStore, TEST_STORE_NAME } from "../support/store";
 
-describe("prefix scans on LevelDB", () => {
+describe(`prefix scans, commits and listeners on ${TEST_STORE_NAME}`, () => {
   it.each([
     ["an ASCII suffix", "abc"],
     ["a BMP character", "\u00e9t\u00e9"],
@@ -12,7 +12,7 @@ describe("prefix scans on LevelDB", () => {
     ["the highest code point", "\u{10FFFF}"],
   ])("finds a key with %s after the prefix, and nothing of the next prefix", async (_name, suffix) => {
     const dir = tempDir("kv");
-    const kv = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    const kv = await openTestStore(join(dir, "db"), { durability: "os" });
     const prefix = "s\u0000room\u0000";
     await kv.commit([
       { type: "put", key: prefix + suffix, value: "in" },
@@ -28,7 +28,7 @@ describe("prefix scans on LevelDB", () => {
 
   it("commits without waiting for the disk when asked, in order with synced commits", async () => {
     const dir = tempDir("kv");
-    const kv = await LevelStore.open(join(dir, "db"), { durability: "fsync" });
+    const kv = await openTestStore(join(dir, "db"), { durability: "fsync" });
     await Promise.all([
       kv.commit([{ type: "put", key: "a", value: "1" }], { durable: false }),
       kv.commit([{ type: "put", key: "a", value: "2" }]),
@@ -40,7 +40,7 @@ describe("prefix scans on LevelDB", () => {
 
   it("tells listeners of each landed batch before its commits resolve; a throwing listener changes nothing", async () => {
     const dir = tempDir("kv");
-    const kv = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    const kv = await openTestStore(join(dir, "db"), { durability: "os" });
     const seen: string[][] = [];
     kv.onCommitted(() => {
       throw new Error("a broken listener");

@@ -405,6 +405,28 @@ describe.each([levelBackend, pgBackend])("KvStore conformance: $name", (backend)
       ["b", "\u{1F600}"],
     ]);
   });
+
+  it("settles every read started just before close: each answers or is refused, none hangs", async () => {
+    const store = await open();
+    await store.commit(puts(["a", "b"]));
+    await store.get("a");
+    // Reads issued in the same turn as close(), as a caller reading on after an answer would.
+    const reads = [store.get("a"), store.getMany(["a", "b"]), entries(store, ALL)];
+    const closed = store.close();
+    const outcomes = await Promise.all(
+      reads.map((read) =>
+        Promise.race([
+          read.then(
+            () => "answered",
+            (err: Error) => (/closed|not open/i.test(err.message) ? "refused" : err.message),
+          ),
+          new Promise((resolve) => setTimeout(() => resolve("unsettled after 5 s"), 5_000).unref()),
+        ]),
+      ),
+    );
+    for (const outcome of outcomes) expect(["answered", "refused"]).toContain(outcome);
+    await closed;
+  });
 });
 
 describe("PgStore on PostgreSQL", () => {

@@ -61,8 +61,9 @@ describe("migrate-store", () => {
   });
 
   it("copies a provider's LevelDB into PostgreSQL and back: the same entries, rooms and queues", async () => {
-    // Real data: a room of a.example with a member of b.example, messages, MLS state and queues.
-    const set = await startInProcess(["a.example", "b.example"]);
+    // Real data: a room of a.example with a member of b.example, messages, MLS state and queues,
+    // on LevelDB whichever engine the suite runs on: the copy goes from LevelDB and back to it.
+    const set = await startInProcess(["a.example", "b.example"], {}, undefined, undefined, "leveldb");
     const [a, b] = set.providers;
     dirs.push(...set.dirs);
     const { roomId } = await a!.rooms.createRoom({ creator: ALICE, txnId: "create" });
@@ -121,7 +122,8 @@ describe("migrate-store", () => {
   }, 120_000);
 
   it("refuses a target that is not empty, and a database a provider is using, changing neither", async () => {
-    const set = await startInProcess(["a.example"]);
+    // LevelDB's own refusal of a folder in use (its lock) is part of what is tested.
+    const set = await startInProcess(["a.example"], {}, undefined, undefined, "leveldb");
     dirs.push(...set.dirs);
     const levelPath = join(set.dirs[0]!, "data", "db");
     const config = configFile(set.dirs[0]!, "level.yaml", { path: levelPath, durability: "os" });

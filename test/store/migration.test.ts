@@ -1,6 +1,5 @@
 import { join } from "node:path";
-import { prefixEnd } from "../../src/store/kv";
-import { LevelStore } from "../../src/store/levelStore";
+import { prefixEnd, type KvStore } from "../../src/store/kv";
 import { RoomStore } from "../../src/store/roomStore";
 import { CURRENT_SCHEMA_VERSION, buildStateIndex, ensureSchema } from "../../src/store/schema";
 import { removeDir, tempDir } from "../support/services";
@@ -13,6 +12,7 @@ import {
   writeSchema1,
   type HistoryEvent,
 } from "./history";
+import { openTestStore } from "../support/store";
 
 const SCHEMA_KEY = "m\u0000schema";
 const PROGRESS_KEY = "m\u0000migration\u0000stateIndex";
@@ -20,9 +20,9 @@ const ROOMS = ["!aaa:example.org", "!aab:example.org", "!bbb:example.org"];
 
 describe("migration 1 -> 2: the state index from a schema 1 database", () => {
   let dir: string;
-  let kv: LevelStore;
+  let kv: KvStore;
   let histories: Map<string, HistoryEvent[]>;
-  const open = async () => (kv = await LevelStore.open(join(dir, "db"), { durability: "os" }));
+  const open = async () => (kv = await openTestStore(join(dir, "db"), { durability: "os" }));
 
   beforeEach(async () => {
     dir = tempDir("migration");

@@ -1,9 +1,10 @@
 import { join } from "node:path";
 import type { StateEntry } from "../../src/roomVersions/types";
-import { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
 import { RoomStore, StateMap } from "../../src/store/roomStore";
 import { removeDir, tempDir } from "../support/services";
 import { appendHistory, type HistoryEvent } from "./history";
+import { openTestStore } from "../support/store";
 
 const ROOM = "!aaa:example.org";
 const OTHER = "!bbb:example.org";
@@ -27,7 +28,7 @@ function event(seq: number, id: string, authEvents: string[], type: string, stat
 
 describe("RoomStore bounded reads", () => {
   let dir: string;
-  let kv: LevelStore;
+  let kv: KvStore;
   let store: RoomStore;
   const history = [
     event(1, "$create", [], "m.room.create", ""),
@@ -42,7 +43,7 @@ describe("RoomStore bounded reads", () => {
 
   beforeEach(async () => {
     dir = tempDir("room-store");
-    kv = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    kv = await openTestStore(join(dir, "db"), { durability: "os" });
     store = new RoomStore(kv);
     await appendHistory(store, ROOM, history);
     await appendHistory(store, OTHER, [event(1, "$elsewhere", [], "m.room.create", "")], {

@@ -1,14 +1,15 @@
 import { join } from "node:path";
-import { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
 import { CURRENT_SCHEMA_VERSION, ensureSchema } from "../../src/store/schema";
 import { removeDir, tempDir } from "../support/services";
+import { openTestStore } from "../support/store";
 
 describe("store schema version", () => {
   let dir: string;
-  let store: LevelStore;
+  let store: KvStore;
   beforeEach(async () => {
     dir = tempDir("schema");
-    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    store = await openTestStore(join(dir, "db"), { durability: "os" });
   });
   afterEach(async () => {
     await store.close();

@@ -1,8 +1,7 @@
 import { join } from "node:path";
 import { MimiError } from "../../src/errors";
-import { LevelStore } from "../../src/store/levelStore";
 import { RoomState } from "../../src/room/roomState";
-import type { BatchOp } from "../../src/store/kv";
+import type { BatchOp, KvStore } from "../../src/store/kv";
 import { RoomStore, StateMap, type StateAfter } from "../../src/store/roomStore";
 import { removeDir, tempDir } from "../support/services";
 import {
@@ -16,16 +15,17 @@ import {
   sorted,
   type HistoryEvent,
 } from "./history";
+import { openTestStore } from "../support/store";
 
 const ROOM_A = "!aaa:example.org";
 const ROOM_B = "!bbb:example.org";
 
 describe("state index: stateAt (LM-04 §State Events, the state before an event)", () => {
   let dir: string;
-  let kv: LevelStore;
+  let kv: KvStore;
   beforeEach(async () => {
     dir = tempDir("state-index");
-    kv = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    kv = await openTestStore(join(dir, "db"), { durability: "os" });
   });
   afterEach(async () => {
     await kv.close();
@@ -57,7 +57,7 @@ describe("state index: stateAt (LM-04 §State Events, the state before an event)
     expect(sorted(await store.loadState(ROOM_A))).toEqual(sorted(replayStates(a1).at(-1)!));
 
     await kv.close();
-    kv = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    kv = await openTestStore(join(dir, "db"), { durability: "os" });
     store = new RoomStore(kv, { snapshotEvery: 7 });
     const reloaded = new StateMap();
     for (const entry of await store.loadState(ROOM_A)) reloaded.set(entry);
@@ -145,10 +145,10 @@ describe("state index: stateAt (LM-04 §State Events, the state before an event)
 
 describe("state index with the room layer's RoomState", () => {
   let dir: string;
-  let kv: LevelStore;
+  let kv: KvStore;
   beforeEach(async () => {
     dir = tempDir("state-index-room");
-    kv = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    kv = await openTestStore(join(dir, "db"), { durability: "os" });
   });
   afterEach(async () => {
     await kv.close();

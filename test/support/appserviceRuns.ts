@@ -7,6 +7,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { freePort } from "../../src/util/freePort";
 import { tempDir } from "./services";
+import { testDatabaseConfig } from "./store";
 
 const ROOT = join(__dirname, "../..");
 export const HS = "hs1.test";
@@ -66,11 +67,11 @@ export interface Instance {
 }
 
 /** A provider without a homeserver, driven through its admin API, as another MIMI provider. */
-export function plainProvider(
+export async function plainProvider(
   name: string,
   federationPort: number,
   routes: Record<string, number>,
-): Instance {
+): Promise<Instance> {
   const dir = tempDir(`plain-${name}`);
   mkdirSync(join(dir, "data"), { recursive: true });
   const config = join(dir, "config.yaml");
@@ -83,7 +84,7 @@ export function plainProvider(
       )
         .map(([server, port]) => `${server}: "http://127.0.0.1:${port}"`)
         .join(", ")} } }`,
-      "database: { durability: os }",
+      `database: ${JSON.stringify(await testDatabaseConfig(dir))}`,
       "admin_api: { port: 0, token: " + ADMIN_TOKEN + " }",
       "logging: { level: warn }",
     ].join("\n"),
@@ -120,7 +121,7 @@ export async function instance(
     [
       `server_name: ${HS}`,
       `federation: { port: ${federationPort}, bind_address: 127.0.0.1, well_known: false, static_routes: { ${routes} } }`,
-      "database: { durability: os }",
+      `database: ${JSON.stringify(await testDatabaseConfig(dir))}`,
       `homeserver: { url: "${homeserverUrl}" }`,
       "appservice:",
       `  id: ${extra.id ?? "mimi"}`,

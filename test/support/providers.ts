@@ -4,12 +4,13 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import yaml from "js-yaml";
 import { removeDir, tempDir } from "./services";
+import { testDatabaseConfig } from "./store";
 import { freePort } from "../../src/util/freePort";
 
 const ROOT = join(__dirname, "..", "..");
 const TOKEN = "test-admin-token-0123456789";
 
-/** One provider running as its own process with its own on-disk LevelDB. */
+/** One provider running as its own process with its own database (the engine under test). */
 export class ProviderProcess {
   child: ChildProcess | undefined;
   stderr = "";
@@ -293,8 +294,10 @@ export async function startProviders(
     const url = `http://127.0.0.1:${ports[i]![0]}`;
     routes[name] = options.routeOf === undefined ? url : await options.routeOf(name, url);
   }
+  const dirs = names.map((name) => tempDir(name.replace(/\W/g, "-")));
+  const databases = await Promise.all(dirs.map((dir) => testDatabaseConfig(dir)));
   const providers = names.map((name, i) => {
-    const dir = tempDir(name.replace(/\W/g, "-"));
+    const dir = dirs[i]!;
     mkdirSync(join(dir, "data"), { recursive: true });
     const config = {
       server_name: name,
@@ -307,7 +310,7 @@ export async function startProviders(
         retry_max_ms: 500,
         ...options.federation?.[name],
       },
-      database: { path: "data/db", durability: "os" },
+      database: databases[i],
       // Tests drive many events from one user; the rate limits have tests of their own.
       limits: { local_sends_per_second: 100_000, local_send_burst: 100_000 },
       signing_key_path: "data/signing.key",

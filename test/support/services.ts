@@ -4,8 +4,9 @@ import { join } from "node:path";
 import type { VerifyKeyLookup } from "../../src/events/signatures";
 import type { ServerSigningKey } from "../../src/events/signingKey";
 import { RoomService } from "../../src/room/roomService";
-import { LevelStore } from "../../src/store/levelStore";
+import type { KvStore } from "../../src/store/kv";
 import { RoomStore } from "../../src/store/roomStore";
+import { openTestStore } from "./store";
 
 export function tempDir(label: string): string {
   return mkdtempSync(join(tmpdir(), `mimi-${label}-`));
@@ -13,18 +14,18 @@ export function tempDir(label: string): string {
 
 export interface OpenedService {
   service: RoomService;
-  store: LevelStore;
+  store: KvStore;
   dir: string;
   close(): Promise<void>;
 }
 
-/** A RoomService on a real on-disk LevelDB. */
+/** A RoomService on a real database (the engine under test) named by the folder `dir`. */
 export async function openService(
   dir: string,
   key: ServerSigningKey,
   keys: VerifyKeyLookup,
 ): Promise<OpenedService> {
-  const store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+  const store = await openTestStore(join(dir, "db"), { durability: "os" });
   const service = await RoomService.open({ signingKey: key, store: new RoomStore(store), keys });
   return { service, store, dir, close: () => store.close() };
 }

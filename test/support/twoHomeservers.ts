@@ -2,7 +2,7 @@
  * Two Matrix homeservers that are MIMI providers, end to end: two real Synapses `a.example` and
  * `b.example` on 127.0.0.1 (Synapse federation off), and for each its appservice and MIMI
  * provider as a separate process (`node --import tsx src/cli/main.ts -c config.yaml`) with its
- * own LevelDB. The two providers federate over HTTP on 127.0.0.1 through
+ * own database (the engine under test). The two providers federate over HTTP on 127.0.0.1 through
  * `federation.static_routes`, optionally through recording proxies that keep every request and
  * answer body (`captureFederation`). Every port is chosen before anything starts, so a restarted
  * appservice comes back on the same ones.
@@ -24,6 +24,7 @@ import { ghostUserId } from "../../src/bridge/ghosts";
 import { writeRegistration } from "../../src/bridge/registrationFile";
 import { loadConfig } from "../../src/config/config";
 import { freePort } from "../../src/util/freePort";
+import { testDatabaseConfig } from "./store";
 import { ensureSynapse, startSynapse, type SynapseHandle } from "./synapse";
 
 const ROOT = resolve(__dirname, "..", "..");
@@ -339,6 +340,9 @@ export async function startTwoHomeservers(options: TwoHomeserversOptions): Promi
       routes[domain] = proxy.url;
     }
 
+    const databases = await Promise.all(
+      domains.map((domain) => testDatabaseConfig(join(dir, domain), "data/db", options.durability ?? "os")),
+    );
     const sides = domains.map((domain, i) => {
       const port = ports[i]!;
       const home = join(dir, domain);
@@ -354,7 +358,7 @@ export async function startTwoHomeservers(options: TwoHomeserversOptions): Promi
           retry_base_ms: 50,
           retry_max_ms: 1_000,
         },
-        database: { path: "data/db", durability: options.durability ?? "os" },
+        database: databases[i],
         signing_key_path: "data/signing.key",
         // Tests send bursts as one user; the rate limits have tests of their own.
         limits: { local_sends_per_second: 100_000, local_send_burst: 100_000, ...options.limits },

@@ -8,10 +8,11 @@ import {
   generateX25519KeyPair,
   importGatewayKey,
 } from "../../../src/federation/ohttp";
-import { LevelStore } from "../../../src/store/levelStore";
+import type { KvStore } from "../../../src/store/kv";
 import { testKey } from "../../support/keys";
 import { removeDir, tempDir } from "../../support/services";
 import { listen, ManualClock, type Listening } from "../clientHarness";
+import { openTestStore } from "../../support/store";
 
 const HOUR = 3_600_000;
 
@@ -27,7 +28,7 @@ describe("OHTTP key configurations, fetched with the server keys and pinned per 
   let fetches: number;
   let server: Listening;
   let dir: string;
-  let store: LevelStore;
+  let store: KvStore;
 
   beforeEach(async () => {
     clock = new ManualClock(1_750_000_000_000);
@@ -41,7 +42,7 @@ describe("OHTTP key configurations, fetched with the server keys and pinned per 
       res.end(JSON.stringify(body));
     });
     dir = tempDir("ohttp-pins");
-    store = await LevelStore.open(join(dir, "db"), { durability: "os" });
+    store = await openTestStore(join(dir, "db"), { durability: "os" });
   });
   afterEach(async () => {
     await store.close();

@@ -3,23 +3,23 @@ import * as os from "node:os";
 import * as path from "node:path";
 import type { QueueItem, SendBody, SendResponse, Timer } from "../../../src/federation/queue";
 import type { BatchOp, KvStore } from "../../../src/store/kv";
-import { LevelStore } from "../../../src/store/levelStore";
+import { openTestStore, type TestStore } from "../../support/store";
 
-/** A LevelStore in a fresh temp directory; `reopen` closes it and opens the same files again. */
+/** A store (the engine under test) named by a fresh temp directory; `reopen` closes it and opens the same data again. */
 export class TempStore {
   private constructor(
     readonly dir: string,
-    public store: LevelStore,
+    public store: TestStore,
   ) {}
 
   static async create(): Promise<TempStore> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mimi-queue-"));
-    return new TempStore(dir, await LevelStore.open(dir, { durability: "os" }));
+    return new TempStore(dir, await openTestStore(dir, { durability: "os" }));
   }
 
-  async reopen(): Promise<LevelStore> {
+  async reopen(): Promise<TestStore> {
     await this.store.close();
-    this.store = await LevelStore.open(this.dir, { durability: "os" });
+    this.store = await openTestStore(this.dir, { durability: "os" });
     return this.store;
   }
 
