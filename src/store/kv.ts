@@ -47,3 +47,17 @@ export function prefixEnd(prefix: string): string {
   if (prefix.endsWith("\u0000")) return prefix.slice(0, -1) + "\u0001";
   return prefix + "\u{10FFFF}";
 }
+
+/** Tells each `onCommitted` listener of a landed batch; one that throws is ignored (the batch has landed). */
+export function notifyCommitted(
+  listeners: Iterable<(ops: readonly BatchOp[]) => void>,
+  ops: readonly BatchOp[],
+): void {
+  for (const listener of listeners) {
+    try {
+      listener(ops);
+    } catch {
+      // A cache that failed to follow is the listener's own problem.
+    }
+  }
+}

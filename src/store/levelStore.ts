@@ -1,6 +1,6 @@
 import { Level } from "level";
 import { MimiError } from "../errors";
-import type { BatchOp, KvStore } from "./kv";
+import { notifyCommitted, type BatchOp, type KvStore } from "./kv";
 
 export interface LevelStoreOptions {
   /**
@@ -114,17 +114,6 @@ export class LevelStore implements KvStore {
     return direct.call(this.db, ops, { sync });
   }
 
-  /** The batch has landed whatever a listener does: one that throws is ignored. */
-  private notify(ops: readonly BatchOp[]): void {
-    for (const listener of this.listeners) {
-      try {
-        listener(ops);
-      } catch {
-        // A cache that failed to follow is the listener's own problem.
-      }
-    }
-  }
-
   private async flush(): Promise<void> {
     this.flushing = true;
     while (this.pending.length > 0) {
@@ -135,7 +124,7 @@ export class LevelStore implements KvStore {
         // One sync covers the whole group; a group of only non-durable commits needs none.
         const sync = this.options.durability === "fsync" && group.some((c) => c.durable);
         await this.write(ops, sync);
-        this.notify(ops);
+        notifyCommitted(this.listeners, ops);
         for (const c of group) c.resolve();
       } catch (err) {
         this.failure = new StoreError(

@@ -1,5 +1,5 @@
 import { Client, escapeIdentifier, Pool, type PoolClient, type QueryConfig, type QueryResultRow } from "pg";
-import type { BatchOp, KvStore } from "./kv";
+import { notifyCommitted, type BatchOp, type KvStore } from "./kv";
 import { lastWriteWins, StoreError } from "./levelStore";
 import { PG_MIGRATIONS, type PgMigration } from "./pg/migrations";
 
@@ -312,17 +312,6 @@ export class PgStore implements KvStore {
     return work;
   }
 
-  /** The batch has landed whatever a listener does: one that throws is ignored. */
-  private notify(ops: readonly BatchOp[]): void {
-    for (const listener of this.listeners) {
-      try {
-        listener(ops);
-      } catch {
-        // A cache that failed to follow is the listener's own problem.
-      }
-    }
-  }
-
   private async flush(): Promise<void> {
     while (this.pending.length > 0) {
       const group = this.pending;
@@ -333,7 +322,7 @@ export class PgStore implements KvStore {
         // A group of only non-durable commits need not wait for the WAL flush.
         const sync = this.durability === "fsync" && group.some((c) => c.durable);
         await this.write(ops, sync);
-        this.notify(ops);
+        notifyCommitted(this.listeners, ops);
         for (const c of group) c.resolve();
       } catch (err) {
         this.failure = new StoreError(
