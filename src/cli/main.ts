@@ -11,6 +11,8 @@ import { Appservice, AppserviceStartError } from "../bridge/appservice";
 import { RegistrationError } from "../bridge/registration";
 import { readRegistration, writeRegistration } from "../bridge/registrationFile";
 import { createAdminApp, listenAdmin } from "./adminApi";
+import { acquireClusterLease, clusterOf, LEASE_LOST_EXIT_CODE, StandbyStopped } from "../cluster/standby";
+import type { PgLease } from "../store/pg/lease";
 import { createMetricsHandler, MetricsListener } from "../metrics/listener";
 import { MimiMetrics } from "../metrics/metrics";
 import {
@@ -87,12 +89,59 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   const registration = config.matrix === undefined ? undefined : readRegistration(config.matrix);
+  // A signal before everything runs is acted on once it does (or, for a standby, at once).
+  let stopRequested: string | undefined;
+  let stop: (signal: string) => Promise<void> = async (signal) => {
+    stopRequested ??= signal;
+  };
+  // Before the ready line: a supervisor may signal as soon as it reads it.
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+
+  const cluster = clusterOf(config);
+  let lease: PgLease | undefined;
+  if (cluster !== undefined) {
+    try {
+      lease = await acquireClusterLease(
+        cluster,
+        log.child("cluster"),
+        (standby) =>
+          process.stdout.write(
+            JSON.stringify({ standby: true, server_name: config.serverName, ...standby }) + "\n",
+          ),
+        () => stopRequested !== undefined,
+      );
+    } catch (err) {
+      if (err instanceof StandbyStopped) process.exit(0);
+      throw err;
+    }
+    const held = lease;
+    held.onLost((reason) => {
+      // Nothing more may be written (the store's fence refuses it anyway): leave at once, and let
+      // the supervisor start this process again, as a standby.
+      log.error("lost the provider's lease; exiting", { reason, exit_code: LEASE_LOST_EXIT_CODE });
+      process.exit(LEASE_LOST_EXIT_CODE);
+    });
+    if (stopRequested !== undefined) {
+      await held.release();
+      process.exit(0);
+    }
+  }
   // Counting starts with the provider; the listener serving the counts starts once everything runs.
   const metrics = config.metrics === undefined ? undefined : new MimiMetrics();
-  const provider = await MimiProvider.start(
-    config,
-    metrics === undefined ? {} : { observe: providerObserver(metrics) },
-  );
+  const fence = lease?.fence;
+  const provider = await MimiProvider.start(config, {
+    ...(metrics === undefined ? {} : { observe: providerObserver(metrics) }),
+    ...(lease === undefined || fence === undefined
+      ? {}
+      : {
+          storeFence: {
+            ...fence,
+            onFenced: (reason: string) => lease.markLost(reason),
+            stalledTransactionTimeoutMs: Math.max(500, Math.floor(cluster!.database.cluster.leaseMs / 2)),
+          },
+        }),
+  });
   let appservice: Appservice | undefined;
   if (config.matrix !== undefined && registration !== undefined) {
     try {
@@ -149,7 +198,7 @@ async function main(argv: string[]): Promise<void> {
     log.info("metrics listening", { port: metricsListener.port });
   }
   let stopping = false;
-  const stop = async (signal: string) => {
+  stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info("stopping", { signal });
@@ -157,12 +206,13 @@ async function main(argv: string[]): Promise<void> {
     admin?.close();
     await appservice?.stop();
     await provider.stop();
+    // After the last write: a standby takes over at once instead of at the lease's expiry.
+    await lease?.release();
+    await lease?.close();
     await metricsListener?.stop();
     process.exit(0);
   };
-  // Before the ready line: a supervisor may signal as soon as it reads it.
-  process.on("SIGTERM", () => void stop("SIGTERM"));
-  process.on("SIGINT", () => void stop("SIGINT"));
+  if (stopRequested !== undefined) void stop(stopRequested);
   // Machine-readable line for supervisors and tests: the ports actually bound.
   const adminAddress = admin?.address();
   process.stdout.write(

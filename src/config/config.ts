@@ -21,7 +21,21 @@ export type DatabaseConfig =
       /** The PostgreSQL schema holding the tables, so one database can hold several providers. */
       schema: string;
       durability: "fsync" | "os";
+      /** Several processes of this provider on this schema, one active at a time; none: this process holds it alone. */
+      cluster?: ClusterConfig;
     };
+
+/** database.cluster: see docs/architecture.md "Several processes of one provider". */
+export interface ClusterConfig {
+  /** How long the active process's lease lasts without renewal (ms). */
+  leaseMs: number;
+  /** This process's name in the lease rows and logs. */
+  processName: string | undefined;
+  /** Where the other processes reach this one's listeners when it is active, by kind; unset: its loopback address. */
+  federationUrl: string | undefined;
+  adminUrl: string | undefined;
+  appserviceUrl: string | undefined;
+}
 
 export interface ProviderConfig {
   /** Our MIMI server name: the part after ':' in our users' and rooms' IDs. */
@@ -193,6 +207,13 @@ interface RawConfig {
     url?: string;
     pool_size?: number;
     schema?: string;
+    cluster?: {
+      lease_ms?: number;
+      process_name?: string;
+      federation_url?: string;
+      admin_url?: string;
+      appservice_url?: string;
+    };
   };
   signing_key_path?: string;
   old_verify_keys?: Record<string, { key: string; expired_ts: number }>;
@@ -463,7 +484,7 @@ export function loadConfig(path: string): ProviderConfig {
 function parseDatabase(raw: NonNullable<RawConfig["database"]>, baseDir: string): DatabaseConfig {
   const durability = raw.durability ?? "fsync";
   if ((raw.engine ?? "leveldb") === "leveldb") {
-    for (const key of ["url", "pool_size", "schema"] as const) {
+    for (const key of ["url", "pool_size", "schema", "cluster"] as const) {
       if (raw[key] !== undefined)
         throw new ConfigError(`database.${key}: only for engine postgres (this database is LevelDB)`);
     }
@@ -477,11 +498,23 @@ function parseDatabase(raw: NonNullable<RawConfig["database"]>, baseDir: string)
     );
   if (!/^postgres(ql)?:\/\//.test(raw.url))
     throw new ConfigError("database.url: must be a postgres:// connection URL");
+  const cluster = raw.cluster;
   return {
     engine: "postgres",
     url: raw.url,
     poolSize: raw.pool_size ?? 10,
     schema: raw.schema ?? "public",
     durability,
+    ...(cluster === undefined
+      ? {}
+      : {
+          cluster: {
+            leaseMs: cluster.lease_ms ?? 10_000,
+            processName: cluster.process_name,
+            federationUrl: cluster.federation_url,
+            adminUrl: cluster.admin_url,
+            appserviceUrl: cluster.appservice_url,
+          },
+        }),
   };
 }

@@ -58,6 +58,17 @@ export const CONFIG_SCHEMA = {
         url: { type: "string", minLength: 1 },
         pool_size: { type: "integer", minimum: 1, maximum: 1000 },
         schema: { type: "string", pattern: "^[a-z_][a-z0-9_]{0,62}$" },
+        cluster: {
+          type: "object",
+          additionalProperties: false,
+          properties: {
+            lease_ms: { type: "integer", minimum: 1000, maximum: 600_000 },
+            process_name: { type: "string", pattern: "^[A-Za-z0-9._-]{1,64}$" },
+            federation_url: { type: "string", pattern: "^https?://" },
+            admin_url: { type: "string", pattern: "^https?://" },
+            appservice_url: { type: "string", pattern: "^https?://" },
+          },
+        },
       },
     },
     signing_key_path: { type: "string", minLength: 1 },

@@ -54,7 +54,7 @@ import { RoomGroupExtension } from "../mls/roomGroup";
 import type { RoomExtension } from "../room/extension";
 import { RoomService } from "../room/roomService";
 import type { KvStore } from "../store/kv";
-import { openStore } from "../store/openStore";
+import { openStore, type StoreFence } from "../store/openStore";
 import { RoomStore } from "../store/roomStore";
 import { ensureSchema } from "../store/schema";
 import { CatchUp } from "./catchUp";
@@ -83,6 +83,8 @@ export interface ProviderOptions {
    * this provider's own federation listener on loopback (tests put a recording proxy in front).
    */
   ohttpRelayUrl?: string;
+  /** A cluster's active process: the lease every write of the PostgreSQL store checks (pg/lease.ts). */
+  storeFence?: StoreFence;
 }
 
 /** What the provider reports as it happens, for metrics; a throwing callback is logged and ignored. */
@@ -151,7 +153,7 @@ export class MimiProvider {
     setLogLevel(config.logging.level);
     const log = createLogger("provider", { server: config.serverName });
     const signingKey = await loadOrCreateSigningKey(config.signingKeyPath, config.serverName);
-    const kv = await openStore(config.database);
+    const kv = await openStore(config.database, options.storeFence);
     await ensureSchema(kv);
     const discovery = new ServerResolver({
       staticMap: config.federation.staticRoutes,
@@ -592,7 +594,7 @@ async function sendTransaction(
 }
 
 /** The address our own clients reach the federation listener at. */
-function loopbackOf(bindAddress: string): string {
+export function loopbackOf(bindAddress: string): string {
   if (bindAddress === "0.0.0.0") return "127.0.0.1";
   if (bindAddress === "::") return "[::1]";
   return bindAddress.includes(":") ? `[${bindAddress}]` : bindAddress;

@@ -1,6 +1,7 @@
 import { Client, escapeIdentifier, Pool, type PoolClient, type QueryConfig, type QueryResultRow } from "pg";
 import { notifyCommitted, type BatchOp, type KvStore } from "./kv";
 import { lastWriteWins, StoreError } from "./levelStore";
+import type { LeaseFence } from "./pg/lease";
 import { PG_MIGRATIONS, type PgMigration } from "./pg/migrations";
 
 export interface PgStoreOptions {
@@ -17,6 +18,17 @@ export interface PgStoreOptions {
    * second, never part of a batch).
    */
   durability?: "fsync" | "os";
+  /**
+   * For a process of a cluster (several processes of one provider on one schema): instead of the
+   * schema's session lock, every write transaction checks that this lease is still held, and
+   * commits nothing if it is not (see pg/lease.ts). Without it the store holds the schema alone.
+   */
+  fence?: LeaseFence & {
+    /** Told once when a write found the lease gone; the store then accepts no more writes. */
+    onFenced?: (reason: string) => void;
+    /** A transaction left idle this long is ended by the server (a paused process must not hold the lease row's lock). */
+    stalledTransactionTimeoutMs: number;
+  };
 }
 
 interface PendingCommit {
@@ -70,6 +82,7 @@ export class PgStore implements KvStore {
     rangeReverse: string;
     delete: string;
     upsert: string;
+    fence: string;
   };
 
   private constructor(
@@ -77,8 +90,9 @@ export class PgStore implements KvStore {
     /** The PostgreSQL schema the tables are in. */
     readonly schema: string,
     private readonly durability: "fsync" | "os",
-    /** The session holding the schema's advisory lock for as long as the store is open. */
-    private readonly lockHolder: Client,
+    /** The session holding the schema's advisory lock for as long as the store is open (none when fenced). */
+    private readonly lockHolder: Client | undefined,
+    private readonly fence: PgStoreOptions["fence"],
   ) {
     const kv = this.qualified("kv");
     this.sql = {
@@ -90,6 +104,9 @@ export class PgStore implements KvStore {
       upsert:
         `INSERT INTO ${kv} (key, value) SELECT * FROM unnest($1::bytea[], $2::bytea[]) ` +
         "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+      fence:
+        `SELECT 1 FROM ${this.qualified("leases")} WHERE resource = $1 AND owner = $2 ` +
+        "AND token = $3::bigint AND expires_at > clock_timestamp() FOR SHARE",
     };
   }
 
@@ -137,6 +154,8 @@ export class PgStore implements KvStore {
     }
     try {
       await migrate(client, schema);
+      // A fenced process shares the schema with its cluster, never with a provider holding it alone.
+      if (options.fence !== undefined) await refuseIfLocked(client, schema, where);
     } catch (err) {
       if (err instanceof StoreError) throw err;
       throw new StoreError(
@@ -146,21 +165,49 @@ export class PgStore implements KvStore {
       await client.end().catch(() => undefined);
     }
 
-    const holder = await holdSchemaLock(options.url, schema, where, redact);
+    const holder =
+      options.fence === undefined ? await holdSchemaLock(options.url, schema, where, redact) : undefined;
     const pool = new Pool({
       connectionString: options.url,
       max: poolSize,
       keepAlive: true,
       application_name: APPLICATION_NAME,
+      ...(options.fence === undefined
+        ? {}
+        : { idle_in_transaction_session_timeout: options.fence.stalledTransactionTimeoutMs }),
     });
     // A connection that breaks (a server restart, a terminated backend) fails the query in flight
     // on it, if any, and is dropped by the pool. Its error is also emitted as an event, idle or
     // not, and an error event without a listener would crash the process.
     pool.on("error", () => undefined);
     pool.on("connect", (client) => client.on("error", () => undefined));
-    const store = new PgStore(pool, schema, durability, holder);
-    holder.on("end", () => store.lockLost());
+    const store = new PgStore(pool, schema, durability, holder, options.fence);
+    holder?.on("end", () => store.lockLost());
     return store;
+  }
+
+  /**
+   * Connects, creates the schema if missing and applies the migrations it lacks, then
+   * disconnects: what a cluster's process does before it takes part in leases.
+   */
+  static async prepare(options: Pick<PgStoreOptions, "url" | "schema">): Promise<void> {
+    const schema = options.schema ?? "public";
+    const client = new Client({
+      connectionString: options.url,
+      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+      application_name: APPLICATION_NAME,
+    });
+    client.on("error", () => undefined);
+    const where = describeTarget(client);
+    try {
+      await client.connect();
+      await migrate(client, schema);
+    } catch (err) {
+      if (err instanceof StoreError) throw err;
+      throw new StoreError(`cannot prepare the PostgreSQL schema ${schema} at ${where}: ${errorText(err)}`);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
   }
 
   /** The session holding the schema's lock ended while open: another process may take it now. */
@@ -286,7 +333,7 @@ export class PgStore implements KvStore {
         // No read starts once closed; those under way finish first (see inFlight).
         while (this.inFlight.size > 0) await Promise.all(this.inFlight);
         await this.pool.end();
-        await this.lockHolder.end().catch(() => undefined);
+        await this.lockHolder?.end().catch(() => undefined);
       })();
     }
     return this.closing;
@@ -325,9 +372,11 @@ export class PgStore implements KvStore {
         notifyCommitted(this.listeners, ops);
         for (const c of group) c.resolve();
       } catch (err) {
-        this.failure = new StoreError(
-          `database write failed, the store stopped accepting writes: ${errorText(err)}`,
-        );
+        this.failure =
+          err instanceof LeaseFencedError
+            ? err
+            : new StoreError(`database write failed, the store stopped accepting writes: ${errorText(err)}`);
+        if (err instanceof LeaseFencedError) this.fence?.onFenced?.(err.message);
         for (const c of [...group, ...this.pending]) c.reject(this.failure);
         this.pending = [];
       }
@@ -360,6 +409,14 @@ export class PgStore implements KvStore {
     let broken: Error | undefined;
     try {
       await client.query(sync ? "BEGIN" : "BEGIN; SET LOCAL synchronous_commit = off");
+      if (this.fence !== undefined) {
+        const held = await client.query({
+          name: "mimi_kv_fence",
+          text: this.sql.fence,
+          values: [this.fence.resource, this.fence.owner, this.fence.token],
+        });
+        if (held.rowCount !== 1) throw new LeaseFencedError(this.fence.resource);
+      }
       if (dels.length > 0) {
         await client.query({ name: "mimi_kv_delete", text: this.sql.delete, values: [dels] });
       }
@@ -432,6 +489,46 @@ export async function migrate(
   }
 }
 
+/** A write refused because this process no longer holds the lease it writes under. */
+export class LeaseFencedError extends StoreError {
+  constructor(resource: string) {
+    super(
+      `this process no longer holds the ${resource} lease (it expired, and another process may hold it): ` +
+        "it committed nothing and accepts no more writes",
+    );
+  }
+}
+
+/** Refuses when a process holding the schema alone (no cluster) has its lock. */
+async function refuseIfLocked(client: Client, schema: string, where: string): Promise<void> {
+  const key = `mimi-appservice schema ${schema}`;
+  const result = await client.query<{ locked: boolean }>(
+    "SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS locked",
+    [key],
+  );
+  if (result.rows[0]?.locked !== true) {
+    throw new StoreError(
+      `the PostgreSQL schema ${schema} at ${where} is in use by a process without database.cluster ` +
+        "(a provider or migrate-store holding it alone): stop it, or give every process the cluster section",
+    );
+  }
+  await client.query("SELECT pg_advisory_unlock(hashtextextended($1, 0))", [key]);
+}
+
+/** Refuses when a cluster's process holds a live lease on the schema. */
+async function refuseIfLeased(client: Client, schema: string, where: string): Promise<void> {
+  const result = await client.query<{ name: string | null }>(
+    `SELECT owner_info->>'name' AS name FROM ${escapeIdentifier(schema)}.leases WHERE expires_at > clock_timestamp()`,
+  );
+  const row = result.rows[0];
+  if (row !== undefined) {
+    throw new StoreError(
+      `the PostgreSQL schema ${schema} at ${where} is in use by the cluster process ${row.name ?? "(unnamed)"} ` +
+        "(database.cluster): stop the cluster's processes first",
+    );
+  }
+}
+
 /**
  * One process per schema, as LevelDB allows one per folder: a session-level advisory lock on the
  * schema's name, held by a connection of its own until the store closes (or that session ends).
@@ -460,6 +557,7 @@ async function holdSchemaLock(
           "(is another provider or migrate-store using it?)",
       );
     }
+    await refuseIfLeased(holder, schema, where);
     return holder;
   } catch (err) {
     await holder.end().catch(() => undefined);

@@ -27,6 +27,11 @@ export class ProviderProcess {
   }
 
   async start(): Promise<void> {
+    await this.startUntil(/"ready":true/);
+  }
+
+  /** Starts the process and waits for `marker` on its standard output. */
+  protected async startUntil(marker: RegExp): Promise<void> {
     const child = spawn(
       process.execPath,
       ["--import", "tsx", join(ROOT, "src/cli/main.ts"), "-c", this.configPath],
@@ -45,7 +50,7 @@ export class ProviderProcess {
       let out = "";
       const onData = (chunk: Buffer) => {
         out += chunk.toString();
-        if (out.includes('"ready":true')) {
+        if (marker.test(out)) {
           child.stdout!.off("data", onData);
           resolve();
         }

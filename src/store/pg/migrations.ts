@@ -29,6 +29,23 @@ export const PG_MIGRATIONS: readonly PgMigration[] = [
       );
     `,
   },
+  {
+    version: 2,
+    name: "leases",
+    sql: `
+      -- Who may write: a row per leased resource (today one, 'provider': the active process of a
+      -- cluster, docs/architecture.md "Several processes"). token grows by one at each takeover;
+      -- every write transaction of the holder checks owner, token and expiry in the same
+      -- transaction (SELECT ... FOR SHARE), so a process whose lease passed on commits nothing.
+      CREATE TABLE leases (
+        resource text PRIMARY KEY,
+        owner text NOT NULL,
+        token bigint NOT NULL,
+        expires_at timestamptz NOT NULL,
+        owner_info jsonb NOT NULL
+      );
+    `,
+  },
 ];
 
 /** The newest migration this release knows. */

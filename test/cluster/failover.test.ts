@@ -1,0 +1,114 @@
+import { ClusterSet, type ClusterProcess } from "../support/cluster";
+import { eventually, type ProviderProcess } from "../support/providers";
+
+const ALICE = "@alice:a.example";
+const BOB = "@bob:b.example";
+const CAROL = "@carol:c.example";
+const DAVE = "@dave:a.example";
+const LEASE_MS = 2000;
+
+type Event = { event_id: string; sender: string; origin_server_ts?: number; content: { body?: string } };
+
+/** Runs `count` sends with at most `width` in flight; a failed send is retried with its txnId until it is accepted. */
+async function stream(
+  count: number,
+  width: number,
+  task: (i: number) => Promise<string>,
+  onAccepted: (i: number, eventId: string) => void,
+): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      const i = next++;
+      for (;;) {
+        try {
+          onAccepted(i, await task(i));
+          break;
+        } catch (err) {
+          if (process.env.MIMI_TEST_LOGS) process.stderr.write(`retry ${i}: ${String(err).slice(0, 200)}\n`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: width }, worker));
+}
+
+const send = (p: ProviderProcess, roomId: string, sender: string, label: string) => (i: number) =>
+  p.send(roomId, sender, "org.example.message", { body: `${label}${i}` }, undefined, `${label}${i}`);
+
+describe("two processes of one provider on one PostgreSQL schema, three providers in all", () => {
+  let cluster: ClusterSet;
+  let roomId: string;
+
+  beforeEach(async () => {
+    cluster = await ClusterSet.start({
+      serverName: "a.example",
+      others: ["b.example", "c.example"],
+      leaseMs: LEASE_MS,
+      processes: 2,
+    });
+    const [b, c] = cluster.others as [ProviderProcess, ProviderProcess];
+    roomId = await cluster.hub.createRoom(ALICE);
+    await cluster.hub.send(roomId, ALICE, "m.room.join_rules", { rule: "public" }, "");
+    await cluster.hub.join(roomId, DAVE);
+    await b.join(roomId, BOB);
+    await c.join(roomId, CAROL);
+  }, 120_000);
+
+  afterEach(async () => {
+    await cluster?.stop();
+  });
+
+  it("a 2,000-message flood while the active process is killed with SIGKILL and another started: nothing lost or doubled, one history everywhere", async () => {
+    const [b, c] = cluster.others as [ProviderProcess, ProviderProcess];
+    const [first] = cluster.processes as [ClusterProcess];
+    const PER_SENDER = 2000 / 4;
+    const oks = new Map<string, string>();
+    let killedAt = 0;
+    let replaced: Promise<void> | undefined;
+    const onAccepted = (label: string) => (i: number, eventId: string) => {
+      oks.set(`${label}${i}`, eventId);
+      if (process.env.MIMI_TEST_LOGS && oks.size % 100 === 0) process.stderr.write(`accepted ${oks.size}\n`);
+      if (killedAt === 0 && oks.size === 600) {
+        killedAt = Date.now();
+        replaced = (async () => {
+          await first.kill("SIGKILL");
+          // Whichever of the two takes the lease first is the new owner.
+          await cluster.addProcess("either");
+        })();
+      }
+    };
+    await Promise.all([
+      // Hub-local senders through the admin balancer, followers through their own providers.
+      stream(PER_SENDER, 8, send(cluster.hub, roomId, ALICE, "a"), onAccepted("a")),
+      stream(PER_SENDER, 8, send(cluster.hub, roomId, DAVE, "d"), onAccepted("d")),
+      stream(PER_SENDER, 8, send(b, roomId, BOB, "b"), onAccepted("b")),
+      stream(PER_SENDER, 8, send(c, roomId, CAROL, "c"), onAccepted("c")),
+    ]);
+    await replaced;
+    expect(killedAt).toBeGreaterThan(0);
+
+    const hubHistory = (await cluster.hub.history(roomId)) as Event[];
+    const ids = hubHistory.map((e) => e.event_id);
+    await eventually(async () => {
+      const [hb, hc] = await Promise.all([b.history(roomId), c.history(roomId)]);
+      expect(hb.map((e) => e.event_id)).toEqual(ids);
+      expect(hc.map((e) => e.event_id)).toEqual(ids);
+    }, 120_000);
+    expect(new Set(ids).size).toBe(ids.length);
+    const bodies = hubHistory.map((e) => e.content.body).filter((body) => body !== undefined);
+    expect(bodies.length).toBe(2000);
+    expect(new Set(bodies).size).toBe(2000);
+    for (const [label, eventId] of oks) {
+      expect(ids.filter((id) => id === eventId)).toHaveLength(1);
+      expect(hubHistory.find((e) => e.event_id === eventId)?.content.body).toBe(label);
+    }
+    // The first event the new owner sequenced is the first after the kill.
+    const afterKill = hubHistory.find((e) => (e.origin_server_ts ?? 0) > killedAt);
+    expect(afterKill).toBeDefined();
+    const failoverMs = afterKill!.origin_server_ts! - killedAt;
+    process.stderr.write(`failover: kill to the first event sequenced by the new owner ${failoverMs} ms\n`);
+    expect(failoverMs).toBeLessThan(2 * LEASE_MS + 5000);
+  }, 300_000);
+});
