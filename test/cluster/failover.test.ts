@@ -111,4 +111,43 @@ describe("two processes of one provider on one PostgreSQL schema, three provider
     process.stderr.write(`failover: kill to the first event sequenced by the new owner ${failoverMs} ms\n`);
     expect(failoverMs).toBeLessThan(2 * LEASE_MS + 5000);
   }, 300_000);
+
+  it("a process paused with SIGSTOP past its lease cannot commit when it resumes: it exits, and the new owner's history stands", async () => {
+    const [b, c] = cluster.others as [ProviderProcess, ProviderProcess];
+    const [first, second] = cluster.processes as [ClusterProcess, ClusterProcess];
+    expect(first.active).toBe(true);
+    expect(second.active).toBe(false);
+    await first.send(roomId, ALICE, "org.example.message", { body: "before the pause" });
+
+    const exited = new Promise<number | null>((resolve) =>
+      first.child!.once("exit", (code) => resolve(code)),
+    );
+    first.child!.kill("SIGSTOP");
+    const pausedAt = Date.now();
+    await second.waitUntilActive();
+    expect(Date.now() - pausedAt).toBeGreaterThanOrEqual(LEASE_MS / 2);
+    await second.send(roomId, ALICE, "org.example.message", { body: "by the new owner" });
+
+    // Asked while paused, served (or not) once it resumes: the request waits in its socket.
+    const stale = first
+      .send(roomId, ALICE, "org.example.message", { body: "by the paused process" }, undefined, "stale")
+      .then(
+        () => "accepted",
+        (err: Error) => err.message,
+      );
+    await new Promise((r) => setTimeout(r, 200));
+    first.child!.kill("SIGCONT");
+    expect(await exited).toBe(4);
+    expect(first.stderr).toMatch(/lost the provider's lease; exiting/);
+    expect(await stale).not.toBe("accepted");
+
+    await second.send(roomId, ALICE, "org.example.message", { body: "after the resume" });
+    const bodies = (await second.history(roomId)).map((e) => e.content.body).filter((x) => x !== undefined);
+    expect(bodies).toEqual(["before the pause", "by the new owner", "after the resume"]);
+    const ids = (await second.history(roomId)).map((e) => e.event_id);
+    await eventually(async () => {
+      expect((await b.history(roomId)).map((e) => e.event_id)).toEqual(ids);
+      expect((await c.history(roomId)).map((e) => e.event_id)).toEqual(ids);
+    }, 60_000);
+  }, 120_000);
 });

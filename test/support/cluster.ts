@@ -83,6 +83,15 @@ export class ClusterProcess extends ProviderProcess {
       role === "active" ? /"ready":true/ : role === "standby" ? /"standby":true/ : /"(ready|standby)":true/,
     );
   }
+
+  /** True once it took the lease (its ready line). */
+  get active(): boolean {
+    return /"ready":true/.test(this.stdout);
+  }
+
+  async waitUntilActive(): Promise<void> {
+    await this.waitForOutput(/"ready":true/);
+  }
 }
 
 /**
@@ -111,6 +120,10 @@ export class ClusterSet {
     leaseMs: number;
     /** Processes started at first: the first becomes active, the others standbys. */
     processes: number;
+    /** What node runs for each process instead of the sources through tsx. */
+    entry?: readonly string[];
+    /** Hosted MLS clients; default off (the tests count the room layer's events). */
+    hostedClients?: boolean;
   }): Promise<ClusterSet> {
     const dir = tempDir(options.serverName.replace(/\W/g, "-"));
     mkdirSync(join(dir, "data"), { recursive: true });
@@ -122,15 +135,25 @@ export class ClusterSet {
       processes.filter((p) => p.child).map((p) => p.adminPort),
     );
     const routes = { [options.serverName]: `http://127.0.0.1:${federation.port}` };
-    const others = await startProviders(options.others, routes, { hostedClients: false });
+    const others = await startProviders(options.others, routes, {
+      hostedClients: options.hostedClients ?? false,
+    });
     for (const other of others) routes[other.serverName] = `http://127.0.0.1:${other.federationPort}`;
     const database = await testDatabaseConfig(dir, "data/db", "os", "postgres");
     const base = {
+      entry: options.entry,
+      hosted_clients: options.hostedClients ?? false,
       server_name: options.serverName,
       static_routes: routes,
       database: { ...database, cluster: { lease_ms: options.leaseMs } },
     };
-    const hub = new ProviderProcess(options.serverName, dir, federation.port, adminBalancer.port);
+    const hub = new ProviderProcess(
+      options.serverName,
+      dir,
+      federation.port,
+      adminBalancer.port,
+      options.entry,
+    );
     const set = new ClusterSet(
       options.serverName,
       dir,
@@ -168,10 +191,11 @@ export class ClusterSet {
       signing_key_path: join(this.dir, "data", "signing.key"),
       admin_api: { bind_address: "127.0.0.1", port: adminPort, token: TOKEN },
       logging: { level: "warn" },
-      mls: { hosted_clients: false },
+      mls: { hosted_clients: this.base.hosted_clients },
     };
     writeFileSync(join(dir, "config.yaml"), yaml.dump(config));
-    const process = new ClusterProcess(this.serverName, dir, federationPort, adminPort);
+    const entry = this.base.entry as readonly string[] | undefined;
+    const process = new ClusterProcess(this.serverName, dir, federationPort, adminPort, entry);
     this.processes.push(process);
     await process.startAs(role);
     return process;

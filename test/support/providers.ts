@@ -9,17 +9,22 @@ import { freePort } from "../../src/util/freePort";
 
 const ROOT = join(__dirname, "..", "..");
 const TOKEN = "test-admin-token-0123456789";
+const TSX_ENTRY = ["--import", "tsx", join(ROOT, "src/cli/main.ts")];
 
 /** One provider running as its own process with its own database (the engine under test). */
 export class ProviderProcess {
   child: ChildProcess | undefined;
   stderr = "";
+  /** What the running process wrote on its standard output. */
+  stdout = "";
 
   constructor(
     readonly serverName: string,
     readonly dir: string,
     readonly federationPort: number,
     readonly adminPort: number,
+    /** What node runs instead of `--import tsx src/cli/main.ts` (e.g. the compiled dist/cli/main.js). */
+    readonly entry?: readonly string[],
   ) {}
 
   get configPath(): string {
@@ -32,33 +37,39 @@ export class ProviderProcess {
 
   /** Starts the process and waits for `marker` on its standard output. */
   protected async startUntil(marker: RegExp): Promise<void> {
-    const child = spawn(
-      process.execPath,
-      ["--import", "tsx", join(ROOT, "src/cli/main.ts"), "-c", this.configPath],
-      {
-        cwd: ROOT,
-        stdio: ["ignore", "pipe", "pipe"],
-        env: { ...process.env, MIMI_LOG_LEVEL: process.env.MIMI_LOG_LEVEL ?? "warn" },
-      },
-    );
+    const child = spawn(process.execPath, [...(this.entry ?? TSX_ENTRY), "-c", this.configPath], {
+      cwd: ROOT,
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, MIMI_LOG_LEVEL: process.env.MIMI_LOG_LEVEL ?? "warn" },
+    });
     this.child = child;
+    this.stdout = "";
     child.stderr!.on("data", (chunk: Buffer) => {
       this.stderr += chunk.toString();
       if (process.env.MIMI_TEST_LOGS) process.stderr.write(`[${this.serverName}] ${chunk.toString()}`);
     });
+    child.stdout!.on("data", (chunk: Buffer) => {
+      this.stdout += chunk.toString();
+    });
+    await this.waitForOutput(marker);
+  }
+
+  /** Waits until the running process has written `marker` on its standard output; rejects if it exits first. */
+  async waitForOutput(marker: RegExp): Promise<void> {
+    const child = this.child;
+    if (child === undefined) throw new Error(`${this.serverName} is not running`);
     await new Promise<void>((resolve, reject) => {
-      let out = "";
-      const onData = (chunk: Buffer) => {
-        out += chunk.toString();
-        if (marker.test(out)) {
-          child.stdout!.off("data", onData);
-          resolve();
-        }
+      const check = () => {
+        if (!marker.test(this.stdout)) return;
+        child.stdout!.off("data", check);
+        child.off("exit", onExit);
+        resolve();
       };
-      child.stdout!.on("data", onData);
-      child.once("exit", (code) =>
-        reject(new Error(`${this.serverName} exited with ${code}: ${this.stderr}`)),
-      );
+      const onExit = (code: number | null) =>
+        reject(new Error(`${this.serverName} exited with ${code}: ${this.stderr}`));
+      child.stdout!.on("data", check);
+      child.once("exit", onExit);
+      check();
     });
   }
 
