@@ -57,6 +57,7 @@ async function storeSection(): Promise<void> {
         `${fmt((100 * postgres.eventsPerSecond) / level.eventsPerSecond, 1)}% of LevelDB (target >= 50%)`,
     );
   }
+  await (await import("./cluster.js")).clusterFigures();
 }
 
 const SECTIONS: Record<string, () => Promise<void>> = {

@@ -124,6 +124,8 @@ export class ClusterSet {
     entry?: readonly string[];
     /** Hosted MLS clients; default off (the tests count the room layer's events). */
     hostedClients?: boolean;
+    /** The store's durability; default os (tests), fsync for the bench. */
+    durability?: "fsync" | "os";
   }): Promise<ClusterSet> {
     const dir = tempDir(options.serverName.replace(/\W/g, "-"));
     mkdirSync(join(dir, "data"), { recursive: true });
@@ -139,7 +141,7 @@ export class ClusterSet {
       hostedClients: options.hostedClients ?? false,
     });
     for (const other of others) routes[other.serverName] = `http://127.0.0.1:${other.federationPort}`;
-    const database = await testDatabaseConfig(dir, "data/db", "os", "postgres");
+    const database = await testDatabaseConfig(dir, "data/db", options.durability ?? "os", "postgres");
     const base = {
       entry: options.entry,
       hosted_clients: options.hostedClients ?? false,
