@@ -211,6 +211,25 @@ describe("config", () => {
       /database.schema/,
     ],
     ["an unknown engine", [...VALID, "database: { engine: sqlite }"].join("\n"), /database.engine/],
+    [
+      "a cluster on LevelDB",
+      [...VALID, "database: { cluster: { lease_ms: 5000 } }"].join("\n"),
+      /database.cluster: only for engine postgres/,
+    ],
+    [
+      "a lease under a second",
+      [...VALID, "database: { engine: postgres, url: 'postgres://h/db', cluster: { lease_ms: 10 } }"].join(
+        "\n",
+      ),
+      /database.cluster.lease_ms/,
+    ],
+    [
+      "an unknown cluster setting",
+      [...VALID, "database: { engine: postgres, url: 'postgres://h/db', cluster: { leader: true } }"].join(
+        "\n",
+      ),
+      /database.cluster/,
+    ],
   ])("refuses %s, naming it", (_what, text, message) => {
     expect(() => parseConfig(text, "/srv")).toThrow(ConfigError);
     expect(() => parseConfig(text, "/srv")).toThrow(message);
@@ -229,6 +248,36 @@ describe("config", () => {
       poolSize: 4,
       schema: "mimi_a",
       durability: "os",
+    });
+  });
+
+  it("reads a cluster's settings, with a 10 s lease by default", () => {
+    const url = "postgres://h/db";
+    const parse = (cluster: string) =>
+      parseConfig(
+        [...VALID, `database: { engine: postgres, url: '${url}', cluster: ${cluster} }`].join("\n"),
+        "/srv",
+      ).database;
+    expect(parse("{}")).toMatchObject({
+      cluster: {
+        leaseMs: 10_000,
+        processName: undefined,
+        federationUrl: undefined,
+        adminUrl: undefined,
+        appserviceUrl: undefined,
+      },
+    });
+    expect(
+      parse(
+        "{ lease_ms: 3000, process_name: node-1, federation_url: 'http://10.0.0.1:8448', admin_url: 'http://10.0.0.1:8009' }",
+      ),
+    ).toMatchObject({
+      cluster: {
+        leaseMs: 3000,
+        processName: "node-1",
+        federationUrl: "http://10.0.0.1:8448",
+        adminUrl: "http://10.0.0.1:8009",
+      },
     });
   });
 });
