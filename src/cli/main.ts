@@ -89,17 +89,20 @@ async function main(argv: string[]): Promise<void> {
     return;
   }
   const registration = config.matrix === undefined ? undefined : readRegistration(config.matrix);
-  // A signal before everything runs is acted on once it does (or, for a standby, at once).
+  // A signal before everything runs: a standby leaves at its next poll; an active process of a
+  // cluster once it started (to hand its lease on); any other process at once, as before it
+  // listened there was nothing to stop (what it wrote is durable or not acknowledged).
   let stopRequested: string | undefined;
+  let lease: PgLease | undefined;
   let stop: (signal: string) => Promise<void> = async (signal) => {
     stopRequested ??= signal;
+    if (lease === undefined && clusterOf(config) === undefined) process.exit(0);
   };
   // Before the ready line: a supervisor may signal as soon as it reads it.
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
 
   const cluster = clusterOf(config);
-  let lease: PgLease | undefined;
   if (cluster !== undefined) {
     try {
       lease = await acquireClusterLease(
