@@ -24,8 +24,11 @@ describe("shipped examples", () => {
 
   it("config.sample.yaml lists every key of the schema, each limit with its default", () => {
     const sample = readFileSync(join(ROOT, "config.sample.yaml"), "utf8");
-    // The commented-out admin_api block and PostgreSQL settings count as listed.
-    const withPostgres = withAdminApi(sample).replace(/^ {2}# (url|pool_size|schema): /gm, "  $1: ");
+    // The commented-out admin_api block, PostgreSQL and cluster settings count as listed.
+    const withPostgres = withAdminApi(sample)
+      .replace(/^ {2}# (url|pool_size|schema): /gm, "  $1: ")
+      .replace(/^ {2}# cluster:$/gm, "  cluster:")
+      .replace(/^ {2}# {3}(lease_ms|process_name|federation_url|admin_url|appservice_url): /gm, "    $1: ");
     const listed = yaml.load(withPostgres) as Record<string, unknown>;
     interface Node {
       properties?: Record<string, Node>;
