@@ -41,8 +41,8 @@ describe("several users of one server join a room it does not follow yet, at onc
       (await p!.rooms.history(roomId, { fromSeq: 1, limit: 1000 })).events.map((e) => e.eventId);
     // The hosted MLS clients go on committing after the joins: compare once both are idle.
     const quiet = async () => {
-      await a!.rooms.agent?.settled(roomId);
-      await b!.rooms.agent?.settled(roomId);
+      await a!.mls.settled(roomId);
+      await b!.mls.settled(roomId);
       return JSON.stringify(await ids(a)) === JSON.stringify(await ids(b));
     };
     for (let i = 0; i < 300 && !((await quiet()) && (await quiet())); i++)

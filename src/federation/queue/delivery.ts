@@ -223,6 +223,31 @@ export class OutboundDelivery {
     );
   }
 
+  /**
+   * Dead-letters the oldest items of a queue over its depth while its worker waits to retry.
+   * Items committed during a trim are looked at once it ends: a wake meanwhile finds a trim
+   * running and starts none.
+   */
+  private trimWhileWaiting(destination: string, worker: DestinationWorker): void {
+    if (!worker.waiting || worker.trimming !== undefined || !this.queue.overDepth(destination)) return;
+    worker.trimming = this.queue
+      .expire(destination, worker.attempts)
+      .then(
+        () => undefined,
+        (err: unknown) =>
+          this.notify(destination, asError(err), {
+            txnId: undefined,
+            attempt: 0,
+            permanent: false,
+            retryInMs: 0,
+          }),
+      )
+      .finally(() => {
+        worker.trimming = undefined;
+        this.trimWhileWaiting(destination, worker);
+      });
+  }
+
   /** Starts delivering, resuming every destination with a backlog or a persisted transaction. */
   start(): void {
     if (this.running) return;
@@ -245,21 +270,7 @@ export class OutboundDelivery {
     const worker = this.worker(destination);
     if (worker.loop !== undefined) {
       worker.dirty = true;
-      if (worker.waiting && worker.trimming === undefined && this.queue.overDepth(destination)) {
-        worker.trimming = this.queue
-          .expire(destination, worker.attempts)
-          .then(
-            () => undefined,
-            (err: unknown) =>
-              this.notify(destination, asError(err), {
-                txnId: undefined,
-                attempt: 0,
-                permanent: false,
-                retryInMs: 0,
-              }),
-          )
-          .finally(() => (worker.trimming = undefined));
-      }
+      this.trimWhileWaiting(destination, worker);
       return;
     }
     worker.loop = this.run(destination, worker).finally(() => {

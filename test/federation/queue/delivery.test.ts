@@ -699,6 +699,37 @@ describe("OutboundDelivery dead letters", () => {
     expect(new Set(letters.map((l) => l.reason.reason))).toEqual(new Set(["queue full"]));
   });
 
+  it("trims again what was queued while a trim was finishing", async () => {
+    const store = new HoldingStore(temp.store);
+    const h = await harness({}, await OutboundQueue.open(store, { maxDepth: 20 }));
+    h.sender.behaviour = () => {
+      throw httpError(503, "M_UNKNOWN");
+    };
+    await h.queue.enqueue(DEST, range(1, 10).map(pdu));
+    h.delivery.start();
+    await h.timer.requested(1);
+    await h.queue.enqueue(DEST, range(11, 25).map(pdu));
+    // Hold each of the trim's reads; the one that finds the queue back at its depth is its last.
+    let hold = store.holdNextRange();
+    h.delivery.wake(DEST);
+    for (;;) {
+      await hold.reached;
+      if (h.queue.depth(DEST) <= 20) break;
+      const held = hold;
+      hold = store.holdNextRange();
+      held.release();
+    }
+    await h.queue.enqueue(DEST, range(26, 35).map(pdu));
+    h.delivery.wake(DEST);
+    hold.release();
+    await eventually(() => h.queue.depth(DEST) <= 20);
+    await h.delivery.stop();
+    expect(h.sender.calls).toHaveLength(1);
+    expect(h.queue.depth(DEST)).toBe(20);
+    const letters = await h.queue.deadLetters(DEST, 100);
+    expect(letters.map((l) => (l.item.body as { n: number }).n)).toEqual(range(1, 15));
+  });
+
   it("delivers dead letters put back with retryDeadLetters, after what was queued meanwhile", async () => {
     const h = await harness({ refusalMinSpanMs: 0 });
     let refusing = true;
