@@ -53,6 +53,11 @@ const NAME_TTL_MS = 10 * 60_000;
 
 const RETRY_FIRST_MS = 1_000;
 const RETRY_MAX_MS = 60_000;
+/**
+ * How long a stop waits for the mapping under way (a homeserver request may take 30 s). What is
+ * not finished by then stays in the inbox and is mapped again at the next start.
+ */
+export const STOP_GRACE_MS = 5_000;
 
 export interface MatrixBridgeDeps {
   kv: KvStore;
@@ -66,6 +71,8 @@ export interface MatrixBridgeDeps {
   log: Logger;
   /** Told of each homeserver event whose mapping failed for good (errcode, or the error's name). */
   onUnmapped?: (kind: string) => void;
+  /** `STOP_GRACE_MS` unless given. */
+  stopGraceMs?: number;
 }
 
 /**
@@ -243,10 +250,26 @@ export class MatrixBridge {
     this.stopNow();
     this.unsubscribe?.();
     this.wake?.();
-    await this.running;
-    await Promise.all(this.laneRuns);
-    await this.invites;
-    await this.followers.stop();
+    const inProgress = this.laneRuns.size;
+    const finished = (async () => {
+      await this.running;
+      await Promise.all(this.laneRuns);
+      await this.invites;
+      await this.followers.stop();
+      return true;
+    })();
+    let timer: NodeJS.Timeout | undefined;
+    const graceOver = new Promise<false>((resolve) => {
+      timer = setTimeout(() => resolve(false), this.deps.stopGraceMs ?? STOP_GRACE_MS);
+    });
+    const done = await Promise.race([finished, graceOver]);
+    clearTimeout(timer);
+    if (!done) {
+      this.deps.log.warn("stopped without waiting longer for the homeserver events being mapped", {
+        rooms: inProgress,
+        note: "they stay in the inbox and are mapped again at the next start",
+      });
+    }
   }
 
   /**
@@ -373,7 +396,19 @@ export class MatrixBridge {
     const run = (async () => {
       while (!this.stopped && lane.entries.length > 0) {
         const entry = lane.entries[0]!;
-        if (!(await this.consume(entry))) {
+        let consumed: boolean;
+        try {
+          consumed = await this.consume(entry);
+        } catch (err) {
+          // The batch that records the mapping failed: the event stays in the inbox.
+          if (this.stopped) break;
+          this.deps.log.error("could not record a homeserver event's mapping", {
+            eventId: entry.event.event_id,
+            error: err,
+          });
+          consumed = false;
+        }
+        if (!consumed) {
           // The homeserver or the hub is unreachable for now: the event waits, in its place.
           lane.retryMs = Math.min(lane.retryMs === 0 ? RETRY_FIRST_MS : lane.retryMs * 2, RETRY_MAX_MS);
           await Promise.race([
@@ -406,6 +441,8 @@ export class MatrixBridge {
     try {
       ops = await this.handle(entry.event);
     } catch (err) {
+      // A failure while stopping may be the stop's doing: the event is mapped again at the next start.
+      if (this.stopped) return false;
       const fields = { eventId: entry.event.event_id, type: entry.event.type, error: err };
       if (isTransient(err)) {
         this.deps.log.warn("a homeserver event waits: its mapping failed for now", fields);

@@ -46,6 +46,9 @@ describe("the bridge's consumer", () => {
   const created: string[] = [];
   let failures: Error[];
   const unmapped: string[] = [];
+  /** Rooms whose next join request never answers (a homeserver that hangs). */
+  const hanging = new Set<string>();
+  let deps: ConstructorParameters<typeof MatrixBridge>[0];
 
   const invite = (n: number) => ({
     type: "m.room.member",
@@ -66,6 +69,7 @@ describe("the bridge's consumer", () => {
     unmapped.length = 0;
     const client = {
       joinRoom: async (roomId: string) => {
+        if (hanging.delete(roomId)) await new Promise(() => undefined);
         // Only the first room's joins fail (the rooms are mapped side by side).
         const failure = roomId === "!m1" ? failures.shift() : undefined;
         if (failure !== undefined) throw failure;
@@ -87,7 +91,7 @@ describe("the bridge's consumer", () => {
       messages: () => new Promise((resolve) => setTimeout(() => resolve([]), 50)),
       history: () => new Promise((resolve) => setTimeout(() => resolve({ events: [] }), 50)),
     } as unknown as RoomsApi;
-    bridge = new MatrixBridge({
+    deps = {
       kv: store,
       inbox,
       client,
@@ -97,7 +101,9 @@ describe("the bridge's consumer", () => {
       botUserId: BOT,
       log: createLogger("test"),
       onUnmapped: (kind) => unmapped.push(kind),
-    });
+      stopGraceMs: 300,
+    };
+    bridge = new MatrixBridge(deps);
   });
 
   afterEach(async () => {
@@ -149,5 +155,23 @@ describe("the bridge's consumer", () => {
     expect(joins).toEqual(["!m2"]);
     expect(unmapped).toEqual(["M_FORBIDDEN"]);
     expect(await bridge.portalOf("!m1")).toBeUndefined();
+  });
+
+  it("stops without waiting for a homeserver that hangs; the event is mapped at the next start", async () => {
+    hanging.add("!m3");
+    await inbox.accept("1", [invite(3)]);
+    await bridge.start();
+    await until(() => !hanging.has("!m3"));
+    const stopping = performance.now();
+    await bridge.stop();
+    expect(performance.now() - stopping).toBeLessThan(3_000);
+    expect((await inbox.pending()).map((e) => e.event.event_id)).toEqual(["$invite3"]);
+    expect(unmapped).toEqual([]);
+
+    bridge = new MatrixBridge(deps);
+    await bridge.start();
+    await until(() => joins.includes("!m3"));
+    await inboxEmpty();
+    expect(await bridge.portalOf("!m3")).toBeDefined();
   });
 });
