@@ -1,5 +1,5 @@
 import { ClusterSet, type ClusterProcess } from "../support/cluster";
-import { eventually, type ProviderProcess } from "../support/providers";
+import { eventually, stream, type ProviderProcess } from "../support/providers";
 
 const ALICE = "@alice:a.example";
 const BOB = "@bob:b.example";
@@ -8,31 +8,6 @@ const DAVE = "@dave:a.example";
 const LEASE_MS = 2000;
 
 type Event = { event_id: string; sender: string; origin_server_ts?: number; content: { body?: string } };
-
-/** Runs `count` sends with at most `width` in flight; a failed send is retried with its txnId until it is accepted. */
-async function stream(
-  count: number,
-  width: number,
-  task: (i: number) => Promise<string>,
-  onAccepted: (i: number, eventId: string) => void,
-): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < count) {
-      const i = next++;
-      for (;;) {
-        try {
-          onAccepted(i, await task(i));
-          break;
-        } catch (err) {
-          if (process.env.MIMI_TEST_LOGS) process.stderr.write(`retry ${i}: ${String(err).slice(0, 200)}\n`);
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: width }, worker));
-}
 
 const send = (p: ProviderProcess, roomId: string, sender: string, label: string) => (i: number) =>
   p.send(roomId, sender, "org.example.message", { body: `${label}${i}` }, undefined, `${label}${i}`);

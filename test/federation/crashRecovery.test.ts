@@ -1,38 +1,16 @@
-import { eventually, startProviders, stopProviders, type ProviderProcess } from "../support/providers";
+import {
+  eventually,
+  startProviders,
+  stopProviders,
+  stream,
+  type ProviderProcess,
+} from "../support/providers";
 
 const ALICE = "@alice:a.example";
 const BOB = "@bob:b.example";
 const CAROL = "@carol:c.example";
 
 type Event = { event_id: string; content: { body?: string } };
-
-/**
- * Runs `count` calls of `task` with at most `width` in flight, recording which
- * succeeded. Calls that fail (the provider they talk to was killed) are
- * retried until `keepGoing` says stop.
- */
-async function stream(
-  count: number,
-  width: number,
-  task: (i: number) => Promise<string>,
-  onAccepted: (i: number, eventId: string) => void,
-): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < count) {
-      const i = next++;
-      for (;;) {
-        try {
-          onAccepted(i, await task(i));
-          break;
-        } catch {
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: width }, worker));
-}
 
 describe("crash recovery across three providers", () => {
   let a: ProviderProcess, b: ProviderProcess, c: ProviderProcess;

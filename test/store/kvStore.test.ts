@@ -12,7 +12,7 @@ import { prefixEnd, type BatchOp, type KvStore } from "../../src/store/kv";
 import { LevelStore, StoreError } from "../../src/store/levelStore";
 import { PG_MIGRATIONS, PG_SCHEMA_VERSION } from "../../src/store/pg/migrations";
 import { migrate, PgStore } from "../../src/store/pgStore";
-import { postgresUrl } from "../support/postgres";
+import { postgresUrl, withPostgresClient as admin } from "../support/postgres";
 import { removeDir, tempDir } from "../support/services";
 
 /** The store with the optional parts both backends have. */
@@ -75,16 +75,6 @@ const pgBackend: Backend = {
 
 function randomSchema(): string {
   return `kvtest_${randomBytes(8).toString("hex")}`;
-}
-
-async function admin<T>(fn: (client: Client) => Promise<T>): Promise<T> {
-  const client = new Client({ connectionString: await postgresUrl() });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
 }
 
 async function dropSchema(schema: string): Promise<void> {

@@ -7,20 +7,10 @@ import { randomBytes } from "node:crypto";
 import { Client } from "pg";
 import { PgLease } from "../../src/store/pg/lease";
 import { LeaseFencedError, PgStore } from "../../src/store/pgStore";
-import { postgresUrl } from "../support/postgres";
+import { postgresUrl, withPostgresClient as admin } from "../support/postgres";
 
 const LEASE_MS = 600;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function admin<T>(fn: (client: Client) => Promise<T>): Promise<T> {
-  const client = new Client({ connectionString: await postgresUrl() });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-}
 
 describe("the provider's lease and the write fence", () => {
   let url: string;

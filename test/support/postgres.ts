@@ -6,6 +6,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { join, resolve } from "node:path";
+import { Client } from "pg";
 
 const ROOT = resolve(__dirname, "..", "..");
 const ENSURE_SCRIPT = join(ROOT, "scripts", "postgres", "ensure-postgres.sh");
@@ -39,4 +40,15 @@ export async function postgresUrl(): Promise<string> {
   }
   cachedUrl = url;
   return url;
+}
+
+/** Runs `fn` with a client of its own on the test cluster's database, ended afterwards. */
+export async function withPostgresClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
+  const client = new Client({ connectionString: await postgresUrl() });
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end();
+  }
 }

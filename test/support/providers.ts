@@ -363,4 +363,33 @@ export async function eventually<T>(
   }
 }
 
+/**
+ * Runs `count` calls of `task` with at most `width` in flight, telling `onAccepted` of each that
+ * succeeded. A call that fails (its provider was killed, or is taking over) is retried, with the
+ * same arguments and so the same transaction ID, until it succeeds. `MIMI_TEST_LOGS` prints each retry.
+ */
+export async function stream(
+  count: number,
+  width: number,
+  task: (i: number) => Promise<string>,
+  onAccepted: (i: number, eventId: string) => void,
+): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      const i = next++;
+      for (;;) {
+        try {
+          onAccepted(i, await task(i));
+          break;
+        } catch (err) {
+          if (process.env.MIMI_TEST_LOGS) process.stderr.write(`retry ${i}: ${String(err).slice(0, 200)}\n`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: width }, worker));
+}
+
 export { freePort };
