@@ -45,6 +45,8 @@ export class CatchUp {
   private readonly maxEventsInMemory: number;
   private readonly maxEvents: number;
   private readonly retryMaxMs: number;
+  /** Aborted by `stop`: a backfill request under way ends at once instead of at its timeout. */
+  private readonly stopping = new AbortController();
 
   constructor(private readonly options: CatchUpOptions) {
     this.pageSize = options.pageSize ?? 200;
@@ -103,6 +105,11 @@ export class CatchUp {
     });
   }
 
+  /** Ends the backfill requests under way (their catch-ups fail); call before `settle` on shutdown. */
+  stop(): void {
+    this.stopping.abort();
+  }
+
   async settle(): Promise<void> {
     await Promise.allSettled([...this.running.values()].map((r) => r.done));
   }
@@ -117,7 +124,7 @@ export class CatchUp {
       `?v=${encodeURIComponent(from)}&limit=${limit}`;
     const answer = checkAnswer(
       BACKFILL_ANSWER,
-      await this.options.client.request(hubServer, "GET", path),
+      await this.options.client.request(hubServer, "GET", path, undefined, { signal: this.stopping.signal }),
       hubServer,
       "backfill",
     );

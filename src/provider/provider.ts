@@ -561,6 +561,7 @@ export class MimiProvider {
     if (this.stopped) return;
     this.stopped = true;
     this.markStopped();
+    this.catchUp.stop();
     await this.mls.stop();
     await new Promise<void>((resolve) => {
       if (this.httpServer === undefined) return resolve();

@@ -35,8 +35,15 @@ async function setUp(dir: string, messages: number) {
   });
   let tamper: Tamper = (pdus) => ({ pdus });
   let requests = 0;
-  const fetchFn = async (input: string | URL) => {
+  let hanging = false;
+  const fetchFn = async (input: string | URL, init?: RequestInit) => {
     requests++;
+    // A hub that never answers: the request ends only when its signal aborts.
+    if (hanging) {
+      return new Promise<Response>((_resolve, reject) =>
+        init?.signal?.addEventListener("abort", () => reject(new Error("aborted"))),
+      );
+    }
     const url = new URL(input.toString());
     const from = url.searchParams.get("v")!;
     const limit = Number(url.searchParams.get("limit"));
@@ -76,6 +83,7 @@ async function setUp(dir: string, messages: number) {
     otherEvents: async () =>
       (await hub.getEvents(otherRoom, 1, 10)).map((e) => JSON.parse(e.json) as FullyFormedEvent),
     setTamper: (t: Tamper) => (tamper = t),
+    hang: () => (hanging = true),
     requests: () => requests,
     close: async () => {
       await hubKv.close();
@@ -97,6 +105,22 @@ describe("catch-up checks every page the hub answers", () => {
     const ours = (await t.follower.getEvents(t.roomId, 1, 100)).map((e) => e.eventId);
     const theirs = (await t.hub.getEvents(t.roomId, 1, 100)).map((e) => e.eventId);
     expect(ours).toEqual(theirs);
+    await t.close();
+  });
+
+  it("a stop ends a backfill request under way at once, not at the request's timeout", async () => {
+    const t = await setUp(dir, 3);
+    t.hang();
+    const catchUp = t.catchUp();
+    const caughtUp = catchUp.request(t.roomId, "hub.example", t.head());
+    caughtUp.catch(() => undefined);
+    for (let i = 0; i < 200 && t.requests() === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    const stopped = performance.now();
+    catchUp.stop();
+    await expect(caughtUp).rejects.toThrow(/aborted/);
+    await catchUp.settle();
+    expect(performance.now() - stopped).toBeLessThan(1_000);
+    expect(t.follower.room(t.roomId)).toBeUndefined();
     await t.close();
   });
 
