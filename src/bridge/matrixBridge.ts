@@ -396,19 +396,7 @@ export class MatrixBridge {
     const run = (async () => {
       while (!this.stopped && lane.entries.length > 0) {
         const entry = lane.entries[0]!;
-        let consumed: boolean;
-        try {
-          consumed = await this.consume(entry);
-        } catch (err) {
-          // The batch that records the mapping failed: the event stays in the inbox.
-          if (this.stopped) break;
-          this.deps.log.error("could not record a homeserver event's mapping", {
-            eventId: entry.event.event_id,
-            error: err,
-          });
-          consumed = false;
-        }
-        if (!consumed) {
+        if (!(await this.consume(entry))) {
           // The homeserver or the hub is unreachable for now: the event waits, in its place.
           lane.retryMs = Math.min(lane.retryMs === 0 ? RETRY_FIRST_MS : lane.retryMs * 2, RETRY_MAX_MS);
           await Promise.race([
@@ -457,7 +445,18 @@ export class MatrixBridge {
             : "unknown",
       );
     }
-    await this.deps.kv.commit([...ops, ...this.deps.inbox.completeOps([entry])]);
+    try {
+      await this.deps.kv.commit([...ops, ...this.deps.inbox.completeOps([entry])]);
+    } catch (err) {
+      // The event stays in the inbox; mapping it again makes nothing twice (derived transaction IDs).
+      if (!this.stopped) {
+        this.deps.log.error("could not record a homeserver event's mapping", {
+          eventId: entry.event.event_id,
+          error: err,
+        });
+      }
+      return false;
+    }
     return true;
   }
 

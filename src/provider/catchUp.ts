@@ -15,7 +15,6 @@ export interface CatchUpOptions {
   /** Fetches the keys an event's signatures need. */
   ensureEventKeys: (event: FullyFormedEvent) => Promise<void>;
   log: Logger;
-  isStopped: () => boolean;
   /** Events asked for per backfill request. */
   pageSize?: number;
   /** Event bodies kept in memory while walking back; beyond that only IDs are kept and bodies refetched. */
@@ -45,7 +44,7 @@ export class CatchUp {
   private readonly maxEventsInMemory: number;
   private readonly maxEvents: number;
   private readonly retryMaxMs: number;
-  /** Aborted by `stop`: a backfill request under way ends at once instead of at its timeout. */
+  /** Aborted by `stop`: a backfill request under way ends at once instead of at its timeout, and nothing is retried. */
   private readonly stopping = new AbortController();
 
   constructor(private readonly options: CatchUpOptions) {
@@ -91,7 +90,7 @@ export class CatchUp {
    */
   inBackground(roomId: string, hubServer: string, eventId: string, attempt = 0): void {
     this.request(roomId, hubServer, eventId).catch((error: unknown) => {
-      if (this.options.isStopped()) return;
+      if (this.stopping.signal.aborted) return;
       const delay = Math.min(this.retryMaxMs, 500 * 2 ** attempt) * (0.5 + Math.random() / 2);
       this.options.log.warn("catch-up failed; retrying", {
         roomId,
@@ -100,12 +99,12 @@ export class CatchUp {
         retryInMs: Math.round(delay),
       });
       setTimeout(() => {
-        if (!this.options.isStopped()) this.inBackground(roomId, hubServer, eventId, attempt + 1);
+        if (!this.stopping.signal.aborted) this.inBackground(roomId, hubServer, eventId, attempt + 1);
       }, delay).unref();
     });
   }
 
-  /** Ends the backfill requests under way (their catch-ups fail); call before `settle` on shutdown. */
+  /** Ends the backfill requests under way (their catch-ups fail) and the retries; call before `settle` on shutdown. */
   stop(): void {
     this.stopping.abort();
   }

@@ -245,13 +245,11 @@ export class MimiProvider {
       maxKeys: limits.rateLimitMaxKeys,
     });
     const joining = new Map<string, string>();
-    let stopped = false;
     const catchUp = new CatchUp({
       rooms: roomService,
       client,
       ensureEventKeys: (event: FullyFormedEvent) => ensureEventKeys(keyRing, event),
       log: log.child("catch-up"),
-      isStopped: () => stopped,
     });
     const pool = new KeyPackagePool(kv);
     const tokens = new BearerTokens(kv);
@@ -415,9 +413,6 @@ export class MimiProvider {
     ];
     transactions.start();
     invites.start();
-    provider.markStopped = () => {
-      stopped = true;
-    };
     delivery.start();
     await provider.listen();
     if (config.mls.hostedClients) agent.start();
@@ -429,7 +424,6 @@ export class MimiProvider {
     return provider;
   }
 
-  private markStopped: () => void = () => undefined;
   private admitFederation: (origin: string) => void = () => undefined;
   private onFederationError: (errcode: string, status: number) => void = () => undefined;
   private keyPackageApi: KeyPackageApi | undefined;
@@ -560,7 +554,6 @@ export class MimiProvider {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    this.markStopped();
     this.catchUp.stop();
     await this.mls.stop();
     await new Promise<void>((resolve) => {

@@ -69,7 +69,6 @@ async function setUp(dir: string, messages: number) {
       client,
       ensureEventKeys: async () => undefined,
       log: createLogger("test"),
-      isStopped: () => false,
       ...options,
     });
   return {
